@@ -1,0 +1,52 @@
+# The two commands of the README are `make run` and `make test`; everything else is for developers.
+# Both set up what they need first: a virtual environment in .venv with the pinned packages,
+# and (for the linters) node_modules with buf.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+NODE_INSTALLED := node_modules/.installed
+
+.PHONY: setup run test pytest lint protos protos-check bench clean
+
+setup: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+$(NODE_INSTALLED): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+## make run: start every service and the gateway on http://127.0.0.1:8080 (SQLite under var/).
+run: setup
+	$(BIN)/tunelab dev
+
+## make test: the linters, the generated-code check, then every test (SQLite and PostgreSQL).
+test: lint pytest
+
+pytest: setup
+	$(BIN)/python -m pytest
+
+lint: setup $(NODE_INSTALLED) protos-check
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python scripts/buf_lint.py
+
+## make protos: regenerate gen/python from protos/ (commit the result).
+protos: setup
+	$(BIN)/python scripts/gen_protos.py
+
+protos-check: setup
+	$(BIN)/python scripts/gen_protos.py --check
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) node_modules .build .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The HTTP/JSON front door: authentication, routing to the services, errors, streaming."""

@@ -1,0 +1,202 @@
+"""The gateway's ASGI application.
+
+Every route is authenticated unless it is in the short public list (probes, metrics, the OpenAPI
+document, and the download route, where the URL's token is the credential). Unary routes are
+generated from the protos' HTTP rules; uploads and downloads stream and are written by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway import openapi
+from gateway.auth import Authenticator, AuthError, KeysUnavailable
+from gateway.downloads import Downloads
+from gateway.errors import error_response
+from gateway.observe import ROUTE_KEY, Observe
+from gateway.rules import HttpRule, http_rules
+from gateway.settings import GatewaySettings
+from gateway.transcode import Endpoint, unary_endpoint
+from gateway.uploads import Uploads
+from services.common import context
+from services.common.blobstore import LocalBlobStore
+from services.common.client import open_channel
+from tunelab.datasets.v1 import datasets_service_pb2, datasets_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# The services behind the gateway: name, proto file, and the setting holding the address.
+UPSTREAMS = {"datasets": datasets_service_pb2.DESCRIPTOR}
+# Methods whose routes stream and are served by hand-written endpoints.
+STREAMING = {"UploadDataset", "RedeemDownloadToken"}
+DOWNLOAD_ROUTE = "/v1/dataset-downloads/{token}"
+
+
+def create_app(settings: GatewaySettings, authenticator: Authenticator | None = None) -> Starlette:
+    """Build the app; call it with an event loop running (gRPC channels bind to it)."""
+    authenticator = authenticator or Authenticator(
+        hs256_secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+        jwks_url=settings.jwks_url,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+    token = settings.require_internal_token()
+    rules = {name: http_rules(file) for name, file in UPSTREAMS.items()}
+    channels = {
+        "datasets": open_channel(
+            settings.datasets_address, token, retry=_idempotent(rules["datasets"])
+        )
+    }
+    datasets = datasets_service_pb2_grpc.DatasetsServiceStub(channels["datasets"])
+
+    def private(template: str, endpoint: Endpoint) -> Endpoint:
+        async def run(request: Request) -> Response:
+            request.scope[ROUTE_KEY] = template
+            try:
+                user = await authenticator.authenticate(request.headers.get("authorization"))
+            except AuthError as exc:
+                return _unauthenticated(str(exc), bool(request.headers.get("authorization")))
+            except KeysUnavailable as exc:
+                log.error("identity provider unreachable", extra={"error": str(exc.__cause__)})
+                return error_response(
+                    503, grpc.StatusCode.UNAVAILABLE, "cannot check credentials now; retry"
+                )
+            context.caller.set(user)
+            return await endpoint(request)
+
+        return run
+
+    def public(template: str, endpoint: Endpoint) -> Endpoint:
+        async def run(request: Request) -> Response:
+            request.scope[ROUTE_KEY] = template
+            return await endpoint(request)
+
+        return run
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks = dict(
+            zip(
+                channels,
+                await asyncio.gather(*(_serving(channel) for channel in channels.values())),
+                strict=True,
+            )
+        )
+        ready = all(state == "SERVING" for state in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    document = openapi.document([r for group in rules.values() for r in group], STREAMING)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(document)
+
+    routes = [
+        Route("/healthz", public("/healthz", healthz)),
+        Route("/readyz", public("/readyz", readyz)),
+        Route("/metrics", public("/metrics", metrics)),
+        Route("/openapi.json", public("/openapi.json", openapi_json)),
+        Route(
+            DOWNLOAD_ROUTE,
+            public(
+                DOWNLOAD_ROUTE,
+                Downloads(
+                    datasets,
+                    LocalBlobStore(settings.datasets_storage_dir),
+                    settings.download_chunk_bytes,
+                ),
+            ),
+            methods=["GET", "HEAD"],
+        ),
+        Route(
+            "/v1/datasets",
+            private("/v1/datasets", Uploads(datasets, settings.upload_timeout_seconds)),
+            methods=["POST"],
+        ),
+    ]
+    for service, group in rules.items():
+        for rule in group:
+            if rule.method.name in STREAMING:
+                continue
+            endpoint = unary_endpoint(rule, channels[service], service)
+            routes.append(Route(rule.path, private(rule.path, endpoint), methods=[rule.verb]))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await asyncio.gather(*(channel.close() for channel in channels.values()))
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(Observe)],
+        exception_handlers={HTTPException: _http_exception},
+        lifespan=lifespan,
+    )
+
+
+def _idempotent(rules: list[HttpRule]) -> dict[str, list[str]]:
+    """GET routes are reads: safe for the channel to retry when a service is briefly away."""
+    retry: dict[str, list[str]] = {}
+    for rule in rules:
+        if rule.verb == "GET" and rule.method.name not in STREAMING:
+            retry.setdefault(rule.method.containing_service.full_name, []).append(rule.method.name)
+    return retry
+
+
+async def _serving(channel: grpc.aio.Channel) -> str:
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=1.0
+        )
+    except grpc.aio.AioRpcError as exc:
+        return f"UNREACHABLE ({exc.code().name})"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def _unauthenticated(message: str, had_credentials: bool) -> Response:
+    challenge = 'Bearer realm="tunelab"'
+    if had_credentials:
+        challenge += f', error="invalid_token", error_description="{message}"'
+    return error_response(
+        401,
+        grpc.StatusCode.UNAUTHENTICATED,
+        message,
+        reason="UNAUTHENTICATED",
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response(
+            405,
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{request.method} is not allowed on this route",
+            headers=exc.headers,
+        )
+    if exc.status_code == 404:
+        return error_response(
+            404, grpc.StatusCode.NOT_FOUND, "no such route; /openapi.json lists them all"
+        )
+    return error_response(exc.status_code, grpc.StatusCode.UNKNOWN, str(exc.detail))

@@ -1,0 +1,125 @@
+"""GET|HEAD /v1/dataset-downloads/{token}: the token is the credential.
+
+The datasets service decides (token valid? which bytes? one use counted, attempt audited); the
+bytes then stream from its blob store straight to the client. They never cross gRPC: measured
+here, a gRPC stream of file chunks ran at about a quarter of nginx's speed on loopback, while
+reading the file in this process keeps pace with it (bench/download.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC
+from email.utils import format_datetime
+from urllib.parse import quote
+
+import grpc
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.errors import error_response, from_rpc_error
+from services.common.blobstore import BlobError, LocalBlobStore, OpenBlob, read_range
+from services.common.errors import RemoteError
+from tunelab.datasets.v1 import datasets_service_pb2 as api
+from tunelab.datasets.v1 import datasets_service_pb2_grpc as api_grpc
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/x-ndjson"
+
+
+class Downloads:
+    def __init__(
+        self, stub: api_grpc.DatasetsServiceAsyncStub, blobs: LocalBlobStore, chunk_bytes: int
+    ) -> None:
+        self._stub = stub
+        self._blobs = blobs
+        self._chunk = chunk_bytes
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            grant = await self._stub.RedeemDownloadToken(
+                api.RedeemDownloadTokenRequest(
+                    token=request.path_params["token"],
+                    http_method=request.method,
+                    range=request.headers.get("range", ""),
+                    if_range=request.headers.get("if-range", ""),
+                    client_ip=request.client.host if request.client else "",
+                    user_agent=request.headers.get("user-agent", ""),
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            response = from_rpc_error(exc, "datasets")
+            remote = RemoteError.from_rpc_error(exc)
+            if remote.reason == "RANGE_NOT_SATISFIABLE":
+                response.headers["Content-Range"] = f"bytes */{remote.metadata.get('size', '*')}"
+            return response
+
+        headers = _headers(grant)
+        status = 206 if grant.partial else 200
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers)
+        try:
+            blob = await asyncio.to_thread(self._blobs.open, grant.blob_key)
+        except BlobError as exc:
+            return _storage_error(grant.dataset_id, str(exc))
+        if blob.size != grant.size_bytes:
+            blob.close()
+            return _storage_error(grant.dataset_id, f"size {blob.size} != {grant.size_bytes}")
+        return StreamingResponse(
+            _stream(blob, grant.offset, grant.length, self._chunk),
+            status_code=status,
+            headers=headers,
+        )
+
+
+async def _stream(blob: OpenBlob, offset: int, length: int, chunk: int) -> AsyncIterator[bytes]:
+    try:
+        async for data in read_range(blob, offset, length, chunk):
+            yield data
+    finally:
+        blob.close()
+
+
+def _headers(grant: api.RedeemDownloadTokenResponse) -> dict[str, str]:
+    digest = base64.b64encode(bytes.fromhex(grant.sha256)).decode()
+    headers = {
+        "Content-Type": CONTENT_TYPE,
+        "Content-Length": str(grant.length),
+        "Content-Disposition": _disposition(grant.name),
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{grant.sha256}"',
+        "Last-Modified": _http_date(grant),
+        "Repr-Digest": f"sha-256=:{digest}:",
+        "X-Checksum-Sha256": grant.sha256,
+        "Cache-Control": "private, no-store",
+        "Referrer-Policy": "no-referrer",
+        "X-Download-Uses-Left": str(grant.remaining_uses),
+    }
+    if grant.partial:
+        last = grant.offset + grant.length - 1
+        headers["Content-Range"] = f"bytes {grant.offset}-{last}/{grant.size_bytes}"
+    return headers
+
+
+def _http_date(grant: api.RedeemDownloadTokenResponse) -> str:
+    return format_datetime(grant.created_at.ToDatetime(tzinfo=UTC).replace(microsecond=0), True)
+
+
+def _disposition(name: str) -> str:
+    """RFC 6266: an ASCII fallback and the exact UTF-8 name; quotes and controls can't get in."""
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\;' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def _storage_error(dataset_id: str, detail: str) -> Response:
+    log.error("cannot serve stored blob", extra={"dataset_id": dataset_id, "error": detail})
+    return error_response(
+        500,
+        grpc.StatusCode.DATA_LOSS,
+        "the dataset's stored file is unavailable; this has been logged for the operators",
+        reason="STORAGE_UNAVAILABLE",
+    )

@@ -1,0 +1,35 @@
+"""Settings of the gateway (environment variables TUNELAB_GATEWAY_*, and a few shared ones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import CommonSettings, shared
+
+
+class GatewaySettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNELAB_GATEWAY_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    datasets_address: str = "127.0.0.1:50051"
+    # The datasets service's blob store, read-only here: downloads stream straight from it.
+    datasets_storage_dir: Path = Field(
+        Path("var/datasets"), validation_alias=shared("datasets_storage_dir")
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, validation_alias=shared("jwt_secret"), description="HS256 key (development)."
+    )
+    jwks_url: str | None = Field(
+        None, validation_alias=shared("jwks_url"), description="JWKS of the identity provider."
+    )
+    jwt_issuer: str | None = Field(None, validation_alias=shared("jwt_issuer"))
+    jwt_audience: str | None = Field(None, validation_alias=shared("jwt_audience"))
+    upload_timeout_seconds: float = Field(6 * 3600, gt=0)
+    download_chunk_bytes: int = Field(1 << 20, ge=4096)
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="Proxies whose X-Forwarded-For is believed (uvicorn's setting)."
+    )

@@ -1,0 +1,146 @@
+"""Generic HTTP/JSON to gRPC transcoding for unary methods, driven by their google.api.http rules.
+
+Path parameters, query parameters and the JSON body (per the rule's `body`) fill the request
+message through protobuf's JSON mapping; the reply (or its `response_body` field) is returned as
+JSON with the proto field names. Status: 201 for Create methods, 204 when the reply is empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import orjson
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.errors import error_response, from_rpc_error
+from gateway.rules import HttpRule
+
+MAX_JSON_BODY = 1 << 20
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+    def response(self) -> Response:
+        return error_response(
+            400,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            str(self),
+            reason="INVALID_ARGUMENT",
+            metadata={"field": self.field} if self.field else None,
+        )
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def success_status(rule: HttpRule) -> int:
+    if rule.method.name.startswith("Create"):
+        return 201
+    if not rule.method.output_type.fields:
+        return 204
+    return 200
+
+
+def unary_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> Endpoint:
+    request_type = message_factory.GetMessageClass(rule.method.input_type)
+    response_type = message_factory.GetMessageClass(rule.method.output_type)
+    call = channel.unary_unary(
+        rule.rpc_path,
+        request_serializer=request_type.SerializeToString,
+        response_deserializer=response_type.FromString,
+    )
+    status = success_status(rule)
+    query_fields = _query_fields(rule)
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            message = await _build_request(request, rule, request_type, query_fields)
+        except BadRequest as exc:
+            return exc.response()
+        try:
+            reply = await call(message)
+        except grpc.aio.AioRpcError as exc:
+            return from_rpc_error(exc, service)
+        if status == 204:
+            return Response(status_code=204)
+        payload = getattr(reply, rule.response_body) if rule.response_body else reply
+        return JSONResponse(to_json(payload), status_code=status)
+
+    return endpoint
+
+
+def _query_fields(rule: HttpRule) -> dict[str, FieldDescriptor]:
+    """Scalar request fields that the path and the body leave to the query string."""
+    if rule.body == "*":
+        return {}
+    taken = {*rule.path_params, rule.body}
+    return {
+        f.name: f
+        for f in rule.method.input_type.fields
+        if f.name not in taken and f.type != FieldDescriptor.TYPE_MESSAGE
+    }
+
+
+async def read_json_body(request: Request) -> Any:
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON_BODY:
+            raise BadRequest(f"the JSON body is larger than {MAX_JSON_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc.msg} at character {exc.pos}") from exc
+
+
+async def _build_request(
+    request: Request,
+    rule: HttpRule,
+    request_type: type[Message],
+    query_fields: dict[str, FieldDescriptor],
+) -> Message:
+    data: dict[str, Any] = {}
+    if rule.body:
+        body = await read_json_body(request)
+        if rule.body == "*":
+            if not isinstance(body, dict):
+                raise BadRequest("the body must be a JSON object")
+            data.update(body)
+        else:
+            data[rule.body] = body
+    for key in request.query_params:
+        field = query_fields.get(key)
+        if field is None:
+            allowed = ", ".join(sorted(query_fields)) or "none"
+            raise BadRequest(f"unknown query parameter {key!r}; this route takes: {allowed}", key)
+        values = request.query_params.getlist(key)
+        if field.is_repeated:
+            data[key] = values
+        elif len(values) > 1:
+            raise BadRequest(f"query parameter {key!r} is given more than once", key)
+        else:
+            data[key] = values[0]
+    for name in rule.path_params:
+        data[name] = request.path_params[name]
+    message = request_type()
+    try:
+        json_format.ParseDict(data, message)
+    except json_format.ParseError as exc:
+        raise BadRequest(f"invalid request: {exc}") from exc
+    return message

@@ -1,0 +1,1 @@
+"""The small runtime every tunelab service shares: settings, database, gRPC server, logging."""

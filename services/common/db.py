@@ -1,0 +1,130 @@
+"""Async SQLAlchemy engine and transactional sessions for SQLite and PostgreSQL.
+
+SQLite runs in WAL mode with a busy timeout and foreign keys on; a write transaction can ask for
+BEGIN IMMEDIATE so that it takes the write lock up front (a deferred transaction that reads and
+then writes can fail with SQLITE_BUSY without waiting). Database errors leave a session as
+ServiceErrors with gRPC codes, so a handler never leaks a driver message to a caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from sqlalchemy import DateTime, Dialect, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.types import TypeDecorator
+
+from services.common.errors import ServiceError
+from tunelab.common.v1 import errors_pb2
+
+log = logging.getLogger(__name__)
+
+_IMMEDIATE = "tunelab_sqlite_begin_immediate"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on both databases (SQLite stores it naive, in UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware one (datetime.now(UTC))")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def async_url(url: str | URL) -> URL:
+    """Accept plain sqlite:// and postgresql:// URLs and pick the async driver for them."""
+    parsed = make_url(url)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    return parsed
+
+
+class Database:
+    def __init__(self, url: str | URL, **engine_kwargs: Any) -> None:
+        self.url = async_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            engine_kwargs.setdefault("connect_args", {"timeout": 30})
+            if self.url.database and self.url.database != ":memory:":
+                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            engine_kwargs.setdefault("pool_pre_ping", True)
+        self.engine: AsyncEngine = create_async_engine(self.url, **engine_kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_connect)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def session(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+        """A transaction: committed when the block ends, rolled back when it raises.
+
+        `write=True` takes SQLite's write lock at BEGIN; on PostgreSQL it changes nothing.
+        """
+        try:
+            async with self._sessions() as session, session.begin():
+                if write and self.is_sqlite:
+                    await session.connection(execution_options={_IMMEDIATE: True})
+                yield session
+        except IntegrityError as exc:
+            log.warning("integrity error", extra={"error": str(exc.orig)})
+            raise ServiceError(
+                grpc.StatusCode.ABORTED,
+                "the change conflicts with another one made at the same time; retry it",
+                errors_pb2.ERROR_REASON_CONFLICT,
+            ) from exc
+        except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+            log.error("database unavailable", extra={"error": str(exc)})
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                "the database is unavailable or busy; retry in a moment",
+                errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE,
+            ) from exc
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the driver, decide when transactions begin (see _sqlite_begin).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "journal_mode=WAL",
+        "busy_timeout=30000",
+        "foreign_keys=ON",
+        "synchronous=NORMAL",
+    ):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,65 @@
+"""Cursor pagination: the page token is the sort key of the last row served, opaque to clients.
+
+Keyset pagination (WHERE (created_at, id) < (:t, :id)) is stable under concurrent inserts: a new
+row never shifts later pages, unlike OFFSET.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+import grpc
+
+from services.common.errors import ServiceError
+from tunelab.common.v1 import errors_pb2
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_size must not be negative",
+            errors_pb2.ERROR_REASON_INVALID_ARGUMENT,
+            {"field": "page_size"},
+        )
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    created_at: datetime
+    id: str
+    scope: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.created_at.isoformat(), self.id, self.scope]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str, scope: str) -> Cursor | None:
+        """The cursor in a page token; None for the first page. `scope` names the list (and its
+        parent), so that a token from one list is refused by another."""
+        if not token:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            created, ident, token_scope = json.loads(raw)
+            cursor = cls(datetime.fromisoformat(created), str(ident), str(token_scope))
+            if cursor.scope != scope or cursor.created_at.tzinfo is None:
+                raise ValueError(scope)
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "page_token is not one this list returned: pass next_page_token unchanged, "
+                "or leave it empty for the first page",
+                errors_pb2.ERROR_REASON_INVALID_PAGE_TOKEN,
+                {"field": "page_token"},
+            ) from exc
+        return cursor

@@ -1,0 +1,48 @@
+"""Settings read from the environment, with safe local defaults.
+
+Each service subclasses ServiceSettings with its own prefix (TUNELAB_DATASETS_ ...); the few
+settings every process shares keep the plain TUNELAB_ prefix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def shared(name: str) -> AliasChoices:
+    """Read a field from TUNELAB_<NAME> whatever the class's own prefix is."""
+    return AliasChoices(f"TUNELAB_{name.upper()}")
+
+
+class CommonSettings(BaseSettings):
+    """What every process reads: logging and the credential services share."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNELAB_", extra="ignore", frozen=True)
+
+    log_level: str = Field("INFO", validation_alias=shared("log_level"))
+    log_format: Literal["json", "text"] = Field("json", validation_alias=shared("log_format"))
+    internal_token: SecretStr | None = Field(
+        None,
+        validation_alias=shared("internal_token"),
+        description="Shared secret the gateway and services present to each other.",
+    )
+    var_dir: Path = Field(Path("var"), validation_alias=shared("var_dir"))
+    public_url: str = Field(
+        "http://127.0.0.1:8080",
+        validation_alias=shared("public_url"),
+        description="Base URL of the gateway as clients (and GPU pods) reach it.",
+    )
+
+    def require_internal_token(self) -> str:
+        """The internal token, or a clear error saying how to provide one."""
+        if self.internal_token is None or len(self.internal_token.get_secret_value()) < 32:
+            raise SystemExit(
+                "TUNELAB_INTERNAL_TOKEN is not set (or shorter than 32 characters): set it to a "
+                "long random secret shared by the gateway and the services; `make run` creates one "
+                "under var/secrets for you."
+            )
+        return self.internal_token.get_secret_value()

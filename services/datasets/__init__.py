@@ -1,0 +1,1 @@
+"""The datasets service: dataset storage and time-limited download tokens."""

@@ -1,0 +1,53 @@
+"""Assemble the datasets service from its settings: database, blob store, servicer, jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from services.common.blobstore import LocalBlobStore
+from services.common.db import Database
+from services.common.errors import ServiceError
+from services.common.migrations import Migrations
+from services.common.server import ServerSpec
+from services.datasets.server import Clock, DatasetsServicer, utc_now
+from services.datasets.settings import DatasetsSettings
+from services.datasets.store import DatasetStore
+from tunelab.datasets.v1 import datasets_service_pb2, datasets_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Migrations("datasets", Path(__file__).parent / "migrations")
+DOMAIN = "datasets.tunelab.dev"
+SERVICE_NAME = datasets_service_pb2.DESCRIPTOR.services_by_name["DatasetsService"].full_name
+
+
+def server_spec(
+    settings: DatasetsSettings, db: Database, *, clock: Clock = utc_now, address: str | None = None
+) -> ServerSpec:
+    blobs = LocalBlobStore(settings.storage_dir)
+    blobs.ensure_layout()
+    store = DatasetStore(db)
+    servicer = DatasetsServicer(store, blobs, settings, clock)
+
+    async def purge_expired_tokens() -> None:
+        while True:
+            try:
+                if purged := await store.purge_expired(clock()):
+                    log.info("expired download tokens purged", extra={"count": purged})
+            except ServiceError as exc:
+                log.warning("token purge failed; will retry", extra={"error": exc.message})
+            await asyncio.sleep(settings.purge_interval_seconds)
+
+    return ServerSpec(
+        name="datasets",
+        domain=DOMAIN,
+        address=address or settings.grpc_address,
+        internal_token=settings.require_internal_token(),
+        register=lambda server: datasets_service_pb2_grpc.add_DatasetsServiceServicer_to_server(
+            servicer, server
+        ),
+        service_names=[SERVICE_NAME],
+        background=[purge_expired_tokens],
+    )

@@ -1,0 +1,27 @@
+"""Settings of the datasets service (environment variables TUNELAB_DATASETS_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import CommonSettings
+
+MAX_TOKEN_TTL_SECONDS = 2 * 60 * 60
+MAX_TOKEN_USES = 1000
+
+
+class DatasetsSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNELAB_DATASETS_", extra="ignore", frozen=True)
+
+    database_url: str = "sqlite:///var/datasets.db"
+    storage_dir: Path = Path("var/datasets")
+    grpc_address: str = "127.0.0.1:50051"
+    metrics_address: str = "127.0.0.1:9151"
+    max_upload_bytes: int = Field(20 * 1024**3, gt=0, description="Largest file accepted.")
+    max_line_bytes: int = Field(
+        16 * 1024**2, gt=0, description="Longest row; a longer one makes the file invalid."
+    )
+    purge_interval_seconds: float = Field(300.0, gt=0)

@@ -1,0 +1,487 @@
+"""The datasets service's persistence: every query scoped to its owner, domain objects out.
+
+No ORM object leaves this module; callers get the frozen dataclasses below. Another user's
+dataset or token is NOT_FOUND, exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+import grpc
+from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common import ids
+from services.common.db import Database
+from services.common.errors import ServiceError, not_found, reason_name
+from services.common.pagination import Cursor
+from services.datasets import ranges, tokens
+from services.datasets.formats import Analysis, Format
+from services.datasets.models import DatasetRow, DownloadEventRow, DownloadTokenRow
+from tunelab.common.v1 import errors_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    owner: str
+    name: str
+    size_bytes: int
+    sha256: str
+    row_count: int
+    format: Format
+    format_error_line: int | None
+    format_error_reason: str | None
+    blob_key: str
+    created_at: datetime
+
+
+class TokenState(enum.Enum):
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    USED_UP = "used_up"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class DownloadToken:
+    id: str
+    dataset_id: str
+    created_at: datetime
+    expires_at: datetime
+    max_uses: int
+    use_count: int
+    revoked_at: datetime | None
+
+    def state(self, now: datetime) -> TokenState:
+        if self.revoked_at is not None:
+            return TokenState.REVOKED
+        if self.expires_at <= now:
+            return TokenState.EXPIRED
+        if self.use_count >= self.max_uses:
+            return TokenState.USED_UP
+        return TokenState.ACTIVE
+
+
+@dataclass(frozen=True)
+class MintedToken:
+    token: DownloadToken
+    secret: str
+
+
+class Outcome(enum.StrEnum):
+    GRANTED = "granted"
+    CHECKED = "checked"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class DownloadEvent:
+    id: str
+    token_id: str | None
+    dataset_id: str | None
+    occurred_at: datetime
+    outcome: Outcome
+    reason: str
+    range: str
+    client_ip: str
+    user_agent: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class DownloadRequest:
+    """One attempt to download by token, as the gateway saw it."""
+
+    secret: str
+    method: str
+    range: str
+    if_range: str
+    client_ip: str
+    user_agent: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Grant:
+    dataset: Dataset
+    span: ranges.Span
+    remaining_uses: int
+    expires_at: datetime
+
+
+T = TypeVar("T", "Dataset", "DownloadToken", "DownloadEvent")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: Cursor | None
+
+
+BlobCheck = Callable[[Dataset], Awaitable[bool]]
+
+
+class DatasetStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # Datasets -----------------------------------------------------------------------------
+
+    async def create_dataset(
+        self,
+        *,
+        owner: str,
+        name: str,
+        analysis: Analysis,
+        size_bytes: int,
+        sha256: str,
+        blob_key: str,
+        now: datetime,
+    ) -> Dataset:
+        row = DatasetRow(
+            id=ids.new_id("ds"),
+            owner=owner,
+            name=name,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            row_count=analysis.rows,
+            format=analysis.format.value,
+            format_error_line=analysis.error_line,
+            format_error_reason=analysis.error_reason,
+            blob_key=blob_key,
+            created_at=now,
+        )
+        async with self.db.session(write=True) as session:
+            session.add(row)
+        return _dataset(row)
+
+    async def get_dataset(self, owner: str, dataset_id: str) -> Dataset:
+        async with self.db.session() as session:
+            return _dataset(await _owned_dataset(session, owner, dataset_id))
+
+    async def list_datasets(self, owner: str, size: int, after: Cursor | None) -> Page[Dataset]:
+        query = select(DatasetRow).where(DatasetRow.owner == owner)
+        if after is not None:
+            query = query.where(
+                tuple_(DatasetRow.created_at, DatasetRow.id) < (after.created_at, after.id)
+            )
+        query = query.order_by(DatasetRow.created_at.desc(), DatasetRow.id.desc()).limit(size + 1)
+        async with self.db.session() as session:
+            rows = list((await session.scalars(query)).all())
+        return _page([_dataset(r) for r in rows], size, f"datasets:{owner}")
+
+    async def delete_dataset(self, owner: str, dataset_id: str) -> Dataset:
+        """Delete the record and its tokens; the caller removes the blob afterwards."""
+        async with self.db.session(write=True) as session:
+            row = await _owned_dataset(session, owner, dataset_id)
+            await session.execute(
+                delete(DownloadTokenRow).where(DownloadTokenRow.dataset_id == dataset_id)
+            )
+            await session.delete(row)
+        return _dataset(row)
+
+    # Tokens -------------------------------------------------------------------------------
+
+    async def create_token(
+        self, owner: str, dataset_id: str, *, ttl: timedelta, max_uses: int, now: datetime
+    ) -> MintedToken:
+        secret = tokens.new_secret()
+        row = DownloadTokenRow(
+            id=ids.new_id("dt"),
+            dataset_id=dataset_id,
+            owner=owner,
+            token_hash=tokens.digest(secret),
+            created_at=now,
+            expires_at=now + ttl,
+            max_uses=max_uses,
+            use_count=0,
+            revoked_at=None,
+        )
+        async with self.db.session(write=True) as session:
+            await _owned_dataset(session, owner, dataset_id)
+            session.add(row)
+        return MintedToken(_token(row), secret)
+
+    async def list_tokens(
+        self, owner: str, dataset_id: str, size: int, after: Cursor | None
+    ) -> Page[DownloadToken]:
+        query = select(DownloadTokenRow).where(
+            DownloadTokenRow.dataset_id == dataset_id, DownloadTokenRow.owner == owner
+        )
+        if after is not None:
+            query = query.where(
+                tuple_(DownloadTokenRow.created_at, DownloadTokenRow.id)
+                < (after.created_at, after.id)
+            )
+        query = query.order_by(
+            DownloadTokenRow.created_at.desc(), DownloadTokenRow.id.desc()
+        ).limit(size + 1)
+        async with self.db.session() as session:
+            await _owned_dataset(session, owner, dataset_id)
+            rows = list((await session.scalars(query)).all())
+        return _page([_token(r) for r in rows], size, f"tokens:{dataset_id}")
+
+    async def revoke_token(
+        self, owner: str, dataset_id: str, token_id: str, now: datetime
+    ) -> DownloadToken:
+        """Revoke a token; revoking it again changes nothing."""
+        async with self.db.session(write=True) as session:
+            await _owned_dataset(session, owner, dataset_id)
+            row = await session.scalar(
+                select(DownloadTokenRow).where(
+                    DownloadTokenRow.id == token_id,
+                    DownloadTokenRow.dataset_id == dataset_id,
+                    DownloadTokenRow.owner == owner,
+                )
+            )
+            if row is None:
+                raise not_found("download token", token_id)
+            if row.revoked_at is None:
+                row.revoked_at = now
+            return _token(row)
+
+    async def purge_expired(self, now: datetime) -> int:
+        """Forget expired tokens; their audit records stay."""
+        async with self.db.session(write=True) as session:
+            result = await session.execute(
+                delete(DownloadTokenRow).where(DownloadTokenRow.expires_at <= now)
+            )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    # Redemption ---------------------------------------------------------------------------
+
+    async def redeem(self, request: DownloadRequest, now: datetime, blob_ok: BlobCheck) -> Grant:
+        """Check a token and, for a GET, count one use; every attempt is audited.
+
+        The use is counted by one conditional UPDATE, so of concurrent redemptions of a token
+        with one use left exactly one matches the row; the others are refused as used up.
+        """
+        digest = tokens.digest(request.secret)
+        found = None
+        if tokens.well_formed(request.secret):
+            async with self.db.session() as session:
+                found = (
+                    await session.execute(
+                        select(DownloadTokenRow, DatasetRow)
+                        .join(DatasetRow, DatasetRow.id == DownloadTokenRow.dataset_id)
+                        .where(DownloadTokenRow.token_hash == digest)
+                    )
+                ).first()
+        token = _token(found[0]) if found else None
+        dataset = _dataset(found[1]) if found else None
+
+        refusal: ServiceError | None = None
+        span: ranges.Span | None = None
+        if token is None or dataset is None:
+            refusal = _refuse_unknown()
+        elif (state := token.state(now)) is not TokenState.ACTIVE:
+            refusal = _refuse_state(state, token)
+        elif not await blob_ok(dataset):
+            refusal = _refuse_storage()
+        else:
+            try:
+                span = ranges.select(
+                    request.range,
+                    dataset.size_bytes,
+                    if_range=request.if_range,
+                    sha256=dataset.sha256,
+                    modified=dataset.created_at,
+                )
+            except ranges.Unsatisfiable:
+                refusal = _refuse_range(dataset.size_bytes)
+
+        counts = request.method.upper() != "HEAD"
+        remaining = 0
+        async with self.db.session(write=True) as session:
+            if refusal is None and token is not None:
+                remaining = token.max_uses - token.use_count
+                if counts:
+                    used = await session.scalar(
+                        update(DownloadTokenRow)
+                        .where(
+                            DownloadTokenRow.id == token.id,
+                            DownloadTokenRow.use_count < DownloadTokenRow.max_uses,
+                            DownloadTokenRow.revoked_at.is_(None),
+                            DownloadTokenRow.expires_at > now,
+                        )
+                        .values(use_count=DownloadTokenRow.use_count + 1)
+                        .returning(DownloadTokenRow.use_count)
+                    )
+                    if used is None:  # someone else took the last use, or it was just revoked
+                        fresh = await session.get(
+                            DownloadTokenRow, token.id, populate_existing=True
+                        )
+                        state = _token(fresh).state(now) if fresh else TokenState.EXPIRED
+                        refusal = _refuse_state(state, token)
+                    else:
+                        remaining = token.max_uses - used
+            if refusal is not None:
+                outcome, reason = Outcome.REFUSED, reason_name(refusal.reason)
+            else:
+                outcome, reason = (Outcome.GRANTED if counts else Outcome.CHECKED), ""
+            session.add(
+                DownloadEventRow(
+                    id=ids.new_id("de"),
+                    occurred_at=now,
+                    outcome=outcome.value,
+                    reason=reason,
+                    token_id=token.id if token else None,
+                    token_fingerprint=digest[:16],
+                    dataset_id=dataset.id if dataset else None,
+                    owner=dataset.owner if dataset else None,
+                    range=request.range[:256],
+                    client_ip=request.client_ip[:64],
+                    user_agent=request.user_agent[:512],
+                    request_id=request.request_id[:128],
+                )
+            )
+        log.info(
+            "download attempt",
+            extra={
+                "outcome": outcome.value,
+                "reason": reason,
+                "token_id": token.id if token else None,
+                "token_fingerprint": digest[:16],
+                "dataset_id": dataset.id if dataset else None,
+            },
+        )
+        if refusal is not None:
+            raise refusal
+        assert dataset is not None
+        assert span is not None
+        assert token is not None
+        return Grant(dataset, span, remaining, token.expires_at)
+
+    async def list_events(
+        self, owner: str, dataset_id: str, size: int, after: Cursor | None
+    ) -> Page[DownloadEvent]:
+        query = select(DownloadEventRow).where(
+            DownloadEventRow.dataset_id == dataset_id, DownloadEventRow.owner == owner
+        )
+        if after is not None:
+            query = query.where(
+                tuple_(DownloadEventRow.occurred_at, DownloadEventRow.id)
+                < (after.created_at, after.id)
+            )
+        query = query.order_by(
+            DownloadEventRow.occurred_at.desc(), DownloadEventRow.id.desc()
+        ).limit(size + 1)
+        async with self.db.session() as session:
+            await _owned_dataset(session, owner, dataset_id)
+            rows = list((await session.scalars(query)).all())
+        return _page([_event(r) for r in rows], size, f"events:{dataset_id}")
+
+
+async def _owned_dataset(session: AsyncSession, owner: str, dataset_id: str) -> DatasetRow:
+    row = await session.scalar(
+        select(DatasetRow).where(DatasetRow.id == dataset_id, DatasetRow.owner == owner)
+    )
+    if row is None:
+        raise not_found("dataset", dataset_id)
+    return row
+
+
+def _page(items: Sequence[T], size: int, scope: str) -> Page[T]:
+    if len(items) <= size:
+        return Page(list(items), None)
+    last = items[size - 1]
+    when = last.occurred_at if isinstance(last, DownloadEvent) else last.created_at
+    return Page(list(items[:size]), Cursor(when, last.id, scope))
+
+
+def _refuse_unknown() -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.NOT_FOUND,
+        "no such download link: check that the URL is complete (expired links are forgotten)",
+        errors_pb2.ERROR_REASON_TOKEN_UNKNOWN,
+    )
+
+
+def _refuse_state(state: TokenState, token: DownloadToken) -> ServiceError:
+    if state is TokenState.REVOKED:
+        message, reason = (
+            "this download link was revoked by the dataset's owner; ask them for a new one",
+            errors_pb2.ERROR_REASON_TOKEN_REVOKED,
+        )
+    elif state is TokenState.EXPIRED:
+        message, reason = (
+            f"this download link expired at {token.expires_at.isoformat(timespec='seconds')}; "
+            "ask the dataset's owner for a new one",
+            errors_pb2.ERROR_REASON_TOKEN_EXPIRED,
+        )
+    else:
+        message, reason = (
+            f"this download link allowed {token.max_uses} download(s) and they have been used; "
+            "ask for a new one (a link minted with max_uses above 1 survives a resumed download)",
+            errors_pb2.ERROR_REASON_TOKEN_USED_UP,
+        )
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, message, reason)
+
+
+def _refuse_storage() -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.DATA_LOSS,
+        "the dataset's stored file is unavailable; this has been logged for the operators",
+        errors_pb2.ERROR_REASON_STORAGE_UNAVAILABLE,
+    )
+
+
+def _refuse_range(size: int) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.OUT_OF_RANGE,
+        f"the requested range lies outside the file, which has {size} bytes",
+        errors_pb2.ERROR_REASON_RANGE_NOT_SATISFIABLE,
+        {"size": str(size)},
+    )
+
+
+def _dataset(row: DatasetRow) -> Dataset:
+    return Dataset(
+        id=row.id,
+        owner=row.owner,
+        name=row.name,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        row_count=row.row_count,
+        format=Format(row.format),
+        format_error_line=row.format_error_line,
+        format_error_reason=row.format_error_reason,
+        blob_key=row.blob_key,
+        created_at=row.created_at,
+    )
+
+
+def _token(row: DownloadTokenRow) -> DownloadToken:
+    return DownloadToken(
+        id=row.id,
+        dataset_id=row.dataset_id,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        max_uses=row.max_uses,
+        use_count=row.use_count,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _event(row: DownloadEventRow) -> DownloadEvent:
+    return DownloadEvent(
+        id=row.id,
+        token_id=row.token_id,
+        dataset_id=row.dataset_id,
+        occurred_at=row.occurred_at,
+        outcome=Outcome(row.outcome),
+        reason=row.reason,
+        range=row.range,
+        client_ip=row.client_ip,
+        user_agent=row.user_agent,
+        request_id=row.request_id,
+    )

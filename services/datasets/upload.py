@@ -1,0 +1,74 @@
+"""Receive an uploaded file: store, hash and analyse it in one streaming pass.
+
+Per chunk, two worker threads run side by side: one writes and hashes (both release the GIL),
+the other runs the format detector; meanwhile the event loop already receives the next chunk.
+At most two chunks and one unfinished line are in memory, whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from services.common.blobstore import BlobWriter, LocalBlobStore
+from services.common.errors import ServiceError
+from services.datasets.formats import Analysis, FormatDetector
+from tunelab.common.v1 import errors_pb2
+
+
+@dataclass(frozen=True)
+class Received:
+    blob_key: str
+    size_bytes: int
+    sha256: str
+    analysis: Analysis
+
+
+def too_large(limit: int) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"the file is larger than the {limit}-byte limit for one dataset; split it",
+        errors_pb2.ERROR_REASON_PAYLOAD_TOO_LARGE,
+        {"limit_bytes": str(limit)},
+    )
+
+
+async def receive(
+    chunks: AsyncIterator[bytes], blobs: LocalBlobStore, *, max_bytes: int, max_line_bytes: int
+) -> Received:
+    writer = await asyncio.to_thread(blobs.writer)
+    hasher = hashlib.sha256()
+    detector = FormatDetector(max_line_bytes)
+    size = 0
+    working: asyncio.Future[Any] | None = None
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large(max_bytes)
+            if working is not None:
+                await working
+            working = asyncio.gather(
+                asyncio.to_thread(_store, writer, hasher, chunk),
+                asyncio.to_thread(detector.feed, chunk),
+            )
+        if working is not None:
+            await working
+        analysis = detector.finish()
+        key = await asyncio.to_thread(writer.commit)
+    except BaseException:
+        if working is not None:
+            await asyncio.gather(working, return_exceptions=True)
+        writer.abort()  # a failed or cancelled upload leaves nothing behind
+        raise
+    return Received(key, size, hasher.hexdigest(), analysis)
+
+
+def _store(writer: BlobWriter, hasher: Any, chunk: bytes) -> None:
+    writer.write(chunk)
+    hasher.update(chunk)

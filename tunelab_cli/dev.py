@@ -1,0 +1,109 @@
+"""`tunelab dev` (what `make run` runs): the whole suite on this machine, in the foreground.
+
+Creates the development secrets under var/secrets on first use, migrates every service's
+SQLite database under var/, starts the services and then the gateway, and stops them all on
+Ctrl-C, or as soon as one of them dies (the others would only fail later, less clearly).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+# (name, module) of each service, in start order; the gateway comes last.
+SERVICES = [("datasets", "services.datasets")]
+SECRETS = {"internal-token": "TUNELAB_INTERNAL_TOKEN", "jwt-secret": "TUNELAB_JWT_SECRET"}
+
+
+def var_dir() -> Path:
+    return Path(os.environ.get("TUNELAB_VAR_DIR", "var"))
+
+
+def dev_secret(name: str) -> str | None:
+    """A development secret from the environment or var/secrets, if there is one."""
+    if value := os.environ.get(SECRETS[name]):
+        return value
+    path = var_dir() / "secrets" / name
+    return path.read_text().strip() if path.exists() else None
+
+
+def ensure_secrets() -> dict[str, str]:
+    directory = var_dir() / "secrets"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env = {}
+    for name, variable in SECRETS.items():
+        value = dev_secret(name)
+        if value is None:
+            value = secrets.token_urlsafe(48)
+            path = directory / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(value + "\n")
+        env[variable] = value
+    return env
+
+
+def run(*, log_format: str = "text") -> int:
+    env = {**os.environ, **ensure_secrets()}
+    env.setdefault("TUNELAB_LOG_FORMAT", log_format)
+    python = sys.executable
+    for name, module in SERVICES:
+        print(f"migrating {name} ...", flush=True)
+        if subprocess.run([python, "-m", module, "migrate", "upgrade"], env=env).returncode:
+            print(f"migrating {name} failed; see above", flush=True)
+            return 1
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for name, module in [*SERVICES, ("gateway", "gateway")]:
+            children.append((name, subprocess.Popen([python, "-m", module], env=env)))
+        gateway = f"http://{env.get('TUNELAB_GATEWAY_HOST', '127.0.0.1')}:" + env.get(
+            "TUNELAB_GATEWAY_PORT", "8080"
+        )
+        announced = False
+        while not stopping:
+            for name, child in children:
+                if child.poll() is not None:
+                    print(f"{name} exited with status {child.returncode}; stopping", flush=True)
+                    return 1
+            if not announced and _ready(gateway):
+                announced = True
+                print(
+                    f"\ntunelab is up: {gateway} (OpenAPI: {gateway}/openapi.json)\n"
+                    "  get a token:  .venv/bin/tunelab token --user alice\n"
+                    "  upload:       .venv/bin/tunelab datasets upload FILE.jsonl\n"
+                    "Ctrl-C stops everything.\n",
+                    flush=True,
+                )
+            time.sleep(0.2)
+        return 0
+    finally:
+        for _, child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+        for _, child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _ready(gateway: str) -> bool:
+    try:
+        return httpx.get(f"{gateway}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,190 @@
+"""tunelab: the command line for the tunelab gateway.
+
+    tunelab dev                                 run the whole suite here (what `make run` does)
+    tunelab token --user alice                  print a development JWT the dev gateway accepts
+    tunelab datasets upload train.jsonl         upload, with a progress bar; prints the dataset
+    tunelab datasets list | get ID | delete ID
+    tunelab datasets link ID [--ttl S] [--max-uses N]   mint a download URL
+
+Credentials: --token or TUNELAB_TOKEN; otherwise, where the development signing key is at hand
+(var/secrets, as `make run` leaves it), a token for --user / TUNELAB_USER / your login name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+from tqdm import tqdm
+
+from tunelab_cli import dev
+
+CHUNK = 1 << 20
+
+
+class CliError(Exception):
+    pass
+
+
+def mint_dev_token(user: str, ttl_seconds: int) -> str:
+    secret = dev.dev_secret("jwt-secret")
+    if secret is None:
+        raise CliError(
+            "no development signing key: run this from the project directory after `make run` "
+            "has started once, or set TUNELAB_JWT_SECRET (or pass --token)"
+        )
+    now = int(time.time())
+    claims = {"sub": user, "iat": now, "exp": now + ttl_seconds, "iss": "tunelab-dev"}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    token = args.token or os.environ.get("TUNELAB_TOKEN")
+    if not token:
+        token = mint_dev_token(
+            args.user or os.environ.get("TUNELAB_USER") or getpass.getuser(), 3600
+        )
+    return httpx.Client(
+        base_url=args.url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(30.0, read=600.0),
+    )
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            message = f"{error['message']} (HTTP {response.status_code}, {error['status']})"
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {response.status_code}: {response.text[:200]}"
+        raise CliError(message)
+    return response.json() if response.content else None
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    print(mint_dev_token(args.user, args.ttl))
+
+
+def cmd_upload(args: argparse.Namespace) -> None:
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"{path} is not a file")
+    size = path.stat().st_size
+
+    def body() -> Any:
+        with (
+            path.open("rb") as handle,
+            tqdm(
+                total=size,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=path.name,
+                file=sys.stderr,
+            ) as bar,
+        ):
+            while chunk := handle.read(CHUNK):
+                bar.update(len(chunk))
+                yield chunk
+
+    with _client(args) as client:
+        response = client.post(
+            "/v1/datasets",
+            params={"name": args.name or path.name},
+            content=body(),
+            headers={"Content-Length": str(size), "Content-Type": "application/x-ndjson"},
+        )
+        _print(_check(response))
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        token = ""
+        while True:
+            page = _check(client.get("/v1/datasets", params={"page_token": token} if token else {}))
+            for dataset in page["datasets"]:
+                print(
+                    f"{dataset['id']}  {dataset['format'].removeprefix('DATASET_FORMAT_'):<14} "
+                    f"{int(dataset['row_count']):>10} rows  {dataset['name']}"
+                )
+            token = page["next_page_token"]
+            if not token:
+                return
+
+
+def cmd_get(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(_check(client.get(f"/v1/datasets/{args.id}")))
+
+
+def cmd_delete(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _check(client.delete(f"/v1/datasets/{args.id}"))
+        print(f"deleted {args.id}")
+
+
+def cmd_link(args: argparse.Namespace) -> None:
+    body = {"ttl_seconds": args.ttl, "max_uses": args.max_uses}
+    with _client(args) as client:
+        _print(_check(client.post(f"/v1/datasets/{args.id}/download-tokens", json=body)))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="tunelab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    root.add_argument("--url", default=os.environ.get("TUNELAB_URL", "http://127.0.0.1:8080"))
+    root.add_argument("--token", help="bearer JWT (default: TUNELAB_TOKEN, or a dev token)")
+    root.add_argument("--user", help="user for an automatic dev token")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("dev", help="run the whole suite on this machine").set_defaults(
+        func=lambda _: sys.exit(dev.run())
+    )
+    token = commands.add_parser("token", help="print a development JWT")
+    token.add_argument("--user", required=True, help="the user id (the JWT's sub)")
+    token.add_argument("--ttl", type=int, default=12 * 3600, help="lifetime in seconds")
+    token.set_defaults(func=cmd_token)
+
+    datasets = commands.add_parser("datasets", help="upload, list and share datasets")
+    sub = datasets.add_subparsers(dest="action", required=True)
+    upload = sub.add_parser("upload", help="upload a JSONL file")
+    upload.add_argument("file")
+    upload.add_argument("--name", help="display name (default: the file's name)")
+    upload.set_defaults(func=cmd_upload)
+    sub.add_parser("list", help="your datasets, newest first").set_defaults(func=cmd_list)
+    for name, func in (("get", cmd_get), ("delete", cmd_delete)):
+        one = sub.add_parser(name)
+        one.add_argument("id")
+        one.set_defaults(func=func)
+    link = sub.add_parser("link", help="mint a download URL (no other credential needed)")
+    link.add_argument("id")
+    link.add_argument("--ttl", type=int, default=0, help="seconds, at most 7200 (the default)")
+    link.add_argument("--max-uses", type=int, default=0, help="downloads allowed (default 1)")
+    link.set_defaults(func=cmd_link)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CliError as exc:
+        print(f"tunelab: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except httpx.HTTPError as exc:
+        print(f"tunelab: cannot reach {args.url}: {exc}", file=sys.stderr)
+        sys.exit(1)
