@@ -130,7 +130,10 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
         ),
         Route(
             "/v1/datasets",
-            private("/v1/datasets", Uploads(datasets, settings.upload_timeout_seconds)),
+            private(
+                "/v1/datasets",
+                Uploads(datasets, settings.upload_timeout_seconds, settings.max_upload_bytes),
+            ),
             methods=["POST"],
         ),
     ]

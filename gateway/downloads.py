@@ -3,7 +3,7 @@
 The datasets service decides (token valid? which bytes? one use counted, attempt audited); the
 bytes then stream from its blob store straight to the client. They never cross gRPC: measured
 here, a gRPC stream of file chunks ran at about a quarter of nginx's speed on loopback, while
-reading the file in this process keeps pace with it (bench/download.py).
+reading the file in this process keeps pace with it (bench/transfer.py).
 """
 
 from __future__ import annotations

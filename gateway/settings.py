@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings, shared
+from services.common.settings import DEFAULT_MAX_UPLOAD_BYTES, CommonSettings, shared
 
 
 class GatewaySettings(CommonSettings):
@@ -29,6 +29,13 @@ class GatewaySettings(CommonSettings):
     jwt_issuer: str | None = Field(None, validation_alias=shared("jwt_issuer"))
     jwt_audience: str | None = Field(None, validation_alias=shared("jwt_audience"))
     upload_timeout_seconds: float = Field(6 * 3600, gt=0)
+    max_upload_bytes: int = Field(
+        DEFAULT_MAX_UPLOAD_BYTES,
+        gt=0,
+        validation_alias=shared("datasets_max_upload_bytes"),
+        description="The datasets service's limit, checked here too so that an oversized body "
+        "is refused before it is sent on.",
+    )
     download_chunk_bytes: int = Field(1 << 20, ge=4096)
     forwarded_allow_ips: str = Field(
         "127.0.0.1", description="Proxies whose X-Forwarded-For is believed (uvicorn's setting)."

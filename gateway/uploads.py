@@ -2,15 +2,19 @@
 
 The body is re-cut into messages of about 1 MiB (uvicorn hands it over in small pieces, and every
 gRPC message has a fixed cost) and never held whole; if the client goes away mid-upload, the
-call is cancelled and the service discards what it had received.
+call is cancelled and the service discards what it had received. A body over the size limit is
+refused from its Content-Length before anything is sent on, or, sent without one, as soon as it
+passes the limit: forwarding stops there and the service answers why.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import error_response, from_rpc_error
@@ -18,13 +22,18 @@ from gateway.transcode import BadRequest, to_json
 from tunelab.datasets.v1 import datasets_service_pb2 as api
 from tunelab.datasets.v1 import datasets_service_pb2_grpc as api_grpc
 
+log = logging.getLogger(__name__)
+
 MESSAGE_BYTES = 1 << 20
 
 
 class Uploads:
-    def __init__(self, stub: api_grpc.DatasetsServiceAsyncStub, timeout: float) -> None:
+    def __init__(
+        self, stub: api_grpc.DatasetsServiceAsyncStub, timeout: float, max_bytes: int
+    ) -> None:
         self._stub = stub
         self._timeout = timeout
+        self._max = max_bytes
 
     async def __call__(self, request: Request) -> Response:
         name = request.query_params.get("name", "")
@@ -36,30 +45,60 @@ class Uploads:
             return error_response(
                 415,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "send the file as the raw request body (curl --data-binary @file), not as a form",
+                "send the file as the raw request body (curl -T file), not as a form",
                 reason="INVALID_ARGUMENT",
             )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max:
+            return error_response(
+                413,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the file is larger than the {self._max}-byte limit for one dataset; split it",
+                reason="PAYLOAD_TOO_LARGE",
+                metadata={"limit_bytes": str(self._max)},
+            )
+        gone = asyncio.Event()
         try:
             reply = await self._stub.UploadDataset(
-                _messages(name, request.stream()), timeout=self._timeout
+                self._messages(name, request.stream(), gone), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as exc:
             return from_rpc_error(exc, "datasets")
-        body = to_json(reply.dataset)
+        except asyncio.CancelledError:
+            # The client left mid-upload: gRPC cancelled the call (the service discards the
+            # partial file). Nobody is there to answer; cancellation of this task itself, as
+            # on shutdown, still propagates.
+            task = asyncio.current_task()
+            if gone.is_set() and task is not None and not task.cancelling():
+                log.info("client went away during an upload")
+                return Response(status_code=499)
+            raise
         return JSONResponse(
-            body, status_code=201, headers={"Location": f"/v1/datasets/{reply.dataset.id}"}
+            to_json(reply.dataset),
+            status_code=201,
+            headers={"Location": f"/v1/datasets/{reply.dataset.id}"},
         )
 
-
-async def _messages(
-    name: str, body: AsyncIterator[bytes]
-) -> AsyncIterator[api.UploadDatasetRequest]:
-    yield api.UploadDatasetRequest(name=name)
-    pending = bytearray()
-    async for piece in body:
-        pending += piece
-        if len(pending) >= MESSAGE_BYTES:
+    async def _messages(
+        self, name: str, body: AsyncIterator[bytes], gone: asyncio.Event
+    ) -> AsyncIterator[api.UploadDatasetRequest]:
+        yield api.UploadDatasetRequest(name=name)
+        pending = bytearray()
+        sent = 0
+        while True:
+            try:
+                piece = await anext(body)
+            except StopAsyncIteration:
+                break
+            except ClientDisconnect:
+                gone.set()
+                raise
+            pending += piece
+            if len(pending) >= MESSAGE_BYTES:
+                yield api.UploadDatasetRequest(chunk=bytes(pending))
+                sent += len(pending)
+                pending.clear()
+                if sent > self._max:
+                    return  # the service has seen enough to refuse it
+        if pending:
             yield api.UploadDatasetRequest(chunk=bytes(pending))
-            pending.clear()
-    if pending:
-        yield api.UploadDatasetRequest(chunk=bytes(pending))

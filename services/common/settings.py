@@ -12,6 +12,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Read by the datasets service (which enforces it) and by the gateway (which refuses early).
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024**3
+
 
 def shared(name: str) -> AliasChoices:
     """Read a field from TUNELAB_<NAME> whatever the class's own prefix is."""
@@ -21,7 +24,9 @@ def shared(name: str) -> AliasChoices:
 class CommonSettings(BaseSettings):
     """What every process reads: logging and the credential services share."""
 
-    model_config = SettingsConfigDict(env_prefix="TUNELAB_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="TUNELAB_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     log_level: str = Field("INFO", validation_alias=shared("log_level"))
     log_format: Literal["json", "text"] = Field("json", validation_alias=shared("log_format"))

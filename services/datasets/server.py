@@ -11,7 +11,7 @@ import grpc
 
 from services.common import context as request_context
 from services.common.blobstore import BlobError, LocalBlobStore
-from services.common.errors import invalid_argument
+from services.common.errors import ServiceError, invalid_argument
 from services.common.identity import require_user
 from services.common.pagination import Cursor, page_size
 from services.datasets import convert, upload
@@ -48,23 +48,14 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
         self, request_iterator: AsyncIterator[api.UploadDatasetRequest], context: Context
     ) -> api.UploadDatasetResponse:
         owner = require_user()
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("part") != "name":
-            raise invalid_argument("name", "the first message of an upload carries the name")
-        name = check_name(first.name)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for message in request_iterator:
-                if message.WhichOneof("part") != "chunk":
-                    raise invalid_argument("chunk", "only the first message carries a name")
-                yield message.chunk
-
-        received = await upload.receive(
-            chunks(),
-            self.blobs,
-            max_bytes=self.settings.max_upload_bytes,
-            max_line_bytes=self.settings.max_line_bytes,
-        )
+        try:
+            name, received = await self._receive(request_iterator)
+        except ServiceError:
+            # Refused while the client is still sending: a gRPC client whose send fails reports
+            # that failure (INTERNAL) instead of our status, so read the rest, discarding it.
+            async for _ in request_iterator:
+                pass
+            raise
         try:
             dataset = await self.store.create_dataset(
                 owner=owner,
@@ -87,6 +78,28 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
             },
         )
         return api.UploadDatasetResponse(dataset=convert.dataset(dataset))
+
+    async def _receive(
+        self, request_iterator: AsyncIterator[api.UploadDatasetRequest]
+    ) -> tuple[str, upload.Received]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "name":
+            raise invalid_argument("name", "the first message of an upload carries the name")
+        name = check_name(first.name)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "chunk":
+                    raise invalid_argument("chunk", "only the first message carries a name")
+                yield message.chunk
+
+        received = await upload.receive(
+            chunks(),
+            self.blobs,
+            max_bytes=self.settings.max_upload_bytes,
+            max_line_bytes=self.settings.max_line_bytes,
+        )
+        return name, received
 
     async def GetDataset(
         self, request: api.GetDatasetRequest, context: Context

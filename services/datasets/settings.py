@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings
+from services.common.settings import DEFAULT_MAX_UPLOAD_BYTES, CommonSettings
 
 MAX_TOKEN_TTL_SECONDS = 2 * 60 * 60
 MAX_TOKEN_USES = 1000
@@ -20,7 +20,9 @@ class DatasetsSettings(CommonSettings):
     storage_dir: Path = Path("var/datasets")
     grpc_address: str = "127.0.0.1:50051"
     metrics_address: str = "127.0.0.1:9151"
-    max_upload_bytes: int = Field(20 * 1024**3, gt=0, description="Largest file accepted.")
+    max_upload_bytes: int = Field(
+        DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest file accepted."
+    )
     max_line_bytes: int = Field(
         16 * 1024**2, gt=0, description="Longest row; a longer one makes the file invalid."
     )

@@ -1,0 +1,149 @@
+"""The suite as real processes: the datasets service and the gateway, on each backend.
+
+The processes are started the way `make run` starts them (`python -m ...` with environment
+settings, migrations first); their logs go to files the tests read back, to prove that no
+credential ever reaches a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from tests.conftest import PgDatabases
+
+JWT_SECRET = "e2e-jwt-secret-" + secrets.token_hex(16)
+MAX_UPLOAD = 8 * 1024 * 1024
+MAX_LINE = 256 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Suite:
+    url: str
+    env: dict[str, str]
+    var: Path
+    database_url: str
+    processes: dict[str, subprocess.Popen[bytes]]
+    secrets_seen: set[str] = field(default_factory=set)
+
+    def token(self, user: str, ttl: int = 600, **claims: object) -> str:
+        now = int(time.time())
+        value = jwt.encode(
+            {"sub": user, "iat": now, "exp": now + ttl, **claims}, JWT_SECRET, algorithm="HS256"
+        )
+        self.secrets_seen.add(value)
+        return value
+
+    def client(self, user: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token(user)}"} if user else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def remember(self, secret: str) -> str:
+        self.secrets_seen.add(secret)
+        return secret
+
+    @property
+    def storage(self) -> Path:
+        return self.var / "datasets"
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.var.glob("*.log")))
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def start_suite(var: Path, database_url: str) -> Suite:
+    gateway_port = free_port()
+    grpc_address = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        "TUNELAB_INTERNAL_TOKEN": "e2e-internal-" + secrets.token_hex(24),
+        "TUNELAB_JWT_SECRET": JWT_SECRET,
+        "TUNELAB_PUBLIC_URL": f"http://127.0.0.1:{gateway_port}",
+        "TUNELAB_LOG_FORMAT": "json",
+        "TUNELAB_LOG_LEVEL": "DEBUG",
+        "TUNELAB_DATASETS_DATABASE_URL": database_url,
+        "TUNELAB_DATASETS_STORAGE_DIR": str(var / "datasets"),
+        "TUNELAB_DATASETS_GRPC_ADDRESS": grpc_address,
+        "TUNELAB_DATASETS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TUNELAB_DATASETS_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+        "TUNELAB_DATASETS_MAX_LINE_BYTES": str(MAX_LINE),
+        "TUNELAB_GATEWAY_PORT": str(gateway_port),
+        "TUNELAB_GATEWAY_DATASETS_ADDRESS": grpc_address,
+    }
+    migrate = subprocess.run(
+        [sys.executable, "-m", "services.datasets", "migrate", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    processes = {}
+    for name, module in (("datasets", "services.datasets"), ("gateway", "gateway")):
+        log = (var / f"{name}.log").open("wb")
+        processes[name] = subprocess.Popen(
+            [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    suite = Suite(f"http://127.0.0.1:{gateway_port}", env, var, database_url, processes)
+    suite.secrets_seen |= {env["TUNELAB_INTERNAL_TOKEN"], JWT_SECRET}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                suite.stop()
+                raise AssertionError(f"{name} exited at start:\n{suite.logs()[-3000:]}")
+        try:
+            if httpx.get(f"{suite.url}/readyz", timeout=1).status_code == 200:
+                return suite
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    suite.stop()
+    raise AssertionError(f"the suite did not become ready:\n{suite.logs()[-3000:]}")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def suite(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases
+) -> Iterator[Suite]:
+    var = tmp_path_factory.mktemp(f"var-{request.param}")
+    url = pg.fresh(None) if request.param == "postgresql" else f"sqlite:///{var / 'datasets.db'}"
+    running = start_suite(var, url)
+    try:
+        yield running
+    finally:
+        running.stop()
+        shutil.rmtree(var / "datasets", ignore_errors=True)
+
+
+def needs(program: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        pytest.fail(f"{program} is not installed; the end-to-end tests drive it")
+    return path

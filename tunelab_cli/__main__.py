@@ -1,0 +1,3 @@
+from tunelab_cli.main import main
+
+main()
