@@ -28,6 +28,9 @@ HTTP_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, 600),
 )
 
+# Polled every few seconds by orchestrators: logged only at DEBUG.
+_PROBES = {"/healthz", "/readyz", "/metrics"}
+
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -67,7 +70,8 @@ class Observe:
             route = scope.get(ROUTE_KEY, "unmatched")
             HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
             HTTP_SECONDS.labels(scope["method"], route).observe(seconds)
-            log.info(
+            log.log(
+                logging.DEBUG if route in _PROBES else logging.INFO,
                 "http",
                 extra={
                     "method": scope["method"],

@@ -15,6 +15,19 @@ from services.common.redact import redact
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The request context and whatever the call passed through `extra=`."""
+    fields: dict[str, Any] = {}
+    if rid := context.request_id.get():
+        fields["request_id"] = rid
+    if user := context.caller.get():
+        fields["user"] = user
+    for key, value in vars(record).items():
+        if key not in _STANDARD and not key.startswith("_"):
+            fields[key] = value
+    return fields
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -22,27 +35,27 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            **_fields(record),
         }
-        if rid := context.request_id.get():
-            entry["request_id"] = rid
-        if user := context.caller.get():
-            entry["user"] = user
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return redact(json.dumps(entry, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
+    """For a person at a terminal (`make run`): one line, the fields as key=value."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        if rid := context.request_id.get():
-            line += f" [request_id={rid}]"
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record)
+        line = self.formatMessage(record)
+        if fields := _fields(record):
+            line += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
         return redact(line)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+_ROLES = frozenset(ROLES)
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -113,7 +114,7 @@ class FormatDetector:
         self._line += 1
         if self._line == 1 and line.startswith(_BOM):
             line = line[len(_BOM) :]
-        if not line.strip():
+        if not line or line.isspace():
             return
         self._rows += 1
         if self._error is not None:
@@ -174,21 +175,23 @@ def classify(row: Any) -> Format:
 
 
 def _check_messages(messages: Any, field: str) -> set[str]:
-    """Check a list of chat messages; returns the roles seen."""
-    if not isinstance(messages, list) or not messages:
+    """Check a list of chat messages; returns the roles seen. Every row of a chat dataset comes
+    through here, so the checks are plain type tests and messages are built only on failure."""
+    if type(messages) is not list or not messages:
         raise RowError(f'has a "{field}" that is not a non-empty list of messages')
     roles = set()
     for i, message in enumerate(messages):
-        where = f'"{field}"[{i}]'
-        if not isinstance(message, dict):
-            raise RowError(f"has {where} that is a JSON {_kind(message)}, not an object")
+        if type(message) is not dict:
+            raise RowError(f'has "{field}"[{i}] that is a JSON {_kind(message)}, not an object')
         role = message.get("role")
-        if role not in ROLES:
-            raise RowError(f"has {where}.role that is not one of {', '.join(ROLES)}")
+        if role not in _ROLES:
+            raise RowError(f'has "{field}"[{i}].role that is not one of {", ".join(ROLES)}')
         content = message.get("content")
-        has_tool_calls = role == "assistant" and bool(message.get("tool_calls"))
-        if not (isinstance(content, str | list) or (content is None and has_tool_calls)):
-            raise RowError(f"has {where}.content that is not a string or a list of parts")
+        if type(content) is not str and not (
+            type(content) is list
+            or (content is None and role == "assistant" and message.get("tool_calls"))
+        ):
+            raise RowError(f'has "{field}"[{i}].content that is not a string or a list of parts')
         roles.add(role)
     return roles
 

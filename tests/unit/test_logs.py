@@ -67,3 +67,13 @@ def test_json_lines_carry_request_id_and_extras_and_mask_secrets(captured: io.St
     assert DOWNLOAD not in captured.getvalue()
     assert JWT not in captured.getvalue()
     assert "RuntimeError" in lines[1]["exc"]
+
+
+def test_text_lines_show_fields_and_mask_secrets(captured: io.StringIO) -> None:
+    logging.getLogger().handlers[0].setFormatter(logs.TextFormatter())
+    context.request_id.set("req-2")
+    logging.getLogger("test").warning("done", extra={"token": DOWNLOAD, "rows": 3})
+    line = captured.getvalue()
+    assert "done request_id=req-2" in line
+    assert "rows=3" in line
+    assert DOWNLOAD not in line
