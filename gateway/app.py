@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -31,7 +32,7 @@ from gateway.rules import HttpRule, http_rules
 from gateway.settings import GatewaySettings
 from gateway.transcode import Endpoint, unary_endpoint
 from gateway.uploads import Uploads
-from services.common import context
+from services.common import context, redact
 from services.common.blobstore import LocalBlobStore
 from services.common.client import open_channel
 from tunelab.datasets.v1 import datasets_service_pb2, datasets_service_pb2_grpc
@@ -43,16 +44,42 @@ UPSTREAMS = {"datasets": datasets_service_pb2.DESCRIPTOR}
 # Methods whose routes stream and are served by hand-written endpoints.
 STREAMING = {"UploadDataset", "RedeemDownloadToken"}
 DOWNLOAD_ROUTE = "/v1/dataset-downloads/{token}"
+# Bearer tokens, not cookies: no credentials mode, so no CSRF surface.
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "If-Range",
+    "Range",
+    "X-Request-Id",
+]
+CORS_RESPONSE_HEADERS = [
+    "Content-Disposition",
+    "Content-Range",
+    "ETag",
+    "Location",
+    "Repr-Digest",
+    "X-Checksum-Sha256",
+    "X-Download-Uses-Left",
+    "X-Request-Id",
+]
 
 
 def create_app(settings: GatewaySettings, authenticator: Authenticator | None = None) -> Starlette:
     """Build the app; call it with an event loop running (gRPC channels bind to it)."""
-    authenticator = authenticator or Authenticator(
-        hs256_secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
-        jwks_url=settings.jwks_url,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-    )
+    if authenticator is None:
+        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        if secret:
+            redact.register(secret)
+        try:
+            authenticator = Authenticator(
+                hs256_secret=secret,
+                jwks_url=settings.jwks_url,
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"gateway: {exc}") from exc
     token = settings.require_internal_token()
     rules = {name: http_rules(file) for name, file in UPSTREAMS.items()}
     channels = {
@@ -106,7 +133,9 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    document = openapi.document([r for group in rules.values() for r in group], STREAMING)
+    document = openapi.document(
+        [r for group in rules.values() for r in group], STREAMING, settings.public_url
+    )
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(document)
@@ -149,9 +178,21 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
         yield
         await asyncio.gather(*(channel.close() for channel in channels.values()))
 
+    middleware = [Middleware(Observe)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
+                allow_headers=CORS_REQUEST_HEADERS,
+                expose_headers=CORS_RESPONSE_HEADERS,
+                max_age=600,
+            )
+        )
     return Starlette(
         routes=routes,
-        middleware=[Middleware(Observe)],
+        middleware=middleware,
         exception_handlers={HTTPException: _http_exception},
         lifespan=lifespan,
     )
@@ -178,8 +219,9 @@ async def _serving(channel: grpc.aio.Channel) -> str:
 
 def _unauthenticated(message: str, had_credentials: bool) -> Response:
     challenge = 'Bearer realm="tunelab"'
-    if had_credentials:
-        challenge += f', error="invalid_token", error_description="{message}"'
+    if had_credentials:  # RFC 6750 allows printable ASCII but quote and backslash here
+        description = "".join(c for c in message if " " <= c <= "~" and c not in '"\\')
+        challenge += f', error="invalid_token", error_description="{description}"'
     return error_response(
         401,
         grpc.StatusCode.UNAUTHENTICATED,
@@ -192,10 +234,13 @@ def _unauthenticated(message: str, had_credentials: bool) -> Response:
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
         return error_response(
             405,
             grpc.StatusCode.UNIMPLEMENTED,
-            f"{request.method} is not allowed on this route",
+            f"{request.method} is not allowed on this route; it takes {allowed}"
+            + (" (curl -T sends PUT: add -X POST)" if request.method == "PUT" else ""),
+            reason="METHOD_NOT_ALLOWED",
             headers=exc.headers,
         )
     if exc.status_code == 404:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlparse
 
 import jwt
 
@@ -26,6 +27,10 @@ class KeysUnavailable(Exception):
 
 
 class Authenticator:
+    """Exactly one mode: an HS256 secret (development) or a JWKS (production). In JWKS mode the
+    issuer and audience are required: without them a token the identity provider issued for
+    any other application would be accepted here."""
+
     def __init__(
         self,
         *,
@@ -35,18 +40,30 @@ class Authenticator:
         audience: str | None = None,
         leeway_seconds: int = 30,
     ) -> None:
-        if not hs256_secret and not jwks_url:
-            raise ValueError("configure TUNELAB_JWT_SECRET (development) or TUNELAB_JWKS_URL")
+        if bool(hs256_secret) == bool(jwks_url):
+            raise ValueError(
+                "configure exactly one of TUNELAB_JWT_SECRET (development) and TUNELAB_JWKS_URL"
+            )
         if hs256_secret is not None and len(hs256_secret) < 32:
             raise ValueError("TUNELAB_JWT_SECRET must be at least 32 characters")
+        if jwks_url:
+            if not (issuer and audience):
+                raise ValueError(
+                    "with TUNELAB_JWKS_URL, set TUNELAB_JWT_ISSUER and TUNELAB_JWT_AUDIENCE too"
+                )
+            url = urlparse(jwks_url)
+            if url.scheme != "https" and url.hostname not in ("127.0.0.1", "::1", "localhost"):
+                raise ValueError("TUNELAB_JWKS_URL must be an https:// URL")
         self.hs256_secret = hs256_secret
         self.issuer = issuer
         self.audience = audience
         self.leeway_seconds = leeway_seconds
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, timeout=5) if jwks_url else None
 
     async def authenticate(self, authorization: str | None) -> str:
-        """The user id (`sub`) of a valid `Authorization: Bearer <JWT>` header."""
+        """The user id (`sub`) of a valid `Authorization: Bearer <JWT>` header.
+
+        AuthError messages are fixed texts: nothing of the token is echoed back."""
         if not authorization:
             raise AuthError("missing credentials: send Authorization: Bearer <JWT>")
         scheme, _, token = authorization.partition(" ")
@@ -54,28 +71,15 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token:
             raise AuthError("malformed Authorization header: expected 'Bearer <JWT>'")
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError as exc:
+            alg = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError as exc:
             raise AuthError("malformed token: not a JWT") from exc
-        alg = header.get("alg")
-        key: Any
-        if alg == "HS256" and self.hs256_secret:
-            key, algorithms = self.hs256_secret, ["HS256"]
-        elif alg in ASYMMETRIC and self._jwks is not None:
-            try:
-                signing = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
-            except jwt.PyJWKClientConnectionError as exc:
-                raise KeysUnavailable("cannot fetch the identity provider's keys") from exc
-            except jwt.PyJWKClientError as exc:
-                raise AuthError("token is signed with a key the provider does not list") from exc
-            key, algorithms = signing.key, [str(alg)]
-        else:
-            raise AuthError(f"token algorithm {alg!r} is not accepted here")
+        key, algorithm = await self._key(token, alg)
         try:
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=algorithms,
+                algorithms=[algorithm],
                 issuer=self.issuer,
                 audience=self.audience,
                 leeway=self.leeway_seconds,
@@ -91,9 +95,28 @@ class Authenticator:
             raise AuthError("token was issued by someone else") from exc
         except jwt.InvalidAudienceError as exc:
             raise AuthError("token is meant for another audience") from exc
-        except jwt.InvalidTokenError as exc:
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:
             raise AuthError("malformed token") from exc
         subject = claims.get("sub")
         if not isinstance(subject, str) or not valid_user_id(subject):
             raise AuthError("token 'sub' is not a valid user id")
         return subject
+
+    async def _key(self, token: str, alg: object) -> tuple[Any, str]:
+        """The key to check the token with, and the one algorithm it may use."""
+        if self.hs256_secret:
+            if alg != "HS256":
+                raise AuthError("token algorithm is not accepted here (expected HS256)")
+            return self.hs256_secret, "HS256"
+        assert self._jwks is not None
+        if alg not in ASYMMETRIC:
+            raise AuthError("token algorithm is not accepted here")
+        try:
+            signing = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+        except jwt.PyJWKClientConnectionError as exc:
+            raise KeysUnavailable("cannot fetch the identity provider's keys") from exc
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:
+            raise AuthError("token is signed with a key the provider does not list") from exc
+        if signing.algorithm_name != alg:
+            raise AuthError("token algorithm does not match its key")
+        return signing.key, str(alg)

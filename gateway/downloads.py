@@ -12,15 +12,13 @@ import asyncio
 import base64
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC
-from email.utils import format_datetime
 from urllib.parse import quote
 
 import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway.errors import error_response, from_rpc_error
+from gateway.errors import error_response, remote_error_response
 from services.common.blobstore import BlobError, LocalBlobStore, OpenBlob, read_range
 from services.common.errors import RemoteError
 from tunelab.datasets.v1 import datasets_service_pb2 as api
@@ -52,10 +50,10 @@ class Downloads:
                 )
             )
         except grpc.aio.AioRpcError as exc:
-            response = from_rpc_error(exc, "datasets")
             remote = RemoteError.from_rpc_error(exc)
-            if remote.reason == "RANGE_NOT_SATISFIABLE":
-                response.headers["Content-Range"] = f"bytes */{remote.metadata.get('size', '*')}"
+            response = remote_error_response(remote, "datasets")
+            if size := remote.metadata.get("size"):  # a 416
+                response.headers["Content-Range"] = f"bytes */{size}"
             return response
 
         headers = _headers(grant)
@@ -91,8 +89,8 @@ def _headers(grant: api.RedeemDownloadTokenResponse) -> dict[str, str]:
         "Content-Length": str(grant.length),
         "Content-Disposition": _disposition(grant.name),
         "Accept-Ranges": "bytes",
-        "ETag": f'"{grant.sha256}"',
-        "Last-Modified": _http_date(grant),
+        "ETag": grant.etag,
+        "Last-Modified": grant.last_modified,
         "Repr-Digest": f"sha-256=:{digest}:",
         "X-Checksum-Sha256": grant.sha256,
         "Cache-Control": "private, no-store",
@@ -103,10 +101,6 @@ def _headers(grant: api.RedeemDownloadTokenResponse) -> dict[str, str]:
         last = grant.offset + grant.length - 1
         headers["Content-Range"] = f"bytes {grant.offset}-{last}/{grant.size_bytes}"
     return headers
-
-
-def _http_date(grant: api.RedeemDownloadTokenResponse) -> str:
-    return format_datetime(grant.created_at.ToDatetime(tzinfo=UTC).replace(microsecond=0), True)
 
 
 def _disposition(name: str) -> str:

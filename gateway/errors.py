@@ -85,7 +85,20 @@ def error_response(
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> JSONResponse:
-    remote = RemoteError.from_rpc_error(error)
+    return remote_error_response(RemoteError.from_rpc_error(error), service)
+
+
+def remote_error_response(remote: RemoteError, service: str) -> JSONResponse:
+    if remote.reason == "INTERNAL_CREDENTIAL":
+        # Our own credentials were refused: a deployment fault. A 401 would tell the client
+        # its (valid) token is bad, and the message names internals.
+        log.error("the %s service refused the gateway's internal credential", service)
+        return error_response(
+            500,
+            grpc.StatusCode.INTERNAL,
+            "the gateway is misconfigured; the operators have been alerted",
+            reason="INTERNAL",
+        )
     status = REASON_STATUS.get(remote.reason) or HTTP_STATUS.get(remote.code, 500)
     message = remote.message
     if not remote.reason:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import time
 
+import grpc
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import error_response
 from services.common import context
 
 log = logging.getLogger("tunelab.http")
@@ -52,9 +54,12 @@ class Observe:
         started = time.perf_counter()
         status = 500
 
+        started_response = False
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status = message["status"]
                 message["headers"] = [
                     *message.get("headers", []),
@@ -65,6 +70,18 @@ class Observe:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # Whatever escaped a handler: logged in full here, answered as JSON with the request
+            # id and nothing of the exception (if the response has not begun; else cut short).
+            log.exception("unhandled error", extra={"method": scope["method"]})
+            if started_response:
+                raise
+            await error_response(
+                500,
+                grpc.StatusCode.INTERNAL,
+                f"internal error; the gateway log has the details under request id {rid}",
+                reason="INTERNAL",
+            )(scope, receive, send_wrapper)
         finally:
             seconds = time.perf_counter() - started
             route = scope.get(ROUTE_KEY, "unmatched")

@@ -137,7 +137,7 @@ class Schemas:
         return {"type": "string", "enum": values, "description": "; ".join(lines)}
 
 
-def document(rules: Iterable[HttpRule], hand_written: set[str]) -> dict[str, Any]:
+def document(rules: Iterable[HttpRule], hand_written: set[str], server: str) -> dict[str, Any]:
     comments = Comments()
     schemas = Schemas(comments)
     paths: dict[str, dict[str, Any]] = {}
@@ -152,11 +152,14 @@ def document(rules: Iterable[HttpRule], hand_written: set[str]) -> dict[str, Any
         "info": {
             "title": "tunelab",
             "version": "v1",
-            "description": "Datasets, training runs, traces and evaluations of the tunelab "
-            "platform. Authenticate with `Authorization: Bearer <JWT>`; in development "
-            "`tunelab token --user NAME` prints one. Errors have the body "
-            '`{"error": {"code", "status", "message", "reason", "details", "request_id"}}`.',
+            "description": "The HTTP API of the tunelab fine-tuning platform. Authenticate with "
+            "`Authorization: Bearer <JWT>`; in development `tunelab token --user NAME` prints "
+            "one. Fields are snake_case; 64-bit integers are JSON strings (proto3 JSON "
+            "mapping). Errors have the body "
+            '`{"error": {"code", "status", "message", "reason", "details", "request_id"}}`; '
+            "`reason` is the machine-readable cause (for example TOKEN_EXPIRED).",
         },
+        "servers": [{"url": server}],
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": dict(sorted(schemas.defined.items())),
@@ -200,10 +203,22 @@ def _operation(rule: HttpRule, schemas: Schemas, comments: Comments) -> dict[str
         "summary": _first_sentence(comments(method.full_name)) or method.name,
         "description": comments(method.full_name),
         "parameters": parameters,
-        "responses": {str(status): success, "default": _error("An error.")},
+        "responses": {
+            str(status): success,
+            "401": _error("Missing, expired or invalid bearer token."),
+            "default": _error("An error."),
+        },
     }
-    if rule.body == "*":
-        body_schema = schemas.ref(method.input_type)
+    if rule.body == "*":  # the path parameters are not part of the body
+        body_schema = {
+            "type": "object",
+            "properties": {
+                f.name: schemas.field(f)
+                for f in method.input_type.fields
+                if f.name not in rule.path_params
+            },
+            "additionalProperties": False,
+        }
         operation["requestBody"] = {"content": {JSON: {"schema": body_schema}}}
     return operation
 
@@ -222,10 +237,11 @@ def _hand_written(paths: dict[str, dict[str, Any]], schemas: Schemas) -> None:
         "operationId": "UploadDataset",
         "tags": ["DatasetsService"],
         "summary": "Upload a JSONL dataset, streamed",
-        "description": "The raw request body is the file (curl --data-binary @train.jsonl). It "
-        "is hashed, counted and checked as it streams; the format is detected from the content, "
-        "and a file that is not usable for training is stored with format "
-        "DATASET_FORMAT_INVALID and a format_error naming the first bad line.",
+        "description": "The raw request body is the file: `curl -T train.jsonl -X POST ...` "
+        "streams it (`--data-binary @file` reads it into memory first; `-d` and `-F` send forms, "
+        "which are refused). It is hashed, counted and checked as it streams; the format is "
+        "detected from the content, and a file that is not usable for training is still stored, "
+        "with format DATASET_FORMAT_INVALID and a format_error naming the first bad line.",
         "parameters": [
             {
                 "name": "name",
@@ -243,8 +259,9 @@ def _hand_written(paths: dict[str, dict[str, Any]], schemas: Schemas) -> None:
         },
         "responses": {
             "201": {"description": "Stored.", "content": {JSON: {"schema": dataset}}},
+            "401": _error("Missing, expired or invalid bearer token."),
             "413": _error("Larger than the service's upload limit."),
-            "415": _error("Sent as a multipart form instead of the raw body."),
+            "415": _error("Sent as a form (multipart or urlencoded) instead of the raw body."),
             "default": _error("An error."),
         },
     }

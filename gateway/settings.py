@@ -37,6 +37,10 @@ class GatewaySettings(CommonSettings):
         "is refused before it is sent on.",
     )
     download_chunk_bytes: int = Field(1 << 20, ge=4096)
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Browser origins allowed to call the API, as JSON: ["https://app.example"].',
+    )
     forwarded_allow_ips: str = Field(
         "127.0.0.1", description="Proxies whose X-Forwarded-For is believed (uvicorn's setting)."
     )

@@ -109,6 +109,11 @@ async def read_json_body(request: Request) -> Any:
         raise BadRequest(f"the body is not valid JSON: {exc.msg} at character {exc.pos}") from exc
 
 
+def _by_json_name(rule: HttpRule, key: str) -> FieldDescriptor | None:
+    """protobuf's JSON mapping also accepts lowerCamelCase names (maxUses for max_uses)."""
+    return next((f for f in rule.method.input_type.fields if f.json_name == key), None)
+
+
 async def _build_request(
     request: Request,
     rule: HttpRule,
@@ -121,6 +126,13 @@ async def _build_request(
         if rule.body == "*":
             if not isinstance(body, dict):
                 raise BadRequest("the body must be a JSON object")
+            fields = rule.method.input_type.fields_by_name
+            accepted = {name for name in fields if name not in rule.path_params}
+            for key in body:
+                field = fields.get(key) or _by_json_name(rule, key)
+                if field is None or field.name not in accepted:
+                    listed = ", ".join(sorted(accepted)) or "no fields"
+                    raise BadRequest(f"unknown field {key!r}; this body takes: {listed}", key)
             data.update(body)
         else:
             data[rule.body] = body

@@ -19,6 +19,8 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import error_response, from_rpc_error
 from gateway.transcode import BadRequest, to_json
+from services.common.errors import ServiceError
+from services.common.filenames import check_name
 from tunelab.datasets.v1 import datasets_service_pb2 as api
 from tunelab.datasets.v1 import datasets_service_pb2_grpc as api_grpc
 
@@ -41,12 +43,19 @@ class Uploads:
             return BadRequest(
                 "give the dataset's name: POST /v1/datasets?name=train.jsonl", "name"
             ).response()
-        if request.headers.get("content-type", "").startswith("multipart/"):
+        try:  # before a byte is sent on: a bad name must not cost a 20 GB upload to learn of
+            check_name(name)
+        except ServiceError as exc:
+            return BadRequest(exc.message, "name").response()
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith(("multipart/", "application/x-www-form-urlencoded")):
+            # A form body is not the file: curl -d even strips its newlines.
             return error_response(
                 415,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "send the file as the raw request body (curl -T file), not as a form",
-                reason="INVALID_ARGUMENT",
+                "send the file as the raw request body (curl -T FILE -X POST ...), not as a form "
+                "(curl -d and -F send forms; -d also strips the newlines between rows)",
+                reason="UNSUPPORTED_MEDIA_TYPE",
             )
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max:

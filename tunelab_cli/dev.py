@@ -7,9 +7,12 @@ Ctrl-C, or as soon as one of them dies (the others would only fail later, less c
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +23,11 @@ import httpx
 # (name, module) of each service, in start order; the gateway comes last.
 SERVICES = [("datasets", "services.datasets")]
 SECRETS = {"internal-token": "TUNELAB_INTERNAL_TOKEN", "jwt-secret": "TUNELAB_JWT_SECRET"}
+# The addresses the suite listens on: (variable, default).
+LISTENS = [
+    ("TUNELAB_DATASETS_GRPC_ADDRESS", "127.0.0.1:50051"),
+    ("TUNELAB_DATASETS_METRICS_ADDRESS", "127.0.0.1:9151"),
+]
 
 
 def var_dir() -> Path:
@@ -53,6 +61,20 @@ def ensure_secrets() -> dict[str, str]:
 def run(*, log_format: str = "text") -> int:
     env = {**os.environ, **ensure_secrets()}
     env.setdefault("TUNELAB_LOG_FORMAT", log_format)
+    # Everything the suite keeps lives under the var directory, wherever that is.
+    env.setdefault("TUNELAB_DATASETS_DATABASE_URL", f"sqlite:///{var_dir() / 'datasets.db'}")
+    env.setdefault("TUNELAB_DATASETS_STORAGE_DIR", str(var_dir() / "datasets"))
+    gateway = (
+        f"{env.get('TUNELAB_GATEWAY_HOST', '127.0.0.1')}:{env.get('TUNELAB_GATEWAY_PORT', '8080')}"
+    )
+    for variable, address in [("TUNELAB_GATEWAY_PORT", gateway), *_addresses(env)]:
+        if not _free(address):
+            print(
+                f"{address} is already in use (another tunelab?): stop it, or choose another "
+                f"address with {variable}; README.md lists the ports",
+                flush=True,
+            )
+            return 1
     python = sys.executable
     for name, module in SERVICES:
         print(f"migrating {name} ...", flush=True)
@@ -70,10 +92,9 @@ def run(*, log_format: str = "text") -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         for name, module in [*SERVICES, ("gateway", "gateway")]:
-            children.append((name, subprocess.Popen([python, "-m", module], env=env)))
-        gateway = f"http://{env.get('TUNELAB_GATEWAY_HOST', '127.0.0.1')}:" + env.get(
-            "TUNELAB_GATEWAY_PORT", "8080"
-        )
+            child = subprocess.Popen([python, "-m", module], env=env, preexec_fn=_die_with_parent)
+            children.append((name, child))
+        gateway = f"http://{gateway}"
         announced = False
         while not stopping:
             for name, child in children:
@@ -100,6 +121,28 @@ def run(*, log_format: str = "text") -> int:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _addresses(env: dict[str, str]) -> list[tuple[str, str]]:
+    return [(var, env.get(var, default)) for var, default in LISTENS if env.get(var, default)]
+
+
+def _free(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with socket.socket() as probe:
+        # As the servers do: a port left in TIME_WAIT by a previous run is free; a listener isn't.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return False
+    return True
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if `tunelab dev` itself is killed (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _ready(gateway: str) -> bool:

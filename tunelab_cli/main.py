@@ -7,7 +7,11 @@
     tunelab datasets link ID [--ttl S] [--max-uses N]   mint a download URL
 
 Credentials: --token or TUNELAB_TOKEN; otherwise, where the development signing key is at hand
-(var/secrets, as `make run` leaves it), a token for --user / TUNELAB_USER / your login name.
+(var/secrets, as `make run` leaves it, so run from the project directory), a token for --user,
+TUNELAB_USER or your login name, in that order. The gateway: --url or TUNELAB_URL.
+
+`datasets upload` exits with status 2 when the file was stored but is not usable for training
+(the reason and the first bad line are printed).
 """
 
 from __future__ import annotations
@@ -49,9 +53,9 @@ def mint_dev_token(user: str, ttl_seconds: int) -> str:
 def _client(args: argparse.Namespace) -> httpx.Client:
     token = args.token or os.environ.get("TUNELAB_TOKEN")
     if not token:
-        token = mint_dev_token(
-            args.user or os.environ.get("TUNELAB_USER") or getpass.getuser(), 3600
-        )
+        user = args.user or os.environ.get("TUNELAB_USER") or getpass.getuser()
+        token = mint_dev_token(user, 3600)
+        print(f"(acting as {user!r} with a development token)", file=sys.stderr)
     return httpx.Client(
         base_url=args.url,
         headers={"Authorization": f"Bearer {token}"},
@@ -107,12 +111,21 @@ def cmd_upload(args: argparse.Namespace) -> None:
             content=body(),
             headers={"Content-Length": str(size), "Content-Type": "application/x-ndjson"},
         )
-        _print(_check(response))
+        dataset = _check(response)
+        _print(dataset)
+    if error := dataset.get("format_error"):
+        print(
+            f"tunelab: stored as {dataset['id']}, but it is not usable for training: "
+            f"{error['reason']}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
     with _client(args) as client:
         token = ""
+        shown = 0
         while True:
             page = _check(client.get("/v1/datasets", params={"page_token": token} if token else {}))
             for dataset in page["datasets"]:
@@ -120,8 +133,11 @@ def cmd_list(args: argparse.Namespace) -> None:
                     f"{dataset['id']}  {dataset['format'].removeprefix('DATASET_FORMAT_'):<14} "
                     f"{int(dataset['row_count']):>10} rows  {dataset['name']}"
                 )
+                shown += 1
             token = page["next_page_token"]
             if not token:
+                if not shown:
+                    print("no datasets yet", file=sys.stderr)
                 return
 
 
@@ -146,7 +162,11 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="tunelab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    root.add_argument("--url", default=os.environ.get("TUNELAB_URL", "http://127.0.0.1:8080"))
+    root.add_argument(
+        "--url",
+        default=os.environ.get("TUNELAB_URL", "http://127.0.0.1:8080"),
+        help="the gateway (default: TUNELAB_URL, or http://127.0.0.1:8080)",
+    )
     root.add_argument("--token", help="bearer JWT (default: TUNELAB_TOKEN, or a dev token)")
     root.add_argument("--user", help="user for an automatic dev token")
     commands = root.add_subparsers(dest="command", required=True)
@@ -186,5 +206,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"tunelab: {exc}", file=sys.stderr)
         sys.exit(1)
     except httpx.HTTPError as exc:
-        print(f"tunelab: cannot reach {args.url}: {exc}", file=sys.stderr)
+        print(
+            f"tunelab: cannot reach {args.url} ({exc}); is `make run` going? "
+            "Point --url (or TUNELAB_URL) at the gateway.",
+            file=sys.stderr,
+        )
         sys.exit(1)

@@ -19,11 +19,12 @@ import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-_KEY = re.compile(r"^[0-9a-f]{32}$")
+_KEY = re.compile(r"[0-9a-f]{32}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -36,7 +37,7 @@ def new_key() -> str:
 
 
 def _check_key(key: str) -> str:
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise BlobError(f"not a blob key: {key!r}")
     return key
 
@@ -80,7 +81,12 @@ class LocalBlobStore:
         try:
             dir_fd = self._open_dir("objects", key[:2])
             try:
-                fd = os.open(key, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                # O_NONBLOCK: a FIFO planted here must fail the checks below, not hang the open.
+                fd = os.open(
+                    key,
+                    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                    dir_fd=dir_fd,
+                )
             finally:
                 os.close(dir_fd)
         except OSError as exc:
@@ -94,6 +100,23 @@ class LocalBlobStore:
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
+
+    def sweep_incoming(self, older_than_seconds: float) -> int:
+        """Remove partial uploads a crash left behind; returns how many. Age, not presence,
+        decides: another replica may be writing a younger one right now."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        dir_fd = self._open_dir("incoming")
+        try:
+            for name in os.listdir(dir_fd):
+                with contextlib.suppress(FileNotFoundError):
+                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if info.st_mtime < cutoff:
+                        os.unlink(name, dir_fd=dir_fd)
+                        removed += 1
+        finally:
+            os.close(dir_fd)
+        return removed
 
     def delete(self, key: str) -> None:
         _check_key(key)
@@ -112,22 +135,26 @@ class LocalBlobStore:
 class BlobWriter:
     """Writes a new blob to incoming/, then moves it under objects/ on commit.
 
-    Blocking: call it from a worker thread (the datasets service does).
+    Blocking: call it from a worker thread (the datasets service does), and never call two of
+    its methods at once. `abort` undoes whatever was done, committed or not, and may be repeated.
     """
 
     def __init__(self, store: LocalBlobStore) -> None:
         self._store = store
         self._name = secrets.token_hex(16)
-        self._dir = store._open_dir("incoming")
-        self._fd = os.open(
+        self._dir: int | None = store._open_dir("incoming")
+        self._fd: int | None = os.open(
             self._name,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
             0o600,
             dir_fd=self._dir,
         )
         self.size = 0
+        self.key: str | None = None
 
     def write(self, data: bytes | memoryview) -> None:
+        if self._fd is None:
+            raise RuntimeError("write after commit or abort")
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
@@ -136,36 +163,58 @@ class BlobWriter:
 
     def commit(self) -> str:
         """Make the blob durable and visible; returns its key."""
+        if self._fd is None or self._dir is None:
+            raise RuntimeError("commit after commit or abort")
         key = new_key()
         os.fsync(self._fd)
-        os.close(self._fd)
+        self._close_file()
         target = self._store._open_dir("objects", key[:2], create=True)
         try:
             os.rename(self._name, key, src_dir_fd=self._dir, dst_dir_fd=target)
+            self.key = key
             os.fsync(target)
         finally:
             os.close(target)
-            os.close(self._dir)
+            self._close_dir()
         return key
 
     def abort(self) -> None:
-        os.close(self._fd)
-        try:
-            os.unlink(self._name, dir_fd=self._dir)
-        finally:
-            os.close(self._dir)
+        if self.key is not None:
+            self._store.delete(self.key)
+            self.key = None
+        self._close_file()
+        if self._dir is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._name, dir_fd=self._dir)
+        self._close_dir()
+
+    def _close_file(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def _close_dir(self) -> None:
+        if self._dir is not None:
+            fd, self._dir = self._dir, None
+            os.close(fd)
 
 
 async def read_range(
     blob: OpenBlob, offset: int, length: int, chunk_size: int = 1 << 20
 ) -> AsyncIterator[bytes]:
-    """The bytes [offset, offset+length) in chunks, read off the event loop."""
+    """The bytes [offset, offset+length) in chunks, read off the event loop.
+
+    If the reader is cancelled (the client hung up), the read in flight is waited for: its
+    thread still uses the descriptor, which the caller is about to close."""
     loop = asyncio.get_running_loop()
     end = offset + length
     while offset < end:
-        data = await loop.run_in_executor(
-            None, os.pread, blob.fd, min(chunk_size, end - offset), offset
-        )
+        read = loop.run_in_executor(None, os.pread, blob.fd, min(chunk_size, end - offset), offset)
+        try:
+            data = await asyncio.shield(read)
+        except asyncio.CancelledError:
+            await asyncio.wait([read])
+            raise
         if not data:
             raise BlobError("blob shrank while it was being read")
         offset += len(data)

@@ -77,7 +77,7 @@ class _Outbound:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         metadata[INTERNAL_TOKEN_KEY] = self._token
         if metadata.get(USER_KEY) is None and (user := context.caller.get()):
-            metadata[USER_KEY] = user
+            metadata[USER_KEY] = user.encode()
         if metadata.get(REQUEST_ID_KEY) is None and (rid := context.request_id.get()):
             metadata[REQUEST_ID_KEY] = rid
         return grpc.aio.ClientCallDetails(

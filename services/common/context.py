@@ -9,7 +9,7 @@ from contextvars import ContextVar
 request_id: ContextVar[str] = ContextVar("request_id", default="")
 caller: ContextVar[str] = ContextVar("caller", default="")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def new_request_id() -> str:
@@ -18,6 +18,6 @@ def new_request_id() -> str:
 
 def accept_request_id(value: str | None) -> str:
     """A request id a client sent, if it is safe to log and echo; a fresh one otherwise."""
-    if value and _REQUEST_ID.match(value):
+    if value and _REQUEST_ID.fullmatch(value):
         return value
     return new_request_id()

@@ -33,6 +33,7 @@ from tunelab.common.v1 import errors_pb2
 log = logging.getLogger(__name__)
 
 _IMMEDIATE = "tunelab_sqlite_begin_immediate"
+BUSY_TIMEOUT_SECONDS = 5.0
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -70,11 +71,15 @@ class Database:
         self.url = async_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
-            engine_kwargs.setdefault("connect_args", {"timeout": 30})
+            # Waiting for SQLite's write lock stays below callers' 10 s deadline: a caller that
+            # has given up must not see its change land afterwards.
+            engine_kwargs.setdefault("connect_args", {"timeout": BUSY_TIMEOUT_SECONDS})
             if self.url.database and self.url.database != ":memory:":
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         else:
             engine_kwargs.setdefault("pool_pre_ping", True)
+        # Statement parameters stay out of error texts: they may hold secrets or user data.
+        engine_kwargs.setdefault("hide_parameters", True)
         self.engine: AsyncEngine = create_async_engine(self.url, **engine_kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_connect)
@@ -117,7 +122,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     for pragma in (
         "journal_mode=WAL",
-        "busy_timeout=30000",
+        f"busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}",
         "foreign_keys=ON",
         "synchronous=NORMAL",
     ):

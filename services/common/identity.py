@@ -14,10 +14,11 @@ from services.common import context
 from services.common.errors import unauthenticated
 
 INTERNAL_TOKEN_KEY = "x-tunelab-internal-token"  # noqa: S105 (a header name)
-USER_KEY = "x-tunelab-user"
+# Binary metadata (the -bin suffix): user ids are UTF-8, and plain gRPC metadata is ASCII only.
+USER_KEY = "x-tunelab-user-bin"
 REQUEST_ID_KEY = "x-request-id"
 
-_USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+_USER_ID = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,255}")
 
 
 def token_matches(presented: str | None, expected: str) -> bool:
@@ -25,7 +26,19 @@ def token_matches(presented: str | None, expected: str) -> bool:
 
 
 def valid_user_id(value: str) -> bool:
-    return bool(_USER_ID.match(value))
+    return bool(_USER_ID.fullmatch(value))
+
+
+def decode_user(value: str | bytes | None) -> str | None:
+    """The user id from metadata; None when it is absent, not UTF-8 or not a valid id."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return ""
+    return value if valid_user_id(value) else ""
 
 
 def require_user() -> str:

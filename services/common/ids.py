@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{base64.b32encode(secrets.token_bytes(16)).decode().rstrip('=').lower()}"
-
-
-def id_pattern(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"^{prefix}_[a-z2-7]{{26}}$")

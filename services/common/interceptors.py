@@ -24,10 +24,11 @@ from services.common.identity import (
     INTERNAL_TOKEN_KEY,
     REQUEST_ID_KEY,
     USER_KEY,
+    decode_user,
     token_matches,
-    valid_user_id,
 )
 from services.common.metrics import GRPC_HANDLED, GRPC_SECONDS
+from tunelab.common.v1 import errors_pb2
 
 log = logging.getLogger("tunelab.rpc")
 
@@ -35,6 +36,8 @@ log = logging.getLogger("tunelab.rpc")
 _OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+# Values are str, or bytes for binary ("-bin") keys.
+Metadata: TypeAlias = Mapping[str, str | bytes]
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
@@ -51,18 +54,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method: str = handler_call_details.method
-        metadata = {
-            key: value
-            for key, value in handler_call_details.invocation_metadata or ()
-            if isinstance(value, str)
-        }
+        metadata: Metadata = dict(handler_call_details.invocation_metadata or ())
         return _wrap(handler, functools.partial(self._scope, method, metadata))
 
     @asynccontextmanager
     async def _scope(
-        self, method: str, metadata: Mapping[str, str], ctx: grpc.aio.ServicerContext[Any, Any]
+        self, method: str, metadata: Metadata, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[None]:
-        rid = context.accept_request_id(metadata.get(REQUEST_ID_KEY))
+        rid = context.accept_request_id(_text(metadata, REQUEST_ID_KEY))
         context.request_id.set(rid)
         context.caller.set("")
         ctx.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
@@ -97,16 +96,25 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     extra={"method": method, "code": code.name, "ms": round(seconds * 1000, 2)},
                 )
 
-    def _authenticate(self, metadata: Mapping[str, str]) -> None:
-        if not token_matches(metadata.get(INTERNAL_TOKEN_KEY), self._token):
-            raise unauthenticated(
+    def _authenticate(self, metadata: Metadata) -> None:
+        if not token_matches(_text(metadata, INTERNAL_TOKEN_KEY), self._token):
+            raise ServiceError(
+                grpc.StatusCode.UNAUTHENTICATED,
                 f"missing or wrong internal credential: callers send the {INTERNAL_TOKEN_KEY} "
-                "metadata (the gateway and the services do this for you)"
+                "metadata (the gateway and the services do this for you)",
+                errors_pb2.ERROR_REASON_INTERNAL_CREDENTIAL,
             )
-        user = metadata.get(USER_KEY, "")
-        if user and not valid_user_id(user):
-            raise unauthenticated(f"malformed {USER_KEY}: 1 to 255 characters, no control ones")
-        context.caller.set(user)
+        user = decode_user(metadata.get(USER_KEY))
+        if user == "":
+            raise unauthenticated(
+                f"malformed {USER_KEY}: UTF-8, 1 to 255 characters, no control ones"
+            )
+        context.caller.set(user or "")
+
+
+def _text(metadata: Metadata, key: str) -> str | None:
+    value = metadata.get(key)
+    return value if isinstance(value, str) else None
 
 
 Scope = Callable[[grpc.aio.ServicerContext[Any, Any]], Any]

@@ -23,7 +23,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     if user := context.caller.get():
         fields["user"] = user
     for key, value in vars(record).items():
-        if key not in _STANDARD and not key.startswith("_"):
+        if key not in _STANDARD and not key.startswith("_") and key != "color_message":
             fields[key] = value
     return fields
 

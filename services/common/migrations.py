@@ -64,8 +64,8 @@ class Migrations:
         if current != head:
             raise SystemExit(
                 f"the {self.service} database is at schema revision {current or 'none'} but this "
-                f"build needs {head}: run `tunelab-{self.service} migrate upgrade` "
-                f"(or `make run`, which migrates) and start the service again"
+                f"build needs {head}: run `python -m services.{self.service} migrate upgrade` "
+                f"(`make run` does it for you) and start the service again"
             )
 
 

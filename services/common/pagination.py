@@ -49,12 +49,14 @@ class Cursor:
         if not token:
             return None
         try:
+            if len(token) > 1024:  # ours are ~100 characters
+                raise ValueError("page token too long")
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             created, ident, token_scope = json.loads(raw)
             cursor = cls(datetime.fromisoformat(created), str(ident), str(token_scope))
             if cursor.scope != scope or cursor.created_at.tzinfo is None:
                 raise ValueError(scope)
-        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        except (ValueError, TypeError, RecursionError, binascii.Error, UnicodeDecodeError) as exc:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "page_token is not one this list returned: pass next_page_token unchanged, "

@@ -6,11 +6,12 @@ settings every process shares keep the plain TUNELAB_ prefix.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common import redact
 
 # Read by the datasets service (which enforces it) and by the gateway (which refuses early).
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024**3
@@ -35,7 +36,6 @@ class CommonSettings(BaseSettings):
         validation_alias=shared("internal_token"),
         description="Shared secret the gateway and services present to each other.",
     )
-    var_dir: Path = Field(Path("var"), validation_alias=shared("var_dir"))
     public_url: str = Field(
         "http://127.0.0.1:8080",
         validation_alias=shared("public_url"),
@@ -44,10 +44,12 @@ class CommonSettings(BaseSettings):
 
     def require_internal_token(self) -> str:
         """The internal token, or a clear error saying how to provide one."""
-        if self.internal_token is None or len(self.internal_token.get_secret_value()) < 32:
+        token = self.internal_token.get_secret_value() if self.internal_token else ""
+        if len(token) < 32:
             raise SystemExit(
                 "TUNELAB_INTERNAL_TOKEN is not set (or shorter than 32 characters): set it to a "
                 "long random secret shared by the gateway and the services; `make run` creates one "
                 "under var/secrets for you."
             )
-        return self.internal_token.get_secret_value()
+        redact.register(token)
+        return token

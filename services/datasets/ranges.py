@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+# At most 19 digits: every int64 fits, and int() is never handed a number too long to parse.
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d{0,19})\s*-\s*(\d{0,19})\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,18 @@ def if_range_matches(if_range: str, sha256: str, modified: datetime) -> bool:
     if value.startswith("W/"):
         return False
     try:
-        return parsedate_to_datetime(value) == modified.replace(microsecond=0)
+        when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return False
+    if when.tzinfo is None:  # asctime and "-0000" dates carry no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return when == modified.replace(microsecond=0)
 
 
 def select(range_header: str, size: int, *, if_range: str, sha256: str, modified: datetime) -> Span:
     """The bytes to send for a request; raises Unsatisfiable for a 416."""
     whole = Span(0, size, partial=False)
-    match = _RANGE.match(range_header or "")
+    match = _RANGE.fullmatch(range_header or "")
     if not match or not if_range_matches(if_range, sha256, modified):
         return whole
     first, last = match.groups()

@@ -12,10 +12,10 @@ import grpc
 from services.common import context as request_context
 from services.common.blobstore import BlobError, LocalBlobStore
 from services.common.errors import ServiceError, invalid_argument
+from services.common.filenames import check_name
 from services.common.identity import require_user
 from services.common.pagination import Cursor, page_size
-from services.datasets import convert, upload
-from services.datasets.names import check_name
+from services.datasets import convert, ranges, upload
 from services.datasets.settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES, DatasetsSettings
 from services.datasets.store import Dataset, DatasetStore, DownloadRequest
 from tunelab.datasets.v1 import datasets_service_pb2 as api
@@ -52,9 +52,13 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
             name, received = await self._receive(request_iterator)
         except ServiceError:
             # Refused while the client is still sending: a gRPC client whose send fails reports
-            # that failure (INTERNAL) instead of our status, so read the rest, discarding it.
-            async for _ in request_iterator:
-                pass
+            # that failure (INTERNAL) instead of our status, so read the rest, discarding it, up
+            # to the size limit (past that, the client gets what it gets).
+            budget = self.settings.max_upload_bytes
+            async for message in request_iterator:
+                budget -= len(message.chunk)
+                if budget < 0:
+                    break
             raise
         try:
             dataset = await self.store.create_dataset(
@@ -125,7 +129,12 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
         self, request: api.DeleteDatasetRequest, context: Context
     ) -> api.DeleteDatasetResponse:
         dataset = await self.store.delete_dataset(require_user(), request.dataset_id)
-        await asyncio.to_thread(self.blobs.delete, dataset.blob_key)
+        try:
+            await asyncio.to_thread(self.blobs.delete, dataset.blob_key)
+        except OSError as exc:  # the record is gone: the caller's delete succeeded
+            log.error(
+                "dataset file left behind", extra={"dataset_id": dataset.id, "error": str(exc)}
+            )
         log.info("dataset deleted", extra={"dataset_id": dataset.id})
         return api.DeleteDatasetResponse()
 
@@ -230,6 +239,8 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
             blob_key=d.blob_key,
             remaining_uses=grant.remaining_uses,
             expires_at=convert.timestamp(grant.expires_at),
+            etag=ranges.etag(d.sha256),
+            last_modified=ranges.http_date(d.created_at),
         )
 
     async def _blob_ok(self, dataset: Dataset) -> bool:

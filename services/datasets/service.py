@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 from services.common.blobstore import LocalBlobStore
 from services.common.db import Database
-from services.common.errors import ServiceError
 from services.common.migrations import Migrations
 from services.common.server import ServerSpec
 from services.datasets.server import Clock, DatasetsServicer, utc_now
@@ -31,13 +31,25 @@ def server_spec(
     store = DatasetStore(db)
     servicer = DatasetsServicer(store, blobs, settings, clock)
 
-    async def purge_expired_tokens() -> None:
+    async def housekeeping() -> None:
+        """Expired tokens, old audit records, partial uploads a crash left: all go, in turn."""
         while True:
             try:
-                if purged := await store.purge_expired(clock()):
-                    log.info("expired download tokens purged", extra={"count": purged})
-            except ServiceError as exc:
-                log.warning("token purge failed; will retry", extra={"error": exc.message})
+                now = clock()
+                tokens = await store.purge_expired(now)
+                events = await store.purge_events(
+                    now - timedelta(days=settings.audit_retention_days)
+                )
+                uploads = await asyncio.to_thread(
+                    blobs.sweep_incoming, settings.stale_upload_hours * 3600
+                )
+                if tokens or events or uploads:
+                    log.info(
+                        "housekeeping",
+                        extra={"tokens": tokens, "events": events, "partial_uploads": uploads},
+                    )
+            except Exception:  # the loop must outlive any one failure
+                log.exception("housekeeping failed; will retry")
             await asyncio.sleep(settings.purge_interval_seconds)
 
     return ServerSpec(
@@ -49,5 +61,5 @@ def server_spec(
             servicer, server
         ),
         service_names=[SERVICE_NAME],
-        background=[purge_expired_tokens],
+        background=[housekeeping],
     )

@@ -27,3 +27,9 @@ class DatasetsSettings(CommonSettings):
         16 * 1024**2, gt=0, description="Longest row; a longer one makes the file invalid."
     )
     purge_interval_seconds: float = Field(300.0, gt=0)
+    audit_retention_days: float = Field(
+        180.0, gt=0, description="Download audit records older than this are deleted."
+    )
+    stale_upload_hours: float = Field(
+        24.0, gt=0, description="Partial uploads left by a crash are removed after this long."
+    )

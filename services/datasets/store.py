@@ -257,6 +257,14 @@ class DatasetStore:
             )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
+    async def purge_events(self, before: datetime) -> int:
+        """Delete audit records older than the retention period."""
+        async with self.db.session(write=True) as session:
+            result = await session.execute(
+                delete(DownloadEventRow).where(DownloadEventRow.occurred_at < before)
+            )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
     # Redemption ---------------------------------------------------------------------------
 
     async def redeem(self, request: DownloadRequest, now: datetime, blob_ok: BlobCheck) -> Grant:
@@ -266,28 +274,15 @@ class DatasetStore:
         with one use left exactly one matches the row; the others are refused as used up.
         """
         digest = tokens.digest(request.secret)
-        found = None
-        if tokens.well_formed(request.secret):
-            async with self.db.session() as session:
-                found = (
-                    await session.execute(
-                        select(DownloadTokenRow, DatasetRow)
-                        .join(DatasetRow, DatasetRow.id == DownloadTokenRow.dataset_id)
-                        .where(DownloadTokenRow.token_hash == digest)
-                    )
-                ).first()
-        token = _token(found[0]) if found else None
-        dataset = _dataset(found[1]) if found else None
-
-        refusal: ServiceError | None = None
-        span: ranges.Span | None = None
-        if token is None or dataset is None:
-            refusal = _refuse_unknown()
-        elif (state := token.state(now)) is not TokenState.ACTIVE:
-            refusal = _refuse_state(state, token)
-        elif not await blob_ok(dataset):
-            refusal = _refuse_storage()
-        else:
+        token, dataset = await self._find(request.secret, digest)
+        attempt = _Attempt(request, digest, token, dataset, now)
+        try:
+            if token is None or dataset is None:
+                raise _refuse_unknown()
+            if (state := token.state(now)) is not TokenState.ACTIVE:
+                raise _refuse_state(state, token)
+            if not await blob_ok(dataset):
+                raise _refuse_storage()
             try:
                 span = ranges.select(
                     request.range,
@@ -297,69 +292,45 @@ class DatasetStore:
                     modified=dataset.created_at,
                 )
             except ranges.Unsatisfiable:
-                refusal = _refuse_range(dataset.size_bytes)
-
-        counts = request.method.upper() != "HEAD"
-        remaining = 0
-        async with self.db.session(write=True) as session:
-            if refusal is None and token is not None:
+                raise _refuse_range(dataset.size_bytes) from None
+            async with self.db.session(write=True) as session:
                 remaining = token.max_uses - token.use_count
-                if counts:
-                    used = await session.scalar(
-                        update(DownloadTokenRow)
-                        .where(
-                            DownloadTokenRow.id == token.id,
-                            DownloadTokenRow.use_count < DownloadTokenRow.max_uses,
-                            DownloadTokenRow.revoked_at.is_(None),
-                            DownloadTokenRow.expires_at > now,
-                        )
-                        .values(use_count=DownloadTokenRow.use_count + 1)
-                        .returning(DownloadTokenRow.use_count)
-                    )
-                    if used is None:  # someone else took the last use, or it was just revoked
-                        fresh = await session.get(
-                            DownloadTokenRow, token.id, populate_existing=True
-                        )
-                        state = _token(fresh).state(now) if fresh else TokenState.EXPIRED
-                        refusal = _refuse_state(state, token)
-                    else:
-                        remaining = token.max_uses - used
-            if refusal is not None:
-                outcome, reason = Outcome.REFUSED, reason_name(refusal.reason)
-            else:
-                outcome, reason = (Outcome.GRANTED if counts else Outcome.CHECKED), ""
-            session.add(
-                DownloadEventRow(
-                    id=ids.new_id("de"),
-                    occurred_at=now,
-                    outcome=outcome.value,
-                    reason=reason,
-                    token_id=token.id if token else None,
-                    token_fingerprint=digest[:16],
-                    dataset_id=dataset.id if dataset else None,
-                    owner=dataset.owner if dataset else None,
-                    range=request.range[:256],
-                    client_ip=request.client_ip[:64],
-                    user_agent=request.user_agent[:512],
-                    request_id=request.request_id[:128],
+                if request.method != "HEAD":
+                    remaining = await _use(session, token, now)
+                granted = attempt.row(
+                    Outcome.CHECKED if request.method == "HEAD" else Outcome.GRANTED, ""
                 )
-            )
-        log.info(
-            "download attempt",
-            extra={
-                "outcome": outcome.value,
-                "reason": reason,
-                "token_id": token.id if token else None,
-                "token_fingerprint": digest[:16],
-                "dataset_id": dataset.id if dataset else None,
-            },
-        )
-        if refusal is not None:
-            raise refusal
-        assert dataset is not None
-        assert span is not None
-        assert token is not None
+                session.add(granted)
+        except ServiceError as refusal:
+            await self._record(attempt.row(Outcome.REFUSED, reason_name(refusal.reason)))
+            raise
+        except Exception:
+            await self._record(attempt.row(Outcome.REFUSED, "INTERNAL"))
+            raise
+        _log_attempt(granted)
         return Grant(dataset, span, remaining, token.expires_at)
+
+    async def _find(self, secret: str, digest: str) -> tuple[DownloadToken | None, Dataset | None]:
+        if not tokens.well_formed(secret):
+            return None, None
+        async with self.db.session() as session:
+            found = (
+                await session.execute(
+                    select(DownloadTokenRow, DatasetRow)
+                    .join(DatasetRow, DatasetRow.id == DownloadTokenRow.dataset_id)
+                    .where(DownloadTokenRow.token_hash == digest)
+                )
+            ).first()
+        return (_token(found[0]), _dataset(found[1])) if found else (None, None)
+
+    async def _record(self, row: DownloadEventRow) -> None:
+        """Write a refusal to the audit log; a failure here must not hide the refusal."""
+        try:
+            async with self.db.session(write=True) as session:
+                session.add(row)
+        except Exception:
+            log.exception("could not write a download audit record")
+        _log_attempt(row)
 
     async def list_events(
         self, owner: str, dataset_id: str, size: int, after: Cursor | None
@@ -379,6 +350,65 @@ class DatasetStore:
             await _owned_dataset(session, owner, dataset_id)
             rows = list((await session.scalars(query)).all())
         return _page([_event(r) for r in rows], size, f"events:{dataset_id}")
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One redemption as the audit log records it, whatever its outcome."""
+
+    request: DownloadRequest
+    digest: str
+    token: DownloadToken | None
+    dataset: Dataset | None
+    now: datetime
+
+    def row(self, outcome: Outcome, reason: str) -> DownloadEventRow:
+        return DownloadEventRow(
+            id=ids.new_id("de"),
+            occurred_at=self.now,
+            outcome=outcome.value,
+            reason=reason,
+            token_id=self.token.id if self.token else None,
+            token_fingerprint=self.digest[:16],
+            dataset_id=self.dataset.id if self.dataset else None,
+            owner=self.dataset.owner if self.dataset else None,
+            range=self.request.range[:256],
+            client_ip=self.request.client_ip[:64],
+            user_agent=self.request.user_agent[:512],
+            request_id=self.request.request_id[:128],
+        )
+
+
+async def _use(session: AsyncSession, token: DownloadToken, now: datetime) -> int:
+    """Count one use of a token in a single conditional UPDATE; its remaining uses after."""
+    used = await session.scalar(
+        update(DownloadTokenRow)
+        .where(
+            DownloadTokenRow.id == token.id,
+            DownloadTokenRow.use_count < DownloadTokenRow.max_uses,
+            DownloadTokenRow.revoked_at.is_(None),
+            DownloadTokenRow.expires_at > now,
+        )
+        .values(use_count=DownloadTokenRow.use_count + 1)
+        .returning(DownloadTokenRow.use_count)
+    )
+    if used is None:  # someone else took the last use, or it was revoked meanwhile
+        fresh = await session.get(DownloadTokenRow, token.id, populate_existing=True)
+        raise _refuse_state(_token(fresh).state(now) if fresh else TokenState.EXPIRED, token)
+    return token.max_uses - int(used)
+
+
+def _log_attempt(row: DownloadEventRow) -> None:
+    log.info(
+        "download attempt",
+        extra={
+            "outcome": row.outcome,
+            "reason": row.reason,
+            "token_id": row.token_id,
+            "dataset_id": row.dataset_id,
+            "token_fingerprint": row.token_fingerprint,
+        },
+    )
 
 
 async def _owned_dataset(session: AsyncSession, owner: str, dataset_id: str) -> DatasetRow:
@@ -401,7 +431,8 @@ def _page(items: Sequence[T], size: int, scope: str) -> Page[T]:
 def _refuse_unknown() -> ServiceError:
     return ServiceError(
         grpc.StatusCode.NOT_FOUND,
-        "no such download link: check that the URL is complete (expired links are forgotten)",
+        "no such download link: the URL may be cut short, or the link expired long ago or its "
+        "dataset was deleted; ask the dataset's owner for a new one",
         errors_pb2.ERROR_REASON_TOKEN_UNKNOWN,
     )
 

@@ -12,7 +12,7 @@ import secrets
 
 from services.common.redact import DOWNLOAD_TOKEN_PREFIX
 
-_SHAPE = re.compile(rf"^{DOWNLOAD_TOKEN_PREFIX}[A-Za-z0-9_-]{{43}}$")
+_SHAPE = re.compile(rf"{DOWNLOAD_TOKEN_PREFIX}[A-Za-z0-9_-]{{43}}")
 
 
 def new_secret() -> str:
@@ -24,4 +24,4 @@ def digest(secret: str) -> str:
 
 
 def well_formed(secret: str) -> bool:
-    return bool(_SHAPE.match(secret))
+    return bool(_SHAPE.fullmatch(secret))

@@ -45,26 +45,29 @@ async def receive(
     hasher = hashlib.sha256()
     detector = FormatDetector(max_line_bytes)
     size = 0
-    working: asyncio.Future[Any] | None = None
+    # The work running in threads now. A cancelled await cannot stop a thread, so it is always
+    # awaited through a shield, and on failure waited for before the writer's files are touched.
+    busy: asyncio.Future[Any] | None = None
     try:
         async for chunk in chunks:
             size += len(chunk)
             if size > max_bytes:
                 raise too_large(max_bytes)
-            if working is not None:
-                await working
-            working = asyncio.gather(
+            if busy is not None:
+                await asyncio.shield(busy)
+            busy = asyncio.gather(
                 asyncio.to_thread(_store, writer, hasher, chunk),
                 asyncio.to_thread(detector.feed, chunk),
             )
-        if working is not None:
-            await working
+        if busy is not None:
+            await asyncio.shield(busy)
         analysis = detector.finish()
-        key = await asyncio.to_thread(writer.commit)
+        busy = asyncio.ensure_future(asyncio.to_thread(writer.commit))
+        key: str = await asyncio.shield(busy)
     except BaseException:
-        if working is not None:
-            await asyncio.gather(working, return_exceptions=True)
-        writer.abort()  # a failed or cancelled upload leaves nothing behind
+        if busy is not None:
+            await asyncio.wait([busy])
+        writer.abort()  # a failed or cancelled upload leaves nothing behind, committed or not
         raise
     return Received(key, size, hasher.hexdigest(), analysis)
 

@@ -41,9 +41,9 @@ class Datasets:
     settings: DatasetsSettings
     user: str = field(default_factory=new_user)
 
-    def as_(self, user: str | None = None) -> tuple[tuple[str, str], ...]:
+    def as_(self, user: str | None = None) -> tuple[tuple[str, bytes], ...]:
         """Metadata naming the caller (the test's own user unless another is given)."""
-        return ((USER_KEY, user or self.user),)
+        return ((USER_KEY, (user or self.user).encode()),)
 
     async def upload(
         self, data: bytes, name: str = "train.jsonl", user: str | None = None, chunk: int = 65536

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -125,6 +126,15 @@ async def test_upload_cancelled_midway_leaves_nothing(datasets: Datasets) -> Non
 # --- reading, listing, deleting --------------------------------------------------------------
 
 
+async def test_user_ids_are_unicode(datasets: Datasets) -> None:
+    for user in ("josé", "用户", "alice@example.com", "auth0|5f7c8ec7c33c6c004bbafe82"):
+        d = (await datasets.upload(SFT, user=user)).dataset
+        mine = await datasets.stub.ListDatasets(
+            api.ListDatasetsRequest(), metadata=datasets.as_(user)
+        )
+        assert [x.id for x in mine.datasets] == [d.id]
+
+
 async def test_another_users_dataset_is_not_found_everywhere(datasets: Datasets) -> None:
     d = (await datasets.upload(SFT)).dataset
     mallory = datasets.as_("mallory")
@@ -224,7 +234,7 @@ async def test_calls_need_the_internal_credential_and_a_user(datasets: Datasets)
         async with grpc.aio.insecure_channel(datasets.address) as bare:
             stub = api_grpc.DatasetsServiceStub(bare)
             error = await rpc_error(
-                stub.ListDatasets(api.ListDatasetsRequest(), metadata=(*metadata, (USER_KEY, "a")))
+                stub.ListDatasets(api.ListDatasetsRequest(), metadata=(*metadata, (USER_KEY, b"a")))
             )
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
             health = await health_pb2_grpc.HealthStub(bare).Check(health_pb2.HealthCheckRequest())
@@ -232,9 +242,14 @@ async def test_calls_need_the_internal_credential_and_a_user(datasets: Datasets)
     error = await rpc_error(datasets.stub.ListDatasets(api.ListDatasetsRequest()))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     error = await rpc_error(
-        datasets.stub.ListDatasets(api.ListDatasetsRequest(), metadata=((USER_KEY, "a" * 256),))
+        datasets.stub.ListDatasets(api.ListDatasetsRequest(), metadata=((USER_KEY, b"a" * 256),))
     )
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    for bad in (b"\xff\xfe", b"nul\x00", b"bell\x07"):
+        error = await rpc_error(
+            datasets.stub.ListDatasets(api.ListDatasetsRequest(), metadata=((USER_KEY, bad),))
+        )
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 # --- download tokens -------------------------------------------------------------------------
@@ -411,6 +426,20 @@ async def test_expired_tokens_are_purged_but_their_audit_stays(datasets: Dataset
         api.ListDownloadEventsRequest(dataset_id=d.id), metadata=datasets.as_()
     )
     assert [e.token_id for e in events.download_events] == [old.token_id]
+
+
+async def test_old_audit_records_are_purged_after_the_retention_period(datasets: Datasets) -> None:
+    d = (await datasets.upload(SFT)).dataset
+    minted = await datasets.mint(d.id, max_uses=2)
+    await datasets.redeem(minted.token)
+    datasets.clock.advance(100)
+    await datasets.redeem(minted.token)
+    store = DatasetStore(datasets.db)
+    assert await store.purge_events(datasets.clock.now - timedelta(seconds=50)) == 1
+    events = await datasets.stub.ListDownloadEvents(
+        api.ListDownloadEventsRequest(dataset_id=d.id), metadata=datasets.as_()
+    )
+    assert len(events.download_events) == 1
 
 
 async def test_symlink_planted_in_storage_is_refused_and_audited(datasets: Datasets) -> None:

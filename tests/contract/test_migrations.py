@@ -51,7 +51,7 @@ async def test_up_down_up_and_no_drift(empty_db_url: str) -> None:
 async def test_service_refuses_a_stale_schema_and_says_how_to_fix_it(empty_db_url: str) -> None:
     db = Database(empty_db_url)
     try:
-        with pytest.raises(SystemExit, match="tunelab-datasets migrate upgrade"):
+        with pytest.raises(SystemExit, match=r"python -m services\.datasets migrate upgrade"):
             await MIGRATIONS.require_current(db)
         await MIGRATIONS.upgrade(db)
         await MIGRATIONS.require_current(db)

@@ -255,7 +255,17 @@ def test_upload_limits_and_shapes(suite: Suite) -> None:
         bad_name = client.post("/v1/datasets?name=../x", content=chunked())
         assert_refused(bad_name, 400, "INVALID_ARGUMENT")
         form = client.post("/v1/datasets?name=x.jsonl", files={"file": ("x.jsonl", sft(1))})
-        assert form.status_code == 415
+        assert_refused(form, 415, "UNSUPPORTED_MEDIA_TYPE")
+        curl_d = client.post(  # what curl -d @file sends: a form, newlines stripped
+            "/v1/datasets?name=x.jsonl",
+            content=sft(2).replace(b"\n", b""),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert_refused(curl_d, 415, "UNSUPPORTED_MEDIA_TYPE")
+        assert "curl -T" in curl_d.json()["error"]["message"]
+        put = client.put("/v1/datasets?name=x.jsonl", content=sft(1))
+        assert_refused(put, 405, "METHOD_NOT_ALLOWED")
+        assert "add -X POST" in put.json()["error"]["message"]
         nameless = client.post("/v1/datasets", content=sft(1))
         assert_refused(nameless, 400, "INVALID_ARGUMENT")
     assert list((suite.storage / "incoming").iterdir()) == []
@@ -291,7 +301,8 @@ def test_json_routes_refuse_bad_input_clearly(suite: Suite, data: Path) -> None:
             (b"{not json", "not valid JSON"),
             (b"[1]", "JSON object"),
             (b'{"max_uses": "many"}', "max_uses"),
-            (b'{"unknown_field": 1}', "unknown_field"),
+            (b'{"unknown_field": 1}', "unknown field 'unknown_field'; this body takes: max_uses"),
+            (b'{"dataset_id": "ds_other"}', "unknown field 'dataset_id'"),
             (b'{"ttl_seconds": 99999}', "ttl_seconds"),
         ):
             response = client.post(path, content=body)
@@ -303,6 +314,10 @@ def test_json_routes_refuse_bad_input_clearly(suite: Suite, data: Path) -> None:
         assert client.get("/v1/nowhere").status_code == 404
         assert client.get("/v1/nowhere").json()["error"]["status"] == "NOT_FOUND"
         assert client.put("/v1/datasets").status_code == 405
+        camel = client.post(path, json={"maxUses": 2, "ttlSeconds": 60})
+        assert camel.status_code == 201
+        suite.remember(camel.json()["token"])
+        assert camel.json()["max_uses"] == 2
 
 
 def test_list_get_delete(suite: Suite, data: Path) -> None:
@@ -372,11 +387,32 @@ def test_every_private_route_demands_a_valid_token(suite: Suite) -> None:
     assert checked >= 7
 
 
-def _unsigned(claims: dict[str, Any]) -> str:
-    def part(value: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+def _part(value: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    return f"{_part({'alg': 'none', 'typ': 'JWT'})}.{_part(claims)}."
+
+
+def test_attacker_shaped_headers_get_clean_answers(suite: Suite, data: Path) -> None:
+    dataset = upload(suite, data, "josé")  # and a user id that is not ASCII
+    minted = mint(suite, "josé", dataset["id"], max_uses=2)
+    huge_range = httpx.get(minted["url"], headers={"Range": "bytes=" + "1" * 5000 + "-"})
+    assert huge_range.status_code == 200  # malformed: ignored, the whole file is sent
+    assert len(huge_range.content) == data.stat().st_size
+    for header in ({"alg": 'x", evil="1'}, {"alg": "HS256", "kid": 123}, {"alg": "\u2603"}):
+        forged = f"{_part(header)}.{_part({'sub': 'alice', 'exp': 9999999999})}.c2ln"
+        response = httpx.get(
+            f"{suite.url}/v1/datasets", headers={"Authorization": f"Bearer {forged}"}
+        )
+        assert_refused(response, 401, "UNAUTHENTICATED")
+        assert "evil" not in response.headers["www-authenticate"]
+    with suite.client("josé") as client:
+        listed = client.get("/v1/datasets").json()["datasets"]
+        events = client.get(f"/v1/datasets/{dataset['id']}/download-events").json()
+    assert [d["id"] for d in listed] == [dataset["id"]]
+    assert [e["range"][:8] for e in events["download_events"]] == ["bytes=11"]
 
 
 def test_no_credential_reached_a_log_line(suite: Suite) -> None:
@@ -386,3 +422,28 @@ def test_no_credential_reached_a_log_line(suite: Suite) -> None:
     assert "download attempt" in logs
     leaked = [s[:12] + "…" for s in suite.secrets_seen if s in logs]
     assert leaked == []
+
+
+def test_abandoned_downloads_leak_no_file_descriptors(suite: Suite, tmp_path: Path) -> None:
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(sft(60_000))  # ~6 MB: more than the socket buffers hold
+    dataset = upload(suite, big, "ivan")
+    minted = mint(suite, "ivan", dataset["id"], max_uses=40)
+    gateway = suite.processes["gateway"].pid
+
+    def open_fds() -> int:
+        return len(list(Path(f"/proc/{gateway}/fd").iterdir()))
+
+    with httpx.stream("GET", minted["url"]) as response:  # warm up: lazily opened things
+        next(response.iter_raw(65536))
+    time.sleep(0.3)
+    before = open_fds()
+    for _ in range(30):
+        with httpx.stream("GET", minted["url"]) as response:
+            assert response.status_code == 200
+            next(response.iter_raw(65536))  # then hang up mid-transfer
+    for _ in range(50):
+        if open_fds() <= before:
+            break
+        time.sleep(0.1)
+    assert open_fds() <= before

@@ -55,7 +55,7 @@ def test_refuses_to_start_on_a_stale_schema(tmp_path: Path) -> None:
     process = datasets(env=service_env(tmp_path))
     output, _ = process.communicate(timeout=30)
     assert process.returncode != 0
-    assert "tunelab-datasets migrate upgrade" in output
+    assert "python -m services.datasets migrate upgrade" in output
 
 
 def test_serves_health_and_metrics_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gateway.auth import Authenticator, AuthError, KeysUnavailable
 
 SECRET = "s" * 40
+ISSUER = "https://idp.example"
 
 
 def token(
@@ -66,7 +67,7 @@ async def test_missing_or_malformed(hs: Authenticator, header: str | None, messa
 
 async def test_alg_none_is_refused(hs: Authenticator) -> None:
     forged = f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64({'sub': 'admin', 'exp': 9999999999})}."
-    with pytest.raises(AuthError, match="'none' is not accepted"):
+    with pytest.raises(AuthError, match="not accepted here"):
         await check(hs, f"Bearer {forged}")
 
 
@@ -106,8 +107,36 @@ async def test_claims_are_required(hs: Authenticator, claims: dict[str, Any], me
 def test_a_short_secret_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="at least 32"):
         Authenticator(hs256_secret="short")
-    with pytest.raises(ValueError, match="configure"):
+    with pytest.raises(ValueError, match="exactly one"):
         Authenticator()
+    with pytest.raises(ValueError, match="exactly one"):
+        Authenticator(
+            hs256_secret=SECRET, jwks_url="https://idp.example/jwks", issuer="i", audience="a"
+        )
+    with pytest.raises(ValueError, match="ISSUER and TUNELAB_JWT_AUDIENCE"):
+        Authenticator(jwks_url="https://idp.example/jwks", issuer="i")
+    with pytest.raises(ValueError, match="https"):
+        Authenticator(jwks_url="http://idp.example/jwks", issuer="i", audience="a")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": "HS256", "kid": 123},
+        {"alg": 'x", evil="1'},
+        {"alg": "\u2603"},
+        {"alg": ["HS256"]},
+        {"typ": "JWT"},
+    ],
+)
+async def test_odd_headers_are_refused_without_echo(
+    hs: Authenticator, header: dict[str, Any]
+) -> None:
+    forged = f"{b64(header)}.{b64({'sub': 'alice', 'exp': 9999999999})}.c2ln"
+    with pytest.raises(AuthError) as caught:
+        await check(hs, f"Bearer {forged}")
+    assert "evil" not in str(caught.value)
+    assert "\u2603" not in str(caught.value)
 
 
 # --- JWKS (production): a real HTTP server publishing the key set ------------------------
@@ -162,12 +191,12 @@ def rs256(keys: Keys, **claims: Any) -> str:
 
 
 async def test_jwks_token_is_accepted(keys: Keys, jwks_url: str) -> None:
-    auth = Authenticator(jwks_url=jwks_url, issuer="https://idp.example", audience="tunelab")
+    auth = Authenticator(jwks_url=jwks_url, issuer=ISSUER, audience="tunelab")
     assert await check(auth, f"Bearer {rs256(keys)}") == "bob"
 
 
 async def test_jwks_checks_issuer_and_audience(keys: Keys, jwks_url: str) -> None:
-    auth = Authenticator(jwks_url=jwks_url, issuer="https://idp.example", audience="tunelab")
+    auth = Authenticator(jwks_url=jwks_url, issuer=ISSUER, audience="tunelab")
     with pytest.raises(AuthError, match="issued by someone else"):
         await check(auth, f"Bearer {rs256(keys, iss='https://evil.example')}")
     with pytest.raises(AuthError, match="another audience"):
@@ -175,7 +204,7 @@ async def test_jwks_checks_issuer_and_audience(keys: Keys, jwks_url: str) -> Non
 
 
 async def test_unknown_key_id_is_refused(keys: Keys, jwks_url: str) -> None:
-    auth = Authenticator(jwks_url=jwks_url)
+    auth = Authenticator(jwks_url=jwks_url, issuer=ISSUER, audience="tunelab")
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     forged = jwt.encode(
         {"sub": "bob", "exp": int(time.time()) + 60},
@@ -190,24 +219,47 @@ async def test_unknown_key_id_is_refused(keys: Keys, jwks_url: str) -> None:
 async def test_key_confusion_hs256_signed_with_public_key_is_refused(
     keys: Keys, jwks_url: str
 ) -> None:
-    auth = Authenticator(jwks_url=jwks_url)
+    auth = Authenticator(jwks_url=jwks_url, issuer=ISSUER, audience="tunelab")
     # The classic attack: sign HS256 with the (public) RSA key as the HMAC secret.
     header = b64({"alg": "HS256", "typ": "JWT", "kid": "k1"})
     payload = b64({"sub": "admin", "exp": 9999999999})
     mac = hmac.new(keys.public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
     forged = f"{header}.{payload}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
-    with pytest.raises(AuthError, match="'HS256' is not accepted"):
+    with pytest.raises(AuthError, match="not accepted here"):
         await check(auth, f"Bearer {forged}")
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "PS256"])
+async def test_algorithm_must_match_the_listed_key(keys: Keys, jwks_url: str, alg: str) -> None:
+    auth = Authenticator(jwks_url=jwks_url, issuer=ISSUER, audience="tunelab")
+    header = b64({"alg": alg, "kid": "k1"})
+    forged = f"{header}.{b64({'sub': 'admin', 'exp': 9999999999, 'iss': ISSUER})}.c2ln"
+    with pytest.raises(AuthError, match="does not match its key"):
+        await check(auth, f"Bearer {forged}")
+
+
+async def test_token_for_another_application_is_refused(keys: Keys, jwks_url: str) -> None:
+    auth = Authenticator(jwks_url=jwks_url, issuer=ISSUER, audience="tunelab")
+    with pytest.raises(AuthError, match="another audience"):
+        await check(auth, f"Bearer {rs256(keys, aud='some-other-app')}")
+    no_audience = jwt.encode(
+        {"sub": "bob", "exp": int(time.time()) + 60, "iss": ISSUER},
+        keys.private,
+        algorithm="RS256",
+        headers={"kid": "k1"},
+    )
+    with pytest.raises(AuthError, match=r"'aud'|audience"):
+        await check(auth, f"Bearer {no_audience}")
 
 
 async def test_rs256_token_is_refused_where_only_the_dev_secret_is_configured(
     hs: Authenticator, keys: Keys
 ) -> None:
-    with pytest.raises(AuthError, match="'RS256' is not accepted"):
+    with pytest.raises(AuthError, match="expected HS256"):
         await check(hs, f"Bearer {rs256(keys)}")
 
 
 async def test_unreachable_jwks_is_not_blamed_on_the_caller(keys: Keys) -> None:
-    auth = Authenticator(jwks_url="http://127.0.0.1:9/jwks.json")
+    auth = Authenticator(jwks_url="http://127.0.0.1:9/jwks.json", issuer=ISSUER, audience="t")
     with pytest.raises(KeysUnavailable):
         await check(auth, f"Bearer {rs256(keys)}")

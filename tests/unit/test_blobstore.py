@@ -124,3 +124,24 @@ def test_missing_blob_and_idempotent_delete(store: LocalBlobStore) -> None:
     store.delete(key)
     with pytest.raises(BlobError, match="missing"):
         store.open(key)
+
+
+def test_sweep_removes_only_stale_partial_uploads(store: LocalBlobStore) -> None:
+    stale = store.root / "incoming" / "stale"
+    stale.write_bytes(b"left by a crash")
+    os.utime(stale, (1_000_000, 1_000_000))
+    live = store.writer()  # an upload in progress right now
+    live.write(b"streaming")
+    assert store.sweep_incoming(older_than_seconds=3600) == 1
+    assert not stale.exists()
+    key = live.commit()
+    assert store.open(key).size == 9
+
+
+def test_a_planted_fifo_does_not_hang_the_reader(store: LocalBlobStore) -> None:
+    key = put(store, b"real")
+    path = blob_path(store, key)
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(BlobError, match="not a regular file"):
+        store.open(key)

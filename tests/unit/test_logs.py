@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.common import context, logs
+from services.common import redact as redact_module
 from services.common.redact import redact
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
@@ -77,3 +78,12 @@ def test_text_lines_show_fields_and_mask_secrets(captured: io.StringIO) -> None:
     assert "done request_id=req-2" in line
     assert "rows=3" in line
     assert DOWNLOAD not in line
+
+
+def test_configured_secrets_are_masked_whatever_their_shape(captured: io.StringIO) -> None:
+    secret = "plain-looking-internal-secret-1234"
+    logging.getLogger("test").error("connecting with %s", secret)
+    assert secret in captured.getvalue()  # no shape to recognise it by ...
+    redact_module.register(secret)
+    logging.getLogger("test").error("connecting with %s", secret)
+    assert captured.getvalue().splitlines()[-1].count(secret) == 0  # ... until registered

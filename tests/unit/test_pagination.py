@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 
 import grpc
@@ -26,7 +27,12 @@ def test_cursor_round_trip_is_bound_to_its_list() -> None:
     assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.mark.parametrize("token", ["garbage", "e30", "W10", "!!!!", "WyIyMDI2IiwgMSwgMl0"])
+NESTED = base64.urlsafe_b64encode(b"[" * 600).decode()
+
+
+@pytest.mark.parametrize(
+    "token", ["garbage", "e30", "W10", "!!!!", "WyIyMDI2IiwgMSwgMl0", NESTED, "A" * 5000]
+)
 def test_forged_tokens_are_invalid_arguments(token: str) -> None:
     with pytest.raises(ServiceError) as caught:
         Cursor.decode(token, "datasets:alice")

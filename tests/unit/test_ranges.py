@@ -64,3 +64,17 @@ def test_if_range_with_current_etag_or_date_keeps_the_range() -> None:
 )
 def test_if_range_that_does_not_match_sends_everything(validator: str) -> None:
     assert pick("bytes=10-", if_range=validator) == Span(0, 1000, False)
+
+
+def test_absurdly_long_numbers_are_ignored_not_fatal() -> None:
+    assert pick("bytes=" + "1" * 5000 + "-") == Span(0, 1000, False)
+    assert pick("bytes=-" + "9" * 20) == Span(0, 1000, False)
+
+
+def test_if_range_dates_in_every_http_format() -> None:
+    for date in (
+        "Sat, 28 Nov 2026 12:00:00 GMT",  # IMF-fixdate
+        "Saturday, 28-Nov-26 12:00:00 GMT",  # RFC 850
+        "Sat Nov 28 12:00:00 2026",  # asctime: no zone, GMT by definition
+    ):
+        assert pick("bytes=10-", if_range=date).partial, date

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etunelab/common/v1/errors.proto\x12\x11tunelab.common.v1*\x82\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\x02\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\x03\x12\"\n\x1e\x45RROR_REASON_PAYLOAD_TOO_LARGE\x10\x04\x12&\n\"ERROR_REASON_RANGE_NOT_SATISFIABLE\x10\x05\x12\x1e\n\x1a\x45RROR_REASON_TOKEN_EXPIRED\x10\x06\x12\x1e\n\x1a\x45RROR_REASON_TOKEN_USED_UP\x10\x07\x12\x1e\n\x1a\x45RROR_REASON_TOKEN_REVOKED\x10\x08\x12\x1e\n\x1a\x45RROR_REASON_TOKEN_UNKNOWN\x10\t\x12$\n ERROR_REASON_STORAGE_UNAVAILABLE\x10\n\x12\'\n#ERROR_REASON_DEPENDENCY_UNAVAILABLE\x10\x0b\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x0c\x12#\n\x1f\x45RROR_REASON_INVALID_PAGE_TOKEN\x10\r\x12\x19\n\x15\x45RROR_REASON_CONFLICT\x10\x0e\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etunelab/common/v1/errors.proto\x12\x11tunelab.common.v1*\xa8\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\x02\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\x03\x12\"\n\x1e\x45RROR_REASON_PAYLOAD_TOO_LARGE\x10\x04\x12&\n\"ERROR_REASON_RANGE_NOT_SATISFIABLE\x10\x05\x12\x1e\n\x1a\x45RROR_REASON_TOKEN_EXPIRED\x10\x06\x12\x1e\n\x1a\x45RROR_REASON_TOKEN_USED_UP\x10\x07\x12\x1e\n\x1a\x45RROR_REASON_TOKEN_REVOKED\x10\x08\x12\x1e\n\x1a\x45RROR_REASON_TOKEN_UNKNOWN\x10\t\x12$\n ERROR_REASON_STORAGE_UNAVAILABLE\x10\n\x12\'\n#ERROR_REASON_DEPENDENCY_UNAVAILABLE\x10\x0b\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x0c\x12#\n\x1f\x45RROR_REASON_INVALID_PAGE_TOKEN\x10\r\x12\x19\n\x15\x45RROR_REASON_CONFLICT\x10\x0e\x12$\n ERROR_REASON_INTERNAL_CREDENTIAL\x10\x0f\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tunelab.common.v1.errors_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=54
-  _globals['_ERRORREASON']._serialized_end=568
+  _globals['_ERRORREASON']._serialized_end=606
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A page_token was not issued by this list call, or its filter changed."""
     ERROR_REASON_CONFLICT: _ErrorReason.ValueType  # 14
     """A concurrent change got there first; retrying the request is safe."""
+    ERROR_REASON_INTERNAL_CREDENTIAL: _ErrorReason.ValueType  # 15
+    """The caller is not one of our services: the internal credential is missing or wrong. A
+    deployment problem, never the end user's; the gateway answers it as a 500.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable causes of errors. Every error a tunelab service returns carries a
@@ -88,4 +92,8 @@ ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason.ValueType  # 13
 """A page_token was not issued by this list call, or its filter changed."""
 ERROR_REASON_CONFLICT: ErrorReason.ValueType  # 14
 """A concurrent change got there first; retrying the request is safe."""
+ERROR_REASON_INTERNAL_CREDENTIAL: ErrorReason.ValueType  # 15
+"""The caller is not one of our services: the internal credential is missing or wrong. A
+deployment problem, never the end user's; the gateway answers it as a 500.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -437,6 +437,8 @@ class RedeemDownloadTokenResponse(_message.Message):
     BLOB_KEY_FIELD_NUMBER: _builtins.int
     REMAINING_USES_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    LAST_MODIFIED_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     """What is being downloaded."""
     name: _builtins.str
@@ -451,6 +453,11 @@ class RedeemDownloadTokenResponse(_message.Message):
     """Where the bytes are in the blob store the gateway reads (a key, never a path)."""
     remaining_uses: _builtins.int
     """The token's remaining uses after this one."""
+    etag: _builtins.str
+    """The validators to send, as the service compares If-Range against them: a strong ETag and
+    an HTTP date.
+    """
+    last_modified: _builtins.str
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -469,10 +476,12 @@ class RedeemDownloadTokenResponse(_message.Message):
         blob_key: _builtins.str = ...,
         remaining_uses: _builtins.int = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
+        last_modified: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "created_at", b"created_at", "dataset_id", b"dataset_id", "expires_at", b"expires_at", "length", b"length", "name", b"name", "offset", b"offset", "partial", b"partial", "remaining_uses", b"remaining_uses", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "created_at", b"created_at", "dataset_id", b"dataset_id", "etag", b"etag", "expires_at", b"expires_at", "last_modified", b"last_modified", "length", b"length", "name", b"name", "offset", b"offset", "partial", b"partial", "remaining_uses", b"remaining_uses", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,5 +1,7 @@
-"""Dataset names: display names only, yet held to file-name rules so that nothing downstream
-(a Content-Disposition header, a pod's shell script, a log line) can be tricked by one."""
+"""Names people give to files (dataset names): display names only, never paths, yet held to
+file-name rules so that nothing downstream (a Content-Disposition header, a pod's shell script,
+a log line, a terminal) can be tricked by one. The gateway checks them before an upload streams;
+the service checks them again."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import unicodedata
 from services.common.errors import invalid_argument
 
 MAX_NAME_BYTES = 255
-# Bidirectional overrides make "evil\u202egnp.jsonl" display as "evil...lnosj.png".
-_BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+# Control (Cc), format (Cf: bidi overrides that make "evil\u202egnp.jsonl" display as
+# "evil...lnosj.png", zero-width characters, BOMs), line and paragraph separators, surrogates.
+_REFUSED = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
 def check_name(name: str) -> str:
@@ -23,8 +26,10 @@ def check_name(name: str) -> str:
         raise invalid_argument(
             "name", "name must be a file name: not '.' or '..', no leading or trailing spaces"
         )
-    if any(unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI for ch in name):
+    if any(unicodedata.category(ch) in _REFUSED for ch in name):
         raise invalid_argument(
-            "name", "name must not contain control characters (NUL, newlines, bidi overrides)"
+            "name",
+            "name must not contain control or invisible characters (NUL, newlines, "
+            "bidi overrides, zero-width spaces)",
         )
     return name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.errors import ServiceError
-from services.datasets.names import check_name
+from services.common.filenames import check_name
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,10 @@ from services.datasets.names import check_name
         "trailing.jsonl ",
         "evil\u202egnp.jsonl",  # right-to-left override
         "\ud800.jsonl",  # lone surrogate
+        "a\u200bb.jsonl",  # zero-width space
+        "\ufefftrain.jsonl",  # byte-order mark
+        "a\u2028b.jsonl",  # line separator
+        "rtl\u200f.jsonl",  # right-to-left mark
     ],
 )
 def test_hostile_names_are_refused_with_a_reason(name: str) -> None:
