@@ -44,6 +44,7 @@ UPSTREAMS = {"datasets": datasets_service_pb2.DESCRIPTOR}
 # Methods whose routes stream and are served by hand-written endpoints.
 STREAMING = {"UploadDataset", "RedeemDownloadToken"}
 DOWNLOAD_ROUTE = "/v1/dataset-downloads/{token}"
+IDEMPOTENT = [("tunelab.datasets.v1.DatasetsService", "FinishDownload")]
 # Bearer tokens, not cookies: no credentials mode, so no CSRF surface.
 CORS_REQUEST_HEADERS = [
     "Authorization",
@@ -88,6 +89,9 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
         )
     }
     datasets = datasets_service_pb2_grpc.DatasetsServiceStub(channels["datasets"])
+    downloads = Downloads(
+        datasets, LocalBlobStore(settings.datasets_storage_dir), settings.download_chunk_bytes
+    )
 
     def private(template: str, endpoint: Endpoint) -> Endpoint:
         async def run(request: Request) -> Response:
@@ -147,14 +151,7 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
         Route("/openapi.json", public("/openapi.json", openapi_json)),
         Route(
             DOWNLOAD_ROUTE,
-            public(
-                DOWNLOAD_ROUTE,
-                Downloads(
-                    datasets,
-                    LocalBlobStore(settings.datasets_storage_dir),
-                    settings.download_chunk_bytes,
-                ),
-            ),
+            public(DOWNLOAD_ROUTE, downloads),
             methods=["GET", "HEAD"],
         ),
         Route(
@@ -176,6 +173,7 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        await downloads.drain()
         await asyncio.gather(*(channel.close() for channel in channels.values()))
 
     middleware = [Middleware(Observe)]
@@ -199,11 +197,14 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
 
 
 def _idempotent(rules: list[HttpRule]) -> dict[str, list[str]]:
-    """GET routes are reads: safe for the channel to retry when a service is briefly away."""
+    """Calls safe for the channel to retry when a service is briefly away: the reads (GET
+    routes) and the ones made idempotent on purpose."""
     retry: dict[str, list[str]] = {}
     for rule in rules:
         if rule.verb == "GET" and rule.method.name not in STREAMING:
             retry.setdefault(rule.method.containing_service.full_name, []).append(rule.method.name)
+    for service, method in IDEMPOTENT:
+        retry.setdefault(service, []).append(method)
     return retry
 
 

@@ -67,7 +67,7 @@ def download_token(t: DownloadToken, now: datetime) -> pb.DownloadToken:
 
 
 def download_event(e: DownloadEvent) -> pb.DownloadEvent:
-    return pb.DownloadEvent(
+    message = pb.DownloadEvent(
         id=e.id,
         token_id=e.token_id or "",
         dataset_id=e.dataset_id or "",
@@ -78,4 +78,8 @@ def download_event(e: DownloadEvent) -> pb.DownloadEvent:
         client_ip=e.client_ip,
         user_agent=e.user_agent,
         request_id=e.request_id,
+        bytes_granted=e.bytes_granted or 0,
     )
+    if e.bytes_sent is not None:
+        message.bytes_sent = e.bytes_sent
+    return message

@@ -79,7 +79,9 @@ class DownloadTokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True, doc="Purged after.")
     max_uses: Mapped[int] = mapped_column(Integer, doc="Downloads allowed in all.")
-    use_count: Mapped[int] = mapped_column(Integer, doc="Downloads granted so far.")
+    use_count: Mapped[int] = mapped_column(
+        Integer, doc="Downloads granted, less those that sent nothing."
+    )
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, doc="Set on revocation.")
 
 
@@ -105,3 +107,7 @@ class DownloadEventRow(Base):
     client_ip: Mapped[str] = mapped_column(String(64))
     user_agent: Mapped[str] = mapped_column(String(512), doc="Truncated.")
     request_id: Mapped[str] = mapped_column(String(128))
+    bytes_granted: Mapped[int | None] = mapped_column(BigInteger, doc="Granted GETs: the length.")
+    bytes_sent: Mapped[int | None] = mapped_column(
+        BigInteger, doc="Granted GETs: bytes delivered, once the transfer ended."
+    )

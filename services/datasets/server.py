@@ -241,7 +241,16 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
             expires_at=convert.timestamp(grant.expires_at),
             etag=ranges.etag(d.sha256),
             last_modified=ranges.http_date(d.created_at),
+            grant_id=grant.grant_id,
         )
+
+    async def FinishDownload(
+        self, request: api.FinishDownloadRequest, context: Context
+    ) -> api.FinishDownloadResponse:
+        if request.bytes_sent < 0:
+            raise invalid_argument("bytes_sent", "bytes_sent must not be negative")
+        await self.store.finish(request.grant_id, request.bytes_sent)
+        return api.FinishDownloadResponse()
 
     async def _blob_ok(self, dataset: Dataset) -> bool:
         """The stored file is there, is ours and has the recorded size."""

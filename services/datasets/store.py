@@ -95,6 +95,8 @@ class DownloadEvent:
     client_ip: str
     user_agent: str
     request_id: str
+    bytes_granted: int | None
+    bytes_sent: int | None
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Grant:
     span: ranges.Span
     remaining_uses: int
     expires_at: datetime
+    grant_id: str  # empty for HEAD
 
 
 T = TypeVar("T", "Dataset", "DownloadToken", "DownloadEvent")
@@ -295,11 +298,11 @@ class DatasetStore:
                 raise _refuse_range(dataset.size_bytes) from None
             async with self.db.session(write=True) as session:
                 remaining = token.max_uses - token.use_count
-                if request.method != "HEAD":
-                    remaining = await _use(session, token, now)
-                granted = attempt.row(
-                    Outcome.CHECKED if request.method == "HEAD" else Outcome.GRANTED, ""
-                )
+                if request.method == "HEAD":
+                    granted = attempt.row(Outcome.CHECKED, "")
+                else:
+                    remaining = token.max_uses - await _use(session, token, now)
+                    granted = attempt.row(Outcome.GRANTED, "", bytes_granted=span.length)
                 session.add(granted)
         except ServiceError as refusal:
             await self._record(attempt.row(Outcome.REFUSED, reason_name(refusal.reason)))
@@ -308,7 +311,36 @@ class DatasetStore:
             await self._record(attempt.row(Outcome.REFUSED, "INTERNAL"))
             raise
         _log_attempt(granted)
-        return Grant(dataset, span, remaining, token.expires_at)
+        grant_id = granted.id if granted.outcome == Outcome.GRANTED else ""
+        return Grant(dataset, span, remaining, token.expires_at, grant_id)
+
+    async def finish(self, grant_id: str, bytes_sent: int) -> None:
+        """Record how many bytes a granted download sent; one that sent none (of a file that
+        has some) gives its use back. Conditional on the record not being finished yet, so a
+        repeated call changes nothing."""
+        async with self.db.session(write=True) as session:
+            ended = (
+                await session.execute(
+                    update(DownloadEventRow)
+                    .where(
+                        DownloadEventRow.id == grant_id,
+                        DownloadEventRow.outcome == Outcome.GRANTED.value,
+                        DownloadEventRow.bytes_sent.is_(None),
+                        DownloadEventRow.bytes_granted >= bytes_sent,
+                    )
+                    .values(bytes_sent=bytes_sent)
+                    .returning(DownloadEventRow.token_id, DownloadEventRow.bytes_granted)
+                )
+            ).first()
+            if ended is None:
+                return
+            token_id, granted = ended
+            if bytes_sent == 0 and granted:
+                await session.execute(
+                    update(DownloadTokenRow)
+                    .where(DownloadTokenRow.id == token_id, DownloadTokenRow.use_count > 0)
+                    .values(use_count=DownloadTokenRow.use_count - 1)
+                )
 
     async def _find(self, secret: str, digest: str) -> tuple[DownloadToken | None, Dataset | None]:
         if not tokens.well_formed(secret):
@@ -362,7 +394,9 @@ class _Attempt:
     dataset: Dataset | None
     now: datetime
 
-    def row(self, outcome: Outcome, reason: str) -> DownloadEventRow:
+    def row(
+        self, outcome: Outcome, reason: str, bytes_granted: int | None = None
+    ) -> DownloadEventRow:
         return DownloadEventRow(
             id=ids.new_id("de"),
             occurred_at=self.now,
@@ -376,11 +410,13 @@ class _Attempt:
             client_ip=self.request.client_ip[:64],
             user_agent=self.request.user_agent[:512],
             request_id=self.request.request_id[:128],
+            bytes_granted=bytes_granted,
         )
 
 
 async def _use(session: AsyncSession, token: DownloadToken, now: datetime) -> int:
-    """Count one use of a token in a single conditional UPDATE; its remaining uses after."""
+    """Count one use of a token in a single conditional UPDATE, so that of concurrent
+    redemptions of a token with one use left exactly one matches the row. The new count."""
     used = await session.scalar(
         update(DownloadTokenRow)
         .where(
@@ -395,7 +431,7 @@ async def _use(session: AsyncSession, token: DownloadToken, now: datetime) -> in
     if used is None:  # someone else took the last use, or it was revoked meanwhile
         fresh = await session.get(DownloadTokenRow, token.id, populate_existing=True)
         raise _refuse_state(_token(fresh).state(now) if fresh else TokenState.EXPIRED, token)
-    return token.max_uses - int(used)
+    return int(used)
 
 
 def _log_attempt(row: DownloadEventRow) -> None:
@@ -451,8 +487,8 @@ def _refuse_state(state: TokenState, token: DownloadToken) -> ServiceError:
         )
     else:
         message, reason = (
-            f"this download link allowed {token.max_uses} download(s) and they have been used; "
-            "ask for a new one (a link minted with max_uses above 1 survives a resumed download)",
+            f"this download link allowed {token.max_uses} download(s) and they have been used "
+            "(a resumed download counts as one); ask the dataset's owner for a new one",
             errors_pb2.ERROR_REASON_TOKEN_USED_UP,
         )
     return ServiceError(grpc.StatusCode.PERMISSION_DENIED, message, reason)
@@ -515,4 +551,6 @@ def _event(row: DownloadEventRow) -> DownloadEvent:
         client_ip=row.client_ip,
         user_agent=row.user_agent,
         request_id=row.request_id,
+        bytes_granted=row.bytes_granted,
+        bytes_sent=row.bytes_sent,
     )

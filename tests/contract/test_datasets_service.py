@@ -459,3 +459,54 @@ async def test_symlink_planted_in_storage_is_refused_and_audited(datasets: Datas
         api.ListDownloadEventsRequest(dataset_id=d.id), metadata=datasets.as_()
     )
     assert [e.reason for e in events.download_events] == ["STORAGE_UNAVAILABLE"]
+
+
+async def finish(datasets: Datasets, grant: api.RedeemDownloadTokenResponse, sent: int) -> None:
+    await datasets.stub.FinishDownload(
+        api.FinishDownloadRequest(grant_id=grant.grant_id, bytes_sent=sent)
+    )
+
+
+async def test_finished_downloads_record_bytes_sent(datasets: Datasets) -> None:
+    d = (await datasets.upload(SFT)).dataset
+    minted = await datasets.mint(d.id, max_uses=2)
+    first = await datasets.redeem(minted.token)
+    assert first.grant_id.startswith("de_")
+    await finish(datasets, first, 1000)  # the connection broke after 1000 bytes
+    await finish(datasets, first, 10)  # a repeated report changes nothing
+    resumed = await datasets.redeem(minted.token, range="bytes=1000-")
+    await finish(datasets, resumed, resumed.length)
+    events = await datasets.stub.ListDownloadEvents(
+        api.ListDownloadEventsRequest(dataset_id=d.id), metadata=datasets.as_()
+    )
+    sent = {e.id: (e.bytes_granted, e.bytes_sent) for e in events.download_events}
+    assert sent == {
+        first.grant_id: (len(SFT), 1000),
+        resumed.grant_id: (len(SFT) - 1000, len(SFT) - 1000),
+    }
+    assert reason(await rpc_error(datasets.redeem(minted.token))) == "TOKEN_USED_UP"
+
+
+async def test_a_download_that_sent_nothing_gives_its_use_back(datasets: Datasets) -> None:
+    d = (await datasets.upload(SFT)).dataset
+    minted = await datasets.mint(d.id)
+    failed = await datasets.redeem(minted.token)  # e.g. the gateway could not open the file
+    await finish(datasets, failed, 0)
+    await finish(datasets, failed, 0)  # only once
+    again = await datasets.redeem(minted.token)
+    await finish(datasets, again, again.length)
+    assert reason(await rpc_error(datasets.redeem(minted.token))) == "TOKEN_USED_UP"
+    empty = (await datasets.upload(b"", name="empty.jsonl")).dataset
+    single = await datasets.mint(empty.id)
+    await finish(datasets, await datasets.redeem(single.token), 0)  # 0 of 0: a whole download
+    assert reason(await rpc_error(datasets.redeem(single.token))) == "TOKEN_USED_UP"
+
+
+async def test_head_grants_nothing_to_finish(datasets: Datasets) -> None:
+    d = (await datasets.upload(SFT)).dataset
+    minted = await datasets.mint(d.id)
+    assert (await datasets.redeem(minted.token, http_method="HEAD")).grant_id == ""
+    error = await rpc_error(
+        datasets.stub.FinishDownload(api.FinishDownloadRequest(grant_id="de_x", bytes_sent=-1))
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
 from services.common.db import Database
+from services.datasets.formats import Analysis, Format
 from services.datasets.models import Base
 from services.datasets.service import MIGRATIONS
+from services.datasets.store import DatasetStore
 
 
 def tables(conn: Connection) -> set[str]:
@@ -55,5 +59,32 @@ async def test_service_refuses_a_stale_schema_and_says_how_to_fix_it(empty_db_ur
             await MIGRATIONS.require_current(db)
         await MIGRATIONS.upgrade(db)
         await MIGRATIONS.require_current(db)
+    finally:
+        await db.close()
+
+
+async def test_rows_survive_a_downgrade_and_upgrade(empty_db_url: str) -> None:
+    db = Database(empty_db_url)
+    try:
+        await MIGRATIONS.upgrade(db)
+        store = DatasetStore(db)
+        now = datetime.now(UTC)
+        dataset = await store.create_dataset(
+            owner="alice",
+            name="t.jsonl",
+            analysis=Analysis(Format.TEXT, 1),
+            size_bytes=10,
+            sha256="0" * 64,
+            blob_key="a" * 32,
+            now=now,
+        )
+        minted = await store.create_token(
+            "alice", dataset.id, ttl=timedelta(hours=1), max_uses=2, now=now
+        )
+        await MIGRATIONS.downgrade(db, "0001")
+        await MIGRATIONS.upgrade(db)
+        assert await store.get_dataset("alice", dataset.id) == dataset
+        tokens = await store.list_tokens("alice", dataset.id, 10, None)
+        assert tokens.items == [minted.token]
     finally:
         await db.close()

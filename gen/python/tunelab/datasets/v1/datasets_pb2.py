@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"tunelab/datasets/v1/datasets.proto\x12\x13tunelab.datasets.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x11\n\trow_count\x18\x05 \x01(\x03\x12\x32\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\".tunelab.datasets.v1.DatasetFormat\x12\x36\n\x0c\x66ormat_error\x18\x07 \x01(\x0b\x32 .tunelab.datasets.v1.FormatError\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x0b\x46ormatError\x12\x0c\n\x04line\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x9c\x02\n\rDownloadToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08max_uses\x18\x05 \x01(\x05\x12\x11\n\tuse_count\x18\x06 \x01(\x05\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x05state\x18\x08 \x01(\x0e\x32\'.tunelab.datasets.v1.DownloadTokenState\"\x83\x02\n\rDownloadEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07outcome\x18\x05 \x01(\x0e\x32$.tunelab.datasets.v1.DownloadOutcome\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05range\x18\x07 \x01(\t\x12\x11\n\tclient_ip\x18\x08 \x01(\t\x12\x12\n\nuser_agent\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t*\xa4\x01\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x41TASET_FORMAT_SFT_CHAT\x10\x01\x12!\n\x1d\x44\x41TASET_FORMAT_DPO_PREFERENCE\x10\x02\x12\x17\n\x13\x44\x41TASET_FORMAT_TEXT\x10\x03\x12\x1a\n\x16\x44\x41TASET_FORMAT_INVALID\x10\x04*\xc1\x01\n\x12\x44ownloadTokenState\x12$\n DOWNLOAD_TOKEN_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44OWNLOAD_TOKEN_STATE_ACTIVE\x10\x01\x12 \n\x1c\x44OWNLOAD_TOKEN_STATE_EXPIRED\x10\x02\x12 \n\x1c\x44OWNLOAD_TOKEN_STATE_USED_UP\x10\x03\x12 \n\x1c\x44OWNLOAD_TOKEN_STATE_REVOKED\x10\x04*\x8d\x01\n\x0f\x44ownloadOutcome\x12 \n\x1c\x44OWNLOAD_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44OWNLOAD_OUTCOME_GRANTED\x10\x01\x12\x1c\n\x18\x44OWNLOAD_OUTCOME_CHECKED\x10\x02\x12\x1c\n\x18\x44OWNLOAD_OUTCOME_REFUSED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"tunelab/datasets/v1/datasets.proto\x12\x13tunelab.datasets.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x11\n\trow_count\x18\x05 \x01(\x03\x12\x32\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\".tunelab.datasets.v1.DatasetFormat\x12\x36\n\x0c\x66ormat_error\x18\x07 \x01(\x0b\x32 .tunelab.datasets.v1.FormatError\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x0b\x46ormatError\x12\x0c\n\x04line\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x9c\x02\n\rDownloadToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08max_uses\x18\x05 \x01(\x05\x12\x11\n\tuse_count\x18\x06 \x01(\x05\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x05state\x18\x08 \x01(\x0e\x32\'.tunelab.datasets.v1.DownloadTokenState\"\xc2\x02\n\rDownloadEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07outcome\x18\x05 \x01(\x0e\x32$.tunelab.datasets.v1.DownloadOutcome\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05range\x18\x07 \x01(\t\x12\x11\n\tclient_ip\x18\x08 \x01(\t\x12\x12\n\nuser_agent\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x15\n\rbytes_granted\x18\x0b \x01(\x03\x12\x17\n\nbytes_sent\x18\x0c \x01(\x03H\x00\x88\x01\x01\x42\r\n\x0b_bytes_sent*\xa4\x01\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x41TASET_FORMAT_SFT_CHAT\x10\x01\x12!\n\x1d\x44\x41TASET_FORMAT_DPO_PREFERENCE\x10\x02\x12\x17\n\x13\x44\x41TASET_FORMAT_TEXT\x10\x03\x12\x1a\n\x16\x44\x41TASET_FORMAT_INVALID\x10\x04*\xc1\x01\n\x12\x44ownloadTokenState\x12$\n DOWNLOAD_TOKEN_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44OWNLOAD_TOKEN_STATE_ACTIVE\x10\x01\x12 \n\x1c\x44OWNLOAD_TOKEN_STATE_EXPIRED\x10\x02\x12 \n\x1c\x44OWNLOAD_TOKEN_STATE_USED_UP\x10\x03\x12 \n\x1c\x44OWNLOAD_TOKEN_STATE_REVOKED\x10\x04*\x8d\x01\n\x0f\x44ownloadOutcome\x12 \n\x1c\x44OWNLOAD_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44OWNLOAD_OUTCOME_GRANTED\x10\x01\x12\x1c\n\x18\x44OWNLOAD_OUTCOME_CHECKED\x10\x02\x12\x1c\n\x18\x44OWNLOAD_OUTCOME_REFUSED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tunelab.datasets.v1.datasets_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATASETFORMAT']._serialized_start=936
-  _globals['_DATASETFORMAT']._serialized_end=1100
-  _globals['_DOWNLOADTOKENSTATE']._serialized_start=1103
-  _globals['_DOWNLOADTOKENSTATE']._serialized_end=1296
-  _globals['_DOWNLOADOUTCOME']._serialized_start=1299
-  _globals['_DOWNLOADOUTCOME']._serialized_end=1440
+  _globals['_DATASETFORMAT']._serialized_start=999
+  _globals['_DATASETFORMAT']._serialized_end=1163
+  _globals['_DOWNLOADTOKENSTATE']._serialized_start=1166
+  _globals['_DOWNLOADTOKENSTATE']._serialized_end=1359
+  _globals['_DOWNLOADOUTCOME']._serialized_start=1362
+  _globals['_DOWNLOADOUTCOME']._serialized_end=1503
   _globals['_DATASET']._serialized_start=93
   _globals['_DATASET']._serialized_end=339
   _globals['_FORMATERROR']._serialized_start=341
@@ -45,5 +45,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOWNLOADTOKEN']._serialized_start=387
   _globals['_DOWNLOADTOKEN']._serialized_end=671
   _globals['_DOWNLOADEVENT']._serialized_start=674
-  _globals['_DOWNLOADEVENT']._serialized_end=933
+  _globals['_DOWNLOADEVENT']._serialized_end=996
 # @@protoc_insertion_point(module_scope)

@@ -172,6 +172,10 @@ Global___FormatError: _TypeAlias = FormatError  # noqa: Y015
 class DownloadToken(_message.Message):
     """A time-limited credential that lets whoever holds it download one dataset.
     The token itself is shown once, when created; only its hash is stored.
+
+    Each GET that starts sending bytes uses the token once, a resumed download (a Range request)
+    included; a GET that ends having sent nothing gives its use back. A client that may need to
+    resume (a GPU pod, a flaky link) wants a token with uses to spare.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -189,7 +193,7 @@ class DownloadToken(_message.Message):
     max_uses: _builtins.int
     """How many downloads the token allows in all."""
     use_count: _builtins.int
-    """How many downloads it has been used for so far."""
+    """How many it has been used for so far."""
     state: Global___DownloadTokenState.ValueType
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -235,6 +239,8 @@ class DownloadEvent(_message.Message):
     CLIENT_IP_FIELD_NUMBER: _builtins.int
     USER_AGENT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BYTES_GRANTED_FIELD_NUMBER: _builtins.int
+    BYTES_SENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     token_id: _builtins.str
     """The token used, when it could be identified."""
@@ -248,6 +254,11 @@ class DownloadEvent(_message.Message):
     user_agent: _builtins.str
     request_id: _builtins.str
     """The request id of the download call, to find its log lines."""
+    bytes_granted: _builtins.int
+    """For a granted download: the bytes it was granted, and the bytes the client received
+    (absent until the transfer ended).
+    """
+    bytes_sent: _builtins.int
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -263,11 +274,15 @@ class DownloadEvent(_message.Message):
         client_ip: _builtins.str = ...,
         user_agent: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        bytes_granted: _builtins.int = ...,
+        bytes_sent: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bytes_sent", b"_bytes_sent", "bytes_sent", b"bytes_sent", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ip", b"client_ip", "dataset_id", b"dataset_id", "id", b"id", "occurred_at", b"occurred_at", "outcome", b"outcome", "range", b"range", "reason", b"reason", "request_id", b"request_id", "token_id", b"token_id", "user_agent", b"user_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bytes_sent", b"_bytes_sent", "bytes_granted", b"bytes_granted", "bytes_sent", b"bytes_sent", "client_ip", b"client_ip", "dataset_id", b"dataset_id", "id", b"id", "occurred_at", b"occurred_at", "outcome", b"outcome", "range", b"range", "reason", b"reason", "request_id", b"request_id", "token_id", b"token_id", "user_agent", b"user_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__bytes_sent: _TypeAlias = _typing.Literal["bytes_sent"]  # noqa: Y015
+    _WhichOneofArgType__bytes_sent: _TypeAlias = _typing.Literal["_bytes_sent", b"_bytes_sent"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bytes_sent) -> _WhichOneofReturnType__bytes_sent | None: ...
 
 Global___DownloadEvent: _TypeAlias = DownloadEvent  # noqa: Y015

@@ -198,9 +198,9 @@ class CreateDownloadTokenRequest(_message.Message):
     ttl_seconds: _builtins.int
     """Lifetime in seconds, 1 to 7200; 0 or unset means the maximum, 7200 (two hours)."""
     max_uses: _builtins.int
-    """How many downloads the token allows, 1 to 1000; 0 or unset means 1 (single use). Each
-    GET that transfers bytes counts once, so a client that resumes with a Range request
-    needs a token with uses to spare.
+    """How many downloads the token allows, 1 to 1000; 0 or unset means 1 (single use). A
+    resumed download (a Range request) is one more, so a client that may resume needs uses to
+    spare (see DownloadToken).
     """
     def __init__(
         self,
@@ -439,6 +439,7 @@ class RedeemDownloadTokenResponse(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     LAST_MODIFIED_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     """What is being downloaded."""
     name: _builtins.str
@@ -458,6 +459,8 @@ class RedeemDownloadTokenResponse(_message.Message):
     an HTTP date.
     """
     last_modified: _builtins.str
+    grant_id: _builtins.str
+    """Names this grant in FinishDownload (and in the audit log); empty for HEAD."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -478,11 +481,50 @@ class RedeemDownloadTokenResponse(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
         last_modified: _builtins.str = ...,
+        grant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "created_at", b"created_at", "dataset_id", b"dataset_id", "etag", b"etag", "expires_at", b"expires_at", "last_modified", b"last_modified", "length", b"length", "name", b"name", "offset", b"offset", "partial", b"partial", "remaining_uses", b"remaining_uses", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "created_at", b"created_at", "dataset_id", b"dataset_id", "etag", b"etag", "expires_at", b"expires_at", "grant_id", b"grant_id", "last_modified", b"last_modified", "length", b"length", "name", b"name", "offset", b"offset", "partial", b"partial", "remaining_uses", b"remaining_uses", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedeemDownloadTokenResponse: _TypeAlias = RedeemDownloadTokenResponse  # noqa: Y015
+
+@_typing.final
+class FinishDownloadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    BYTES_SENT_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    bytes_sent: _builtins.int
+    """Bytes sent to the client, 0 to the length granted."""
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        bytes_sent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_sent", b"bytes_sent", "grant_id", b"grant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishDownloadRequest: _TypeAlias = FinishDownloadRequest  # noqa: Y015
+
+@_typing.final
+class FinishDownloadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishDownloadResponse: _TypeAlias = FinishDownloadResponse  # noqa: Y015

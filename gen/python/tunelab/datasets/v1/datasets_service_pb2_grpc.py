@@ -84,6 +84,11 @@ class DatasetsServiceStub:
                 request_serializer=tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.RedeemDownloadTokenRequest.SerializeToString,
                 response_deserializer=tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.RedeemDownloadTokenResponse.FromString,
                 _registered_method=True)
+        self.FinishDownload = channel.unary_unary(
+                '/tunelab.datasets.v1.DatasetsService/FinishDownload',
+                request_serializer=tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.FinishDownloadRequest.SerializeToString,
+                response_deserializer=tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.FinishDownloadResponse.FromString,
+                _registered_method=True)
 
 
 class DatasetsServiceServicer:
@@ -160,6 +165,15 @@ class DatasetsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FinishDownload(self, request, context):
+        """Reports how a granted download ended: how many of its bytes were sent, for the audit log.
+        A download that sent nothing gives its use back. Called by the gateway once per grant; a
+        repeated call changes nothing. No HTTP route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatasetsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +221,11 @@ def add_DatasetsServiceServicer_to_server(servicer, server):
                     servicer.RedeemDownloadToken,
                     request_deserializer=tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.RedeemDownloadTokenRequest.FromString,
                     response_serializer=tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.RedeemDownloadTokenResponse.SerializeToString,
+            ),
+            'FinishDownload': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishDownload,
+                    request_deserializer=tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.FinishDownloadRequest.FromString,
+                    response_serializer=tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.FinishDownloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -457,6 +476,33 @@ class DatasetsService:
             '/tunelab.datasets.v1.DatasetsService/RedeemDownloadToken',
             tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.RedeemDownloadTokenRequest.SerializeToString,
             tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.RedeemDownloadTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishDownload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.datasets.v1.DatasetsService/FinishDownload',
+            tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.FinishDownloadRequest.SerializeToString,
+            tunelab_dot_datasets_dot_v1_dot_datasets__service__pb2.FinishDownloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

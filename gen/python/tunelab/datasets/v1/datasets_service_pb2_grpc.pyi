@@ -61,6 +61,11 @@ class DatasetsServiceStub:
     granted or refused, is written to the audit log. The token is the credential: no user.
     Over HTTP the gateway answers with the file's bytes, not with this message.
     """
+    FinishDownload: _grpc.UnaryUnaryMultiCallable[_datasets_service_pb2.FinishDownloadRequest, _datasets_service_pb2.FinishDownloadResponse]
+    """Reports how a granted download ended: how many of its bytes were sent, for the audit log.
+    A download that sent nothing gives its use back. Called by the gateway once per grant; a
+    repeated call changes nothing. No HTTP route.
+    """
 
 @_typing.type_check_only
 class DatasetsServiceAsyncStub(DatasetsServiceStub):
@@ -94,6 +99,11 @@ class DatasetsServiceAsyncStub(DatasetsServiceStub):
     concurrent redemptions of a token with one use left, exactly one succeeds. Every attempt,
     granted or refused, is written to the audit log. The token is the credential: no user.
     Over HTTP the gateway answers with the file's bytes, not with this message.
+    """
+    FinishDownload: _aio.UnaryUnaryMultiCallable[_datasets_service_pb2.FinishDownloadRequest, _datasets_service_pb2.FinishDownloadResponse]  # type: ignore[assignment]
+    """Reports how a granted download ended: how many of its bytes were sent, for the audit log.
+    A download that sent nothing gives its use back. Called by the gateway once per grant; a
+    repeated call changes nothing. No HTTP route.
     """
 
 class DatasetsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -179,6 +189,17 @@ class DatasetsServiceServicer(metaclass=_abc_1.ABCMeta):
         concurrent redemptions of a token with one use left, exactly one succeeds. Every attempt,
         granted or refused, is written to the audit log. The token is the credential: no user.
         Over HTTP the gateway answers with the file's bytes, not with this message.
+        """
+
+    @_abc_1.abstractmethod
+    def FinishDownload(
+        self,
+        request: _datasets_service_pb2.FinishDownloadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_datasets_service_pb2.FinishDownloadResponse, _abc.Awaitable[_datasets_service_pb2.FinishDownloadResponse]]:
+        """Reports how a granted download ended: how many of its bytes were sent, for the audit log.
+        A download that sent nothing gives its use back. Called by the gateway once per grant; a
+        repeated call changes nothing. No HTTP route.
         """
 
 def add_DatasetsServiceServicer_to_server(servicer: DatasetsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
