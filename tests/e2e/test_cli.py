@@ -83,15 +83,19 @@ def test_dev_launcher_token_upload_list_link_and_ctrl_c(tmp_path: Path) -> None:
         )
         assert httpx.get(link["url"]).content == data.read_bytes()
 
-        refused = subprocess.run(
-            [*cli, "--user", "bob", "datasets", "get", dataset["id"]],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        def fails(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True
+            )
+
+        refused = fails("--user", "bob", "datasets", "get", dataset["id"])
         assert refused.returncode == 1
         assert "not found (HTTP 404, NOT_FOUND)" in refused.stderr
+        broken = tmp_path / "broken.jsonl"
+        broken.write_text('{"text": "fine"}\n{"text": \n')
+        stored_but_invalid = fails("--user", "alice", "datasets", "upload", str(broken))
+        assert stored_but_invalid.returncode == 2
+        assert "not usable for training: line 2 is not valid JSON" in stored_but_invalid.stderr
     finally:
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(timeout=30) == 0
