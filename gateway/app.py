@@ -39,7 +39,7 @@ from tunelab.datasets.v1 import datasets_service_pb2, datasets_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# The services behind the gateway: name, proto file, and the setting holding the address.
+# The services behind the gateway, by name: the proto file whose HTTP rules become routes.
 UPSTREAMS = {"datasets": datasets_service_pb2.DESCRIPTOR}
 # Methods whose routes stream and are served by hand-written endpoints.
 STREAMING = {"UploadDataset", "RedeemDownloadToken"}
@@ -177,8 +177,9 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
         await asyncio.gather(*(channel.close() for channel in channels.values()))
 
     middleware = [Middleware(Observe)]
-    if settings.cors_origins:
-        middleware.append(
+    if settings.cors_origins:  # outermost, so that even Observe's JSON 500 carries CORS headers
+        middleware.insert(
+            0,
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
@@ -186,7 +187,7 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
                 allow_headers=CORS_REQUEST_HEADERS,
                 expose_headers=CORS_RESPONSE_HEADERS,
                 max_age=600,
-            )
+            ),
         )
     return Starlette(
         routes=routes,

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from urllib.parse import quote
 
 import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from gateway.errors import error_response, remote_error_response
 from services.common.blobstore import BlobError, LocalBlobStore, OpenBlob, read_range
@@ -37,7 +38,7 @@ class Downloads:
     ) -> None:
         self._stub = stub
         self._blobs = blobs
-        self._chunk = chunk_bytes
+        self.chunk_bytes = chunk_bytes
         self._reporting: set[asyncio.Task[None]] = set()
 
     async def __call__(self, request: Request) -> Response:
@@ -66,27 +67,15 @@ class Downloads:
         try:
             blob = await asyncio.to_thread(self._blobs.open, grant.blob_key)
         except BlobError as exc:
-            self._report(grant.grant_id, 0)
+            self.report(grant.grant_id, 0)
             return _storage_error(grant.dataset_id, str(exc))
         if blob.size != grant.size_bytes:
             blob.close()
-            self._report(grant.grant_id, 0)
+            self.report(grant.grant_id, 0)
             return _storage_error(grant.dataset_id, f"size {blob.size} != {grant.size_bytes}")
-        return StreamingResponse(self._stream(blob, grant), status_code=status, headers=headers)
+        return _BlobResponse(self, blob, grant, status, headers)
 
-    async def _stream(
-        self, blob: OpenBlob, grant: api.RedeemDownloadTokenResponse
-    ) -> AsyncIterator[bytes]:
-        sent = 0
-        try:
-            async for data in read_range(blob, grant.offset, grant.length, self._chunk):
-                yield data
-                sent += len(data)  # counted once the server has taken it for the client
-        finally:
-            blob.close()
-            self._report(grant.grant_id, sent)
-
-    def _report(self, grant_id: str, sent: int) -> None:
+    def report(self, grant_id: str, sent: int) -> None:
         """Tell the service how many bytes the download sent. In the background: the client
         is gone or done, and nothing should wait for this."""
         task = asyncio.get_running_loop().create_task(self._finish(grant_id, sent))
@@ -107,6 +96,43 @@ class Downloads:
     async def drain(self) -> None:
         """Wait for the reports still on their way (at shutdown)."""
         await asyncio.gather(*self._reporting, return_exceptions=True)
+
+
+class _BlobResponse(StreamingResponse):
+    """Streams a granted range of a blob; whatever way the response ends (done, client gone,
+    cancelled), it closes the file and reports the bytes sent, once."""
+
+    def __init__(
+        self,
+        downloads: Downloads,
+        blob: OpenBlob,
+        grant: api.RedeemDownloadTokenResponse,
+        status: int,
+        headers: dict[str, str],
+    ) -> None:
+        self._downloads = downloads
+        self._grant_id = grant.grant_id
+        self._blob = blob
+        self._sent = 0
+        chunks = self._chunks(downloads.chunk_bytes, grant)
+        super().__init__(chunks, status_code=status, headers=headers)
+
+    async def _chunks(
+        self, chunk: int, grant: api.RedeemDownloadTokenResponse
+    ) -> AsyncIterator[bytes]:
+        async for data in read_range(self._blob, grant.offset, grant.length, chunk):
+            yield data
+            self._sent += len(data)  # the server has taken it for the connection
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            body = self.body_iterator
+            if isinstance(body, AsyncGenerator):
+                await body.aclose()  # its reads are settled: no thread holds the descriptor
+            self._blob.close()
+            self._downloads.report(self._grant_id, self._sent)
 
 
 def _headers(grant: api.RedeemDownloadTokenResponse) -> dict[str, str]:

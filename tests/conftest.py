@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from services.common import context
 from services.common.db import Database
 from services.common.migrations import Migrations
 from services.datasets.service import MIGRATIONS
@@ -130,6 +131,16 @@ def empty_db_url(backend: str, tmp_path: Path, pg: PgDatabases) -> str:
     if backend == "postgresql":
         return pg.fresh(None)
     return f"sqlite:///{tmp_path / 'empty.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_request_context() -> Iterator[None]:
+    """Each test starts with no request id and no calling user: a value one test sets must not
+    ride along on another test's outbound calls."""
+    tokens = (context.request_id.set(""), context.caller.set(""))
+    yield
+    context.request_id.reset(tokens[0])
+    context.caller.reset(tokens[1])
 
 
 def new_user() -> str:

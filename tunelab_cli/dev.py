@@ -7,7 +7,6 @@ Ctrl-C, or as soon as one of them dies (the others would only fail later, less c
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import secrets
@@ -16,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -28,6 +28,15 @@ LISTENS = [
     ("TUNELAB_DATASETS_GRPC_ADDRESS", "127.0.0.1:50051"),
     ("TUNELAB_DATASETS_METRICS_ADDRESS", "127.0.0.1:9151"),
 ]
+
+# For children to die with us (see _die_with_parent): prctl, looked up here in the parent.
+_PR_SET_PDEATHSIG = 1
+_PARENT = os.getpid()
+_PRCTL: Callable[..., int] | None
+try:
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
 
 
 def var_dir() -> Path:
@@ -128,21 +137,33 @@ def _addresses(env: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def _free(address: str) -> bool:
+    """Whether nothing listens on host:port ([v6]:port too) yet."""
     host, _, port = address.rpartition(":")
-    with socket.socket() as probe:
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, ValueError):
+        return True  # not ours to judge: the server will say what is wrong with it
+    with socket.socket(family, kind, proto) as probe:
         # As the servers do: a port left in TIME_WAIT by a previous run is free; a listener isn't.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, int(port)))
+            probe.bind(where)
         except OSError:
             return False
     return True
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if `tunelab dev` itself is killed (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    """In the child, before exec: get SIGTERM when `tunelab dev` dies, even by SIGKILL (Linux).
+    The call is looked up in the parent; the child only makes it."""
+    if _PRCTL is None:
+        return
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != _PARENT:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _ready(gateway: str) -> bool:

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _KEY = re.compile(r"[0-9a-f]{32}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -109,7 +110,7 @@ class LocalBlobStore:
         dir_fd = self._open_dir("incoming")
         try:
             for name in os.listdir(dir_fd):
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):  # one odd entry must not stop the sweep
                     info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                     if info.st_mtime < cutoff:
                         os.unlink(name, dir_fd=dir_fd)
@@ -179,14 +180,17 @@ class BlobWriter:
         return key
 
     def abort(self) -> None:
-        if self.key is not None:
-            self._store.delete(self.key)
-            self.key = None
-        self._close_file()
-        if self._dir is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._name, dir_fd=self._dir)
-        self._close_dir()
+        try:
+            if self.key is not None:
+                self._store.delete(self.key)
+                self.key = None
+            self._close_file()
+            if self._dir is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._name, dir_fd=self._dir)
+        finally:
+            self._close_file()
+            self._close_dir()
 
     def _close_file(self) -> None:
         if self._fd is not None:
@@ -197,6 +201,15 @@ class BlobWriter:
         if self._dir is not None:
             fd, self._dir = self._dir, None
             os.close(fd)
+
+
+async def settle(work: asyncio.Future[Any]) -> None:
+    """Wait until thread work is over, cancellations or not: a thread cannot be stopped, and it
+    may still use descriptors that the caller is about to close. (anyio, under Starlette,
+    cancels again at every await until the cancelled scope exits: hence the loop.)"""
+    while not work.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([work])
 
 
 async def read_range(
@@ -213,7 +226,7 @@ async def read_range(
         try:
             data = await asyncio.shield(read)
         except asyncio.CancelledError:
-            await asyncio.wait([read])
+            await settle(read)
             raise
         if not data:
             raise BlobError("blob shrank while it was being read")

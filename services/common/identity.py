@@ -30,7 +30,8 @@ def valid_user_id(value: str) -> bool:
 
 
 def decode_user(value: str | bytes | None) -> str | None:
-    """The user id from metadata; None when it is absent, not UTF-8 or not a valid id."""
+    """The user id from metadata: None when absent, "" when malformed (not UTF-8, or not a
+    valid id), which callers must refuse."""
     if value is None:
         return None
     if isinstance(value, bytes):

@@ -36,7 +36,9 @@ def server_spec(
         while True:
             try:
                 now = clock()
-                tokens = await store.purge_expired(now)
+                tokens = await store.purge_expired(
+                    now - timedelta(hours=settings.expired_token_grace_hours)
+                )
                 events = await store.purge_events(
                     now - timedelta(days=settings.audit_retention_days)
                 )

@@ -27,6 +27,12 @@ class DatasetsSettings(CommonSettings):
         16 * 1024**2, gt=0, description="Longest row; a longer one makes the file invalid."
     )
     purge_interval_seconds: float = Field(300.0, gt=0)
+    expired_token_grace_hours: float = Field(
+        24.0,
+        ge=0,
+        description="Expired tokens are kept this long (refused as expired, not as "
+        "unknown), then purged.",
+    )
     audit_retention_days: float = Field(
         180.0, gt=0, description="Download audit records older than this are deleted."
     )

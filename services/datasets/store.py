@@ -14,8 +14,9 @@ from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 import grpc
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import ColumnElement, delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from services.common import ids
 from services.common.db import Database
@@ -252,21 +253,29 @@ class DatasetStore:
                 row.revoked_at = now
             return _token(row)
 
-    async def purge_expired(self, now: datetime) -> int:
-        """Forget expired tokens; their audit records stay."""
-        async with self.db.session(write=True) as session:
-            result = await session.execute(
-                delete(DownloadTokenRow).where(DownloadTokenRow.expires_at <= now)
-            )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+    async def purge_expired(self, before: datetime) -> int:
+        """Forget tokens that expired before `before`; their audit records stay."""
+        return await self._purge(DownloadTokenRow.id, DownloadTokenRow.expires_at < before)
 
     async def purge_events(self, before: datetime) -> int:
         """Delete audit records older than the retention period."""
-        async with self.db.session(write=True) as session:
-            result = await session.execute(
-                delete(DownloadEventRow).where(DownloadEventRow.occurred_at < before)
-            )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return await self._purge(DownloadEventRow.id, DownloadEventRow.occurred_at < before)
+
+    async def _purge(
+        self, key: InstrumentedAttribute[str], condition: ColumnElement[bool], batch: int = 2000
+    ) -> int:
+        """Delete matching rows a batch per transaction: one huge delete would hold SQLite's
+        write lock longer than other writers wait for it."""
+        table = key.class_
+        removed = 0
+        while True:
+            async with self.db.session(write=True) as session:
+                chosen = select(key).where(condition).limit(batch)
+                result = await session.execute(delete(table).where(key.in_(chosen)))
+            count = int(result.rowcount)  # type: ignore[attr-defined]
+            removed += count
+            if count < batch:
+                return removed
 
     # Redemption ---------------------------------------------------------------------------
 
@@ -333,7 +342,8 @@ class DatasetStore:
                 )
             ).first()
             if ended is None:
-                return
+                await _finish_refused(session, grant_id, bytes_sent)
+                return  # finished before: repeating it is fine
             token_id, granted = ended
             if bytes_sent == 0 and granted:
                 await session.execute(
@@ -434,6 +444,20 @@ async def _use(session: AsyncSession, token: DownloadToken, now: datetime) -> in
     return int(used)
 
 
+async def _finish_refused(session: AsyncSession, grant_id: str, bytes_sent: int) -> None:
+    """Why a FinishDownload matched nothing, when it is the caller's mistake."""
+    event = await session.get(DownloadEventRow, grant_id)
+    if event is None or event.outcome != Outcome.GRANTED.value:
+        raise not_found("granted download", grant_id)
+    if event.bytes_sent is None and bytes_sent > (event.bytes_granted or 0):
+        raise ServiceError(
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"bytes_sent {bytes_sent} exceeds the {event.bytes_granted} bytes granted",
+            errors_pb2.ERROR_REASON_INVALID_ARGUMENT,
+            {"field": "bytes_sent"},
+        )
+
+
 def _log_attempt(row: DownloadEventRow) -> None:
     log.info(
         "download attempt",
@@ -467,8 +491,9 @@ def _page(items: Sequence[T], size: int, scope: str) -> Page[T]:
 def _refuse_unknown() -> ServiceError:
     return ServiceError(
         grpc.StatusCode.NOT_FOUND,
-        "no such download link: the URL may be cut short, or the link expired long ago or its "
-        "dataset was deleted; ask the dataset's owner for a new one",
+        "no such download link: the URL may be cut short, the link may have expired a while "
+        "ago (expired links are forgotten), or its dataset was deleted; ask the dataset's owner "
+        "for a new one",
         errors_pb2.ERROR_REASON_TOKEN_UNKNOWN,
     )
 

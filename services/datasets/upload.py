@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from services.common.blobstore import BlobWriter, LocalBlobStore
+from services.common.blobstore import BlobWriter, LocalBlobStore, settle
 from services.common.errors import ServiceError
 from services.datasets.formats import Analysis, FormatDetector
 from tunelab.common.v1 import errors_pb2
@@ -41,12 +41,12 @@ def too_large(limit: int) -> ServiceError:
 async def receive(
     chunks: AsyncIterator[bytes], blobs: LocalBlobStore, *, max_bytes: int, max_line_bytes: int
 ) -> Received:
-    writer = await asyncio.to_thread(blobs.writer)
+    writer = await _open(blobs)
     hasher = hashlib.sha256()
     detector = FormatDetector(max_line_bytes)
     size = 0
     # The work running in threads now. A cancelled await cannot stop a thread, so it is always
-    # awaited through a shield, and on failure waited for before the writer's files are touched.
+    # awaited through a shield, and on failure settled before the writer's files are touched.
     busy: asyncio.Future[Any] | None = None
     try:
         async for chunk in chunks:
@@ -54,22 +54,40 @@ async def receive(
             if size > max_bytes:
                 raise too_large(max_bytes)
             if busy is not None:
-                await asyncio.shield(busy)
+                _raise_any(await asyncio.shield(busy))
             busy = asyncio.gather(
                 asyncio.to_thread(_store, writer, hasher, chunk),
                 asyncio.to_thread(detector.feed, chunk),
+                return_exceptions=True,  # both threads finish before anyone looks
             )
         if busy is not None:
-            await asyncio.shield(busy)
+            _raise_any(await asyncio.shield(busy))
         analysis = detector.finish()
         busy = asyncio.ensure_future(asyncio.to_thread(writer.commit))
         key: str = await asyncio.shield(busy)
     except BaseException:
         if busy is not None:
-            await asyncio.wait([busy])
+            await settle(busy)
         writer.abort()  # a failed or cancelled upload leaves nothing behind, committed or not
         raise
     return Received(key, size, hasher.hexdigest(), analysis)
+
+
+async def _open(blobs: LocalBlobStore) -> BlobWriter:
+    opening = asyncio.ensure_future(asyncio.to_thread(blobs.writer))
+    try:
+        return await asyncio.shield(opening)
+    except BaseException:
+        await settle(opening)
+        if not opening.cancelled() and opening.exception() is None:
+            opening.result().abort()
+        raise
+
+
+def _raise_any(results: list[Any]) -> None:
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _store(writer: BlobWriter, hasher: Any, chunk: bytes) -> None:

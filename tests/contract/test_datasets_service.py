@@ -428,6 +428,19 @@ async def test_expired_tokens_are_purged_but_their_audit_stays(datasets: Dataset
     assert [e.token_id for e in events.download_events] == [old.token_id]
 
 
+async def test_purges_go_a_batch_at_a_time(datasets: Datasets) -> None:
+    for i in range(7):
+        await rpc_error(datasets.redeem(f"tldl_{i:043d}"))
+    datasets.clock.advance(10)
+    store = DatasetStore(datasets.db)
+    removed = await store._purge(
+        DownloadEventRow.id, DownloadEventRow.occurred_at < datasets.clock.now, batch=3
+    )
+    assert removed == 7
+    async with datasets.db.session() as session:
+        assert (await session.scalars(select(DownloadEventRow))).all() == []
+
+
 async def test_old_audit_records_are_purged_after_the_retention_period(datasets: Datasets) -> None:
     d = (await datasets.upload(SFT)).dataset
     minted = await datasets.mint(d.id, max_uses=2)
@@ -510,3 +523,10 @@ async def test_head_grants_nothing_to_finish(datasets: Datasets) -> None:
         datasets.stub.FinishDownload(api.FinishDownloadRequest(grant_id="de_x", bytes_sent=-1))
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = await rpc_error(
+        datasets.stub.FinishDownload(api.FinishDownloadRequest(grant_id="de_x", bytes_sent=1))
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    grant = await datasets.redeem(minted.token)
+    error = await rpc_error(finish(datasets, grant, grant.length + 1))
+    assert error.code() == grpc.StatusCode.OUT_OF_RANGE

@@ -13,6 +13,7 @@ import pytest
 from services.common.blobstore import LocalBlobStore
 from services.common.errors import ServiceError
 from services.datasets import upload
+from services.datasets.formats import FormatDetector
 
 ROW = b'{"text": "hello"}\n'
 
@@ -71,4 +72,29 @@ async def test_too_large_is_refused_and_discarded(store: LocalBlobStore) -> None
     with pytest.raises(ServiceError) as caught:
         await upload.receive(rows(10), store, max_bytes=len(ROW) * 2500, max_line_bytes=1024)
     assert caught.value.metadata == {"limit_bytes": str(len(ROW) * 2500)}
+    assert leftovers(store) == []
+
+
+async def test_a_failing_detector_waits_for_the_writer_thread(
+    store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writing = threading.Event()
+    finished: list[float] = []
+    real_write = os.write
+
+    def slow_write(fd: int, data: object) -> int:
+        writing.set()
+        threading.Event().wait(0.3)
+        finished.append(1.0)
+        return real_write(fd, data)  # type: ignore[arg-type]
+
+    def broken_feed(self: object, chunk: bytes) -> None:
+        writing.wait(5)
+        raise RuntimeError("detector bug")
+
+    monkeypatch.setattr(os, "write", slow_write)
+    monkeypatch.setattr(FormatDetector, "feed", broken_feed)
+    with pytest.raises(RuntimeError, match="detector bug"):
+        await upload.receive(rows(2), store, max_bytes=1 << 30, max_line_bytes=1024)
+    assert finished  # the write completed before the writer was torn down
     assert leftovers(store) == []

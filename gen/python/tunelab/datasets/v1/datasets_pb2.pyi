@@ -255,10 +255,11 @@ class DownloadEvent(_message.Message):
     request_id: _builtins.str
     """The request id of the download call, to find its log lines."""
     bytes_granted: _builtins.int
-    """For a granted download: the bytes it was granted, and the bytes the client received
-    (absent until the transfer ended).
-    """
+    """For a granted download: the bytes it was granted (the range's length)."""
     bytes_sent: _builtins.int
+    """For a granted download, once it ended: the bytes handed to the connection. Bytes still in
+    flight when a client hangs up count as sent: the server cannot tell. Absent until then.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(

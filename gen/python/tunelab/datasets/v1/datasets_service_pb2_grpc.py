@@ -168,7 +168,8 @@ class DatasetsServiceServicer:
     def FinishDownload(self, request, context):
         """Reports how a granted download ended: how many of its bytes were sent, for the audit log.
         A download that sent nothing gives its use back. Called by the gateway once per grant; a
-        repeated call changes nothing. No HTTP route.
+        repeated call changes nothing. NOT_FOUND for a grant_id that names no granted download,
+        OUT_OF_RANGE for more bytes than were granted. No HTTP route.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

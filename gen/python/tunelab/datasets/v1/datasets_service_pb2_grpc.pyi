@@ -64,7 +64,8 @@ class DatasetsServiceStub:
     FinishDownload: _grpc.UnaryUnaryMultiCallable[_datasets_service_pb2.FinishDownloadRequest, _datasets_service_pb2.FinishDownloadResponse]
     """Reports how a granted download ended: how many of its bytes were sent, for the audit log.
     A download that sent nothing gives its use back. Called by the gateway once per grant; a
-    repeated call changes nothing. No HTTP route.
+    repeated call changes nothing. NOT_FOUND for a grant_id that names no granted download,
+    OUT_OF_RANGE for more bytes than were granted. No HTTP route.
     """
 
 @_typing.type_check_only
@@ -103,7 +104,8 @@ class DatasetsServiceAsyncStub(DatasetsServiceStub):
     FinishDownload: _aio.UnaryUnaryMultiCallable[_datasets_service_pb2.FinishDownloadRequest, _datasets_service_pb2.FinishDownloadResponse]  # type: ignore[assignment]
     """Reports how a granted download ended: how many of its bytes were sent, for the audit log.
     A download that sent nothing gives its use back. Called by the gateway once per grant; a
-    repeated call changes nothing. No HTTP route.
+    repeated call changes nothing. NOT_FOUND for a grant_id that names no granted download,
+    OUT_OF_RANGE for more bytes than were granted. No HTTP route.
     """
 
 class DatasetsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -199,7 +201,8 @@ class DatasetsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_datasets_service_pb2.FinishDownloadResponse, _abc.Awaitable[_datasets_service_pb2.FinishDownloadResponse]]:
         """Reports how a granted download ended: how many of its bytes were sent, for the audit log.
         A download that sent nothing gives its use back. Called by the gateway once per grant; a
-        repeated call changes nothing. No HTTP route.
+        repeated call changes nothing. NOT_FOUND for a grant_id that names no granted download,
+        OUT_OF_RANGE for more bytes than were granted. No HTTP route.
         """
 
 def add_DatasetsServiceServicer_to_server(servicer: DatasetsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
