@@ -3,9 +3,9 @@
 The datasets service decides (token valid? which bytes? one use counted, attempt audited);
 the bytes then stream from its blob store straight to the client, and the gateway reports back
 how many were sent: the audit log shows it, and a download that sent nothing gives its use
-back. They never cross gRPC: measured
-here, a gRPC stream of file chunks ran at about a quarter of nginx's speed on loopback, while
-reading the file in this process keeps pace with it (bench/transfer.py).
+back. The bytes never cross gRPC: measured here, a gRPC stream of file chunks ran at about a
+quarter of nginx's speed on loopback, while reading the file in this process keeps pace with
+it (bench/transfer.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import error_response, remote_error_response
+from gateway.errors import remote_error_response, service_error_response
 from services.common.blobstore import BlobError, LocalBlobStore, OpenBlob, read_range
-from services.common.errors import RemoteError
+from services.common.errors import RemoteError, storage_unavailable
 from tunelab.datasets.v1 import datasets_service_pb2 as api
 from tunelab.datasets.v1 import datasets_service_pb2_grpc as api_grpc
 
@@ -89,7 +89,8 @@ class Downloads:
             )
         except grpc.aio.AioRpcError as exc:
             log.warning(
-                "could not report a finished download; its unsent bytes stay charged",
+                "could not report a finished download: the audit lacks its bytes sent, and "
+                "one that sent nothing keeps its use",
                 extra={"grant_id": grant_id, "code": exc.code().name},
             )
 
@@ -164,9 +165,4 @@ def _disposition(name: str) -> str:
 
 def _storage_error(dataset_id: str, detail: str) -> Response:
     log.error("cannot serve stored blob", extra={"dataset_id": dataset_id, "error": detail})
-    return error_response(
-        500,
-        grpc.StatusCode.DATA_LOSS,
-        "the dataset's stored file is unavailable; this has been logged for the operators",
-        reason="STORAGE_UNAVAILABLE",
-    )
+    return service_error_response(storage_unavailable())

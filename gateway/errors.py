@@ -14,9 +14,11 @@ import grpc
 from starlette.responses import JSONResponse
 
 from services.common import context
-from services.common.errors import RemoteError
+from services.common.errors import RemoteError, ServiceError, reason_name
 
 log = logging.getLogger(__name__)
+
+GATEWAY_DOMAIN = "gateway.tunelab.dev"
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -67,7 +69,7 @@ def error_response(
             {
                 "@type": "type.googleapis.com/google.rpc.ErrorInfo",
                 "reason": reason,
-                "domain": domain or "gateway.tunelab.dev",
+                "domain": domain or GATEWAY_DOMAIN,
                 "metadata": dict(metadata or {}),
             }
         )
@@ -86,6 +88,14 @@ def error_response(
 
 def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> JSONResponse:
     return remote_error_response(RemoteError.from_rpc_error(error), service)
+
+
+def service_error_response(error: ServiceError) -> JSONResponse:
+    """A refusal the gateway makes itself, with the same builders and mapping the services use."""
+    remote = RemoteError(
+        error.code, error.message, reason_name(error.reason), GATEWAY_DOMAIN, error.metadata
+    )
+    return remote_error_response(remote, "gateway")
 
 
 def remote_error_response(remote: RemoteError, service: str) -> JSONResponse:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import time
 
-import grpc
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import error_response
+from gateway.errors import service_error_response
 from services.common import context
+from services.common.errors import internal
 
 log = logging.getLogger("tunelab.http")
 
@@ -53,7 +53,6 @@ class Observe:
         context.caller.set("")
         started = time.perf_counter()
         status = 500
-
         started_response = False
 
         async def send_wrapper(message: Message) -> None:
@@ -76,12 +75,7 @@ class Observe:
             log.exception("unhandled error", extra={"method": scope["method"]})
             if started_response:
                 raise
-            await error_response(
-                500,
-                grpc.StatusCode.INTERNAL,
-                f"internal error; the gateway log has the details under request id {rid}",
-                reason="INTERNAL",
-            )(scope, receive, send_wrapper)
+            await service_error_response(internal(rid, "gateway"))(scope, receive, send_wrapper)
         finally:
             seconds = time.perf_counter() - started
             route = scope.get(ROUTE_KEY, "unmatched")

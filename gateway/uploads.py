@@ -17,9 +17,9 @@ import grpc
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import error_response, from_rpc_error
+from gateway.errors import error_response, from_rpc_error, service_error_response
 from gateway.transcode import BadRequest, to_json
-from services.common.errors import ServiceError
+from services.common.errors import ServiceError, payload_too_large
 from services.common.filenames import check_name
 from tunelab.datasets.v1 import datasets_service_pb2 as api
 from tunelab.datasets.v1 import datasets_service_pb2_grpc as api_grpc
@@ -46,7 +46,7 @@ class Uploads:
         try:  # before a byte is sent on: a bad name must not cost a 20 GB upload to learn of
             check_name(name)
         except ServiceError as exc:
-            return BadRequest(exc.message, "name").response()
+            return service_error_response(exc)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith(("multipart/", "application/x-www-form-urlencoded")):
             # A form body is not the file: curl -d even strips its newlines.
@@ -59,13 +59,7 @@ class Uploads:
             )
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max:
-            return error_response(
-                413,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the file is larger than the {self._max}-byte limit for one dataset; split it",
-                reason="PAYLOAD_TOO_LARGE",
-                metadata={"limit_bytes": str(self._max)},
-            )
+            return service_error_response(payload_too_large(self._max))
         gone = asyncio.Event()
         try:
             reply = await self._stub.UploadDataset(

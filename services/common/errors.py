@@ -71,10 +71,28 @@ def unauthenticated(message: str) -> ServiceError:
     )
 
 
-def internal(request_id: str) -> ServiceError:
+def payload_too_large(limit: int) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"the file is larger than the {limit}-byte limit for one dataset; split it",
+        errors_pb2.ERROR_REASON_PAYLOAD_TOO_LARGE,
+        {"limit_bytes": str(limit)},
+    )
+
+
+def storage_unavailable() -> ServiceError:
+    """Stored bytes are missing or not what was stored; the details go to the log only."""
+    return ServiceError(
+        grpc.StatusCode.DATA_LOSS,
+        "the dataset's stored file is unavailable; this has been logged for the operators",
+        errors_pb2.ERROR_REASON_STORAGE_UNAVAILABLE,
+    )
+
+
+def internal(request_id: str, where: str = "service") -> ServiceError:
     return ServiceError(
         grpc.StatusCode.INTERNAL,
-        f"internal error; the service log has the details under request id {request_id}",
+        f"internal error; the {where} log has the details under request id {request_id}",
         errors_pb2.ERROR_REASON_INTERNAL,
     )
 

@@ -14,7 +14,7 @@ from services.common.blobstore import BlobError, LocalBlobStore
 from services.common.errors import ServiceError, invalid_argument
 from services.common.filenames import check_name
 from services.common.identity import require_user
-from services.common.pagination import Cursor, page_size
+from services.common.pagination import page_size
 from services.datasets import convert, ranges, upload
 from services.datasets.settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES, DatasetsSettings
 from services.datasets.store import Dataset, DatasetStore, DownloadRequest
@@ -114,11 +114,8 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
     async def ListDatasets(
         self, request: api.ListDatasetsRequest, context: Context
     ) -> api.ListDatasetsResponse:
-        owner = require_user()
         page = await self.store.list_datasets(
-            owner,
-            page_size(request.page_size),
-            Cursor.decode(request.page_token, f"datasets:{owner}"),
+            require_user(), page_size(request.page_size), request.page_token
         )
         return api.ListDatasetsResponse(
             datasets=[convert.dataset(d) for d in page.items],
@@ -176,7 +173,7 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
             require_user(),
             request.dataset_id,
             page_size(request.page_size),
-            Cursor.decode(request.page_token, f"tokens:{request.dataset_id}"),
+            request.page_token,
         )
         now = self.clock()
         return api.ListDownloadTokensResponse(
@@ -200,7 +197,7 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
             require_user(),
             request.dataset_id,
             page_size(request.page_size),
-            Cursor.decode(request.page_token, f"events:{request.dataset_id}"),
+            request.page_token,
         )
         return api.ListDownloadEventsResponse(
             download_events=[convert.download_event(e) for e in page.items],

@@ -11,16 +11,16 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
-from sqlalchemy import ColumnElement, delete, select, tuple_, update
+from sqlalchemy import ColumnElement, Select, delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from services.common import ids
 from services.common.db import Database
-from services.common.errors import ServiceError, not_found, reason_name
+from services.common.errors import ServiceError, not_found, reason_name, storage_unavailable
 from services.common.pagination import Cursor
 from services.datasets import ranges, tokens
 from services.datasets.formats import Analysis, Format
@@ -123,6 +123,7 @@ class Grant:
 
 
 T = TypeVar("T", "Dataset", "DownloadToken", "DownloadEvent")
+Q = TypeVar("Q", bound="Select[Any]")
 
 
 @dataclass(frozen=True)
@@ -172,16 +173,18 @@ class DatasetStore:
         async with self.db.session() as session:
             return _dataset(await _owned_dataset(session, owner, dataset_id))
 
-    async def list_datasets(self, owner: str, size: int, after: Cursor | None) -> Page[Dataset]:
-        query = select(DatasetRow).where(DatasetRow.owner == owner)
-        if after is not None:
-            query = query.where(
-                tuple_(DatasetRow.created_at, DatasetRow.id) < (after.created_at, after.id)
-            )
-        query = query.order_by(DatasetRow.created_at.desc(), DatasetRow.id.desc()).limit(size + 1)
+    async def list_datasets(self, owner: str, size: int, page_token: str) -> Page[Dataset]:
+        scope = f"datasets:{owner}"
+        query = _newest_first(
+            select(DatasetRow).where(DatasetRow.owner == owner),
+            DatasetRow.created_at,
+            DatasetRow.id,
+            Cursor.decode(page_token, scope),
+            size,
+        )
         async with self.db.session() as session:
             rows = list((await session.scalars(query)).all())
-        return _page([_dataset(r) for r in rows], size, f"datasets:{owner}")
+        return _page([_dataset(r) for r in rows], size, scope, lambda d: d.created_at)
 
     async def delete_dataset(self, owner: str, dataset_id: str) -> Dataset:
         """Delete the record and its tokens; the caller removes the blob afterwards."""
@@ -216,23 +219,22 @@ class DatasetStore:
         return MintedToken(_token(row), secret)
 
     async def list_tokens(
-        self, owner: str, dataset_id: str, size: int, after: Cursor | None
+        self, owner: str, dataset_id: str, size: int, page_token: str
     ) -> Page[DownloadToken]:
-        query = select(DownloadTokenRow).where(
-            DownloadTokenRow.dataset_id == dataset_id, DownloadTokenRow.owner == owner
+        scope = f"tokens:{dataset_id}"
+        query = _newest_first(
+            select(DownloadTokenRow).where(
+                DownloadTokenRow.dataset_id == dataset_id, DownloadTokenRow.owner == owner
+            ),
+            DownloadTokenRow.created_at,
+            DownloadTokenRow.id,
+            Cursor.decode(page_token, scope),
+            size,
         )
-        if after is not None:
-            query = query.where(
-                tuple_(DownloadTokenRow.created_at, DownloadTokenRow.id)
-                < (after.created_at, after.id)
-            )
-        query = query.order_by(
-            DownloadTokenRow.created_at.desc(), DownloadTokenRow.id.desc()
-        ).limit(size + 1)
         async with self.db.session() as session:
             await _owned_dataset(session, owner, dataset_id)
             rows = list((await session.scalars(query)).all())
-        return _page([_token(r) for r in rows], size, f"tokens:{dataset_id}")
+        return _page([_token(r) for r in rows], size, scope, lambda t: t.created_at)
 
     async def revoke_token(
         self, owner: str, dataset_id: str, token_id: str, now: datetime
@@ -294,7 +296,7 @@ class DatasetStore:
             if (state := token.state(now)) is not TokenState.ACTIVE:
                 raise _refuse_state(state, token)
             if not await blob_ok(dataset):
-                raise _refuse_storage()
+                raise storage_unavailable()
             try:
                 span = ranges.select(
                     request.range,
@@ -375,23 +377,22 @@ class DatasetStore:
         _log_attempt(row)
 
     async def list_events(
-        self, owner: str, dataset_id: str, size: int, after: Cursor | None
+        self, owner: str, dataset_id: str, size: int, page_token: str
     ) -> Page[DownloadEvent]:
-        query = select(DownloadEventRow).where(
-            DownloadEventRow.dataset_id == dataset_id, DownloadEventRow.owner == owner
+        scope = f"events:{dataset_id}"
+        query = _newest_first(
+            select(DownloadEventRow).where(
+                DownloadEventRow.dataset_id == dataset_id, DownloadEventRow.owner == owner
+            ),
+            DownloadEventRow.occurred_at,
+            DownloadEventRow.id,
+            Cursor.decode(page_token, scope),
+            size,
         )
-        if after is not None:
-            query = query.where(
-                tuple_(DownloadEventRow.occurred_at, DownloadEventRow.id)
-                < (after.created_at, after.id)
-            )
-        query = query.order_by(
-            DownloadEventRow.occurred_at.desc(), DownloadEventRow.id.desc()
-        ).limit(size + 1)
         async with self.db.session() as session:
             await _owned_dataset(session, owner, dataset_id)
             rows = list((await session.scalars(query)).all())
-        return _page([_event(r) for r in rows], size, f"events:{dataset_id}")
+        return _page([_event(r) for r in rows], size, scope, lambda e: e.occurred_at)
 
 
 @dataclass(frozen=True)
@@ -480,12 +481,25 @@ async def _owned_dataset(session: AsyncSession, owner: str, dataset_id: str) -> 
     return row
 
 
-def _page(items: Sequence[T], size: int, scope: str) -> Page[T]:
+def _newest_first(
+    query: Q,
+    when: InstrumentedAttribute[datetime],
+    key: InstrumentedAttribute[str],
+    after: Cursor | None,
+    size: int,
+) -> Q:
+    """Keyset pagination, newest first: the rows after the cursor, one more than a page (the
+    extra row only says whether there is a next page)."""
+    if after is not None:
+        query = query.where(tuple_(when, key) < (after.created_at, after.id))
+    return query.order_by(when.desc(), key.desc()).limit(size + 1)
+
+
+def _page(items: Sequence[T], size: int, scope: str, when: Callable[[T], datetime]) -> Page[T]:
     if len(items) <= size:
         return Page(list(items), None)
     last = items[size - 1]
-    when = last.occurred_at if isinstance(last, DownloadEvent) else last.created_at
-    return Page(list(items[:size]), Cursor(when, last.id, scope))
+    return Page(list(items[:size]), Cursor(when(last), last.id, scope))
 
 
 def _refuse_unknown() -> ServiceError:
@@ -517,14 +531,6 @@ def _refuse_state(state: TokenState, token: DownloadToken) -> ServiceError:
             errors_pb2.ERROR_REASON_TOKEN_USED_UP,
         )
     return ServiceError(grpc.StatusCode.PERMISSION_DENIED, message, reason)
-
-
-def _refuse_storage() -> ServiceError:
-    return ServiceError(
-        grpc.StatusCode.DATA_LOSS,
-        "the dataset's stored file is unavailable; this has been logged for the operators",
-        errors_pb2.ERROR_REASON_STORAGE_UNAVAILABLE,
-    )
 
 
 def _refuse_range(size: int) -> ServiceError:

@@ -13,12 +13,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
 from services.common.blobstore import BlobWriter, LocalBlobStore, settle
-from services.common.errors import ServiceError
+from services.common.errors import payload_too_large
 from services.datasets.formats import Analysis, FormatDetector
-from tunelab.common.v1 import errors_pb2
 
 
 @dataclass(frozen=True)
@@ -27,15 +24,6 @@ class Received:
     size_bytes: int
     sha256: str
     analysis: Analysis
-
-
-def too_large(limit: int) -> ServiceError:
-    return ServiceError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"the file is larger than the {limit}-byte limit for one dataset; split it",
-        errors_pb2.ERROR_REASON_PAYLOAD_TOO_LARGE,
-        {"limit_bytes": str(limit)},
-    )
 
 
 async def receive(
@@ -52,7 +40,7 @@ async def receive(
         async for chunk in chunks:
             size += len(chunk)
             if size > max_bytes:
-                raise too_large(max_bytes)
+                raise payload_too_large(max_bytes)
             if busy is not None:
                 _raise_any(await asyncio.shield(busy))
             busy = asyncio.gather(

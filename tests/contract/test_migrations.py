@@ -84,7 +84,7 @@ async def test_rows_survive_a_downgrade_and_upgrade(empty_db_url: str) -> None:
         await MIGRATIONS.downgrade(db, "0001")
         await MIGRATIONS.upgrade(db)
         assert await store.get_dataset("alice", dataset.id) == dataset
-        tokens = await store.list_tokens("alice", dataset.id, 10, None)
+        tokens = await store.list_tokens("alice", dataset.id, 10, "")
         assert tokens.items == [minted.token]
     finally:
         await db.close()
