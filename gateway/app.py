@@ -27,20 +27,26 @@ from gateway import openapi
 from gateway.auth import Authenticator, AuthError, KeysUnavailable
 from gateway.downloads import Downloads
 from gateway.errors import error_response
+from gateway.events import sse_endpoint
 from gateway.observe import ROUTE_KEY, Observe
 from gateway.rules import HttpRule, http_rules
 from gateway.settings import GatewaySettings
-from gateway.transcode import Endpoint, unary_endpoint
+from gateway.transcode import BEARER_FIELDS, Endpoint, unary_endpoint
 from gateway.uploads import Uploads
 from services.common import context, redact
 from services.common.blobstore import LocalBlobStore
 from services.common.client import open_channel
 from tunelab.datasets.v1 import datasets_service_pb2, datasets_service_pb2_grpc
+from tunelab.deploy.v1 import deploy_service_pb2
 
 log = logging.getLogger(__name__)
 
 # The services behind the gateway, by name: the proto file whose HTTP rules become routes.
-UPSTREAMS = {"datasets": datasets_service_pb2.DESCRIPTOR}
+UPSTREAMS = {
+    "datasets": datasets_service_pb2.DESCRIPTOR,
+    "deploy": deploy_service_pb2.DESCRIPTOR,
+}
+
 # Methods whose routes stream and are served by hand-written endpoints.
 STREAMING = {"UploadDataset", "RedeemDownloadToken"}
 DOWNLOAD_ROUTE = "/v1/dataset-downloads/{token}"
@@ -83,10 +89,10 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
             raise SystemExit(f"gateway: {exc}") from exc
     token = settings.require_internal_token()
     rules = {name: http_rules(file) for name, file in UPSTREAMS.items()}
+    addresses = {"datasets": settings.datasets_address, "deploy": settings.deploy_address}
     channels = {
-        "datasets": open_channel(
-            settings.datasets_address, token, retry=_idempotent(rules["datasets"])
-        )
+        name: open_channel(address, token, retry=_idempotent(rules[name]))
+        for name, address in addresses.items()
     }
     datasets = datasets_service_pb2_grpc.DatasetsServiceStub(channels["datasets"])
     downloads = Downloads(
@@ -167,8 +173,12 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
         for rule in group:
             if rule.method.name in STREAMING:
                 continue
-            endpoint = unary_endpoint(rule, channels[service], service)
-            routes.append(Route(rule.path, private(rule.path, endpoint), methods=[rule.verb]))
+            if rule.server_streaming:
+                endpoint = sse_endpoint(rule, channels[service], service)
+            else:
+                endpoint = unary_endpoint(rule, channels[service], service)
+            guard = public if rule.method.name in BEARER_FIELDS else private
+            routes.append(Route(rule.path, guard(rule.path, endpoint), methods=[rule.verb]))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -202,7 +212,7 @@ def _idempotent(rules: list[HttpRule]) -> dict[str, list[str]]:
     routes) and the ones made idempotent on purpose."""
     retry: dict[str, list[str]] = {}
     for rule in rules:
-        if rule.verb == "GET" and rule.method.name not in STREAMING:
+        if rule.verb == "GET" and not rule.server_streaming and rule.method.name not in STREAMING:
             retry.setdefault(rule.method.containing_service.full_name, []).append(rule.method.name)
     for service, method in IDEMPOTENT:
         retry.setdefault(service, []).append(method)

@@ -10,8 +10,9 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from gateway import enums
 from gateway.rules import HttpRule
-from gateway.transcode import success_status
+from gateway.transcode import BEARER_FIELDS, IDEMPOTENCY_FIELD, query_fields, success_status
 from tunelab.datasets.v1 import datasets_pb2
 
 JSON = "application/json"
@@ -132,8 +133,11 @@ class Schemas:
         return schema
 
     def _enum(self, enum: EnumDescriptor) -> dict[str, Any]:
-        values = [v.name for v in enum.values]
-        lines = [f"{v.name}: {self.comments(f'{enum.full_name}.{v.name}')}" for v in enum.values]
+        values = [enums.short(enum, v.name) for v in enum.values]
+        lines = [
+            f"{enums.short(enum, v.name)}: {self.comments(f'{enum.full_name}.{v.name}')}"
+            for v in enum.values
+        ]
         return {"type": "string", "enum": values, "description": "; ".join(lines)}
 
 
@@ -164,7 +168,12 @@ def document(rules: Iterable[HttpRule], hand_written: set[str], server: str) -> 
         "components": {
             "schemas": dict(sorted(schemas.defined.items())),
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "jobToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The job token a deployment's pod was given (tljb_...).",
+                },
             },
         },
         "security": [{"bearer": []}],
@@ -183,19 +192,31 @@ def _operation(rule: HttpRule, schemas: Schemas, comments: Comments) -> dict[str
         }
         for name in rule.path_params
     ]
-    if rule.body != "*":
-        taken = {*rule.path_params, rule.body}
-        parameters += [
-            {"name": f.name, "in": "query", "schema": schemas.field(f)}
-            for f in method.input_type.fields
-            if f.name not in taken and f.type != FieldDescriptor.TYPE_MESSAGE
-        ]
+    parameters += [
+        {"name": name, "in": "query", "schema": schemas.field(field)}
+        for name, field in query_fields(rule).items()
+    ]
+    if IDEMPOTENCY_FIELD in request_fields:
+        parameters.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "schema": {"type": "string", "maxLength": 128},
+                "description": "Retrying with the same key returns the first result.",
+            }
+        )
     status = success_status(rule)
     reply = method.output_type
     if rule.response_body:
         reply = method.output_type.fields_by_name[rule.response_body].message_type or reply
     success: dict[str, Any] = {"description": "Success."}
-    if status != 204:
+    if rule.server_streaming:
+        success["description"] = (
+            "Server-sent events: each `message` event's data is one JSON object as below; a "
+            "failure after the stream started is a final `error` event with the error body."
+        )
+        success["content"] = {"text/event-stream": {"schema": schemas.ref(reply)}}
+    elif status != 204:
         success["content"] = {JSON: {"schema": schemas.ref(reply)}}
     operation: dict[str, Any] = {
         "operationId": method.name,
@@ -209,6 +230,11 @@ def _operation(rule: HttpRule, schemas: Schemas, comments: Comments) -> dict[str
             "default": _error("An error."),
         },
     }
+    if method.name in BEARER_FIELDS:
+        operation["security"] = [{"jobToken": []}]
+    if rule.body and rule.body != "*":
+        body_field = method.input_type.fields_by_name[rule.body]
+        operation["requestBody"] = {"content": {JSON: {"schema": schemas.field(body_field)}}}
     if rule.body == "*":  # the path parameters are not part of the body
         body_schema = {
             "type": "object",
@@ -241,7 +267,7 @@ def _hand_written(paths: dict[str, dict[str, Any]], schemas: Schemas) -> None:
         "streams it (`--data-binary @file` reads it into memory first; `-d` and `-F` send forms, "
         "which are refused). It is hashed, counted and checked as it streams; the format is "
         "detected from the content, and a file that is not usable for training is still stored, "
-        "with format DATASET_FORMAT_INVALID and a format_error naming the first bad line.",
+        "with format invalid and a format_error naming the first bad line.",
         "parameters": [
             {
                 "name": "name",

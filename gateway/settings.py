@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import DEFAULT_MAX_UPLOAD_BYTES, CommonSettings, shared
@@ -15,7 +15,18 @@ class GatewaySettings(CommonSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
-    datasets_address: str = "127.0.0.1:50051"
+    datasets_address: str = Field(
+        "127.0.0.1:50051",
+        validation_alias=AliasChoices(
+            "TUNELAB_GATEWAY_DATASETS_ADDRESS", "TUNELAB_DATASETS_GRPC_ADDRESS"
+        ),
+    )
+    deploy_address: str = Field(
+        "127.0.0.1:50052",
+        validation_alias=AliasChoices(
+            "TUNELAB_GATEWAY_DEPLOY_ADDRESS", "TUNELAB_DEPLOY_GRPC_ADDRESS"
+        ),
+    )
     # The datasets service's blob store, read-only here: downloads stream straight from it.
     datasets_storage_dir: Path = Field(
         Path("var/datasets"), validation_alias=shared("datasets_storage_dir")

@@ -8,20 +8,26 @@ JSON with the proto field names. Status: 201 for Create methods, 204 when the re
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import orjson
 from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway import enums
 from gateway.errors import error_response, from_rpc_error
 from gateway.rules import HttpRule
 
 MAX_JSON_BODY = 1 << 20
+# Request fields filled from headers, never from the query string (a token in a URL ends up in
+# logs): the idempotency key, and for routes whose credential is a token of the service's own
+# (the pod's job token) the Authorization header's bearer token.
+IDEMPOTENCY_FIELD = "request_id"
+BEARER_FIELDS = {"ReportDeployment": "job_token"}
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -42,9 +48,10 @@ class BadRequest(Exception):
 
 
 def to_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
+    data = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    return enums.shorten(cast(Descriptor, message.DESCRIPTOR), data)
 
 
 def success_status(rule: HttpRule) -> int:
@@ -64,11 +71,12 @@ def unary_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> E
         response_deserializer=response_type.FromString,
     )
     status = success_status(rule)
-    query_fields = _query_fields(rule)
+    query = query_fields(rule)
+    bearer_field = BEARER_FIELDS.get(rule.method.name, "")
 
     async def endpoint(request: Request) -> Response:
         try:
-            message = await _build_request(request, rule, request_type, query_fields)
+            message = await build_request(request, rule, request_type, query, bearer_field)
         except BadRequest as exc:
             return exc.response()
         try:
@@ -83,11 +91,12 @@ def unary_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> E
     return endpoint
 
 
-def _query_fields(rule: HttpRule) -> dict[str, FieldDescriptor]:
+def query_fields(rule: HttpRule) -> dict[str, FieldDescriptor]:
     """Scalar request fields that the path and the body leave to the query string."""
     if rule.body == "*":
         return {}
-    taken = {*rule.path_params, rule.body}
+    taken = {*rule.path_params, rule.body, IDEMPOTENCY_FIELD}
+    taken.add(BEARER_FIELDS.get(rule.method.name, ""))
     return {
         f.name: f
         for f in rule.method.input_type.fields
@@ -114,11 +123,12 @@ def _by_json_name(rule: HttpRule, key: str) -> FieldDescriptor | None:
     return next((f for f in rule.method.input_type.fields if f.json_name == key), None)
 
 
-async def _build_request(
+async def build_request(
     request: Request,
     rule: HttpRule,
     request_type: type[Message],
-    query_fields: dict[str, FieldDescriptor],
+    query: dict[str, FieldDescriptor],
+    bearer_field: str = "",
 ) -> Message:
     data: dict[str, Any] = {}
     if rule.body:
@@ -137,9 +147,9 @@ async def _build_request(
         else:
             data[rule.body] = body
     for key in request.query_params:
-        field = query_fields.get(key)
+        field = query.get(key)
         if field is None:
-            allowed = ", ".join(sorted(query_fields)) or "none"
+            allowed = ", ".join(sorted(query)) or "none"
             raise BadRequest(f"unknown query parameter {key!r}; this route takes: {allowed}", key)
         values = request.query_params.getlist(key)
         if field.is_repeated:
@@ -150,6 +160,13 @@ async def _build_request(
             data[key] = values[0]
     for name in rule.path_params:
         data[name] = request.path_params[name]
+    fields = rule.method.input_type.fields_by_name
+    if IDEMPOTENCY_FIELD in fields and (key := request.headers.get("idempotency-key")) is not None:
+        data[IDEMPOTENCY_FIELD] = key
+    if bearer_field:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        data[bearer_field] = token.strip() if scheme.lower() == "bearer" else ""
+    enums.expand(rule.method.input_type, data)
     message = request_type()
     try:
         json_format.ParseDict(data, message)

@@ -7,6 +7,7 @@ Ctrl-C, or as soon as one of them dies (the others would only fail later, less c
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import os
 import secrets
@@ -21,12 +22,18 @@ from pathlib import Path
 import httpx
 
 # (name, module) of each service, in start order; the gateway comes last.
-SERVICES = [("datasets", "services.datasets")]
-SECRETS = {"internal-token": "TUNELAB_INTERNAL_TOKEN", "jwt-secret": "TUNELAB_JWT_SECRET"}
+SERVICES = [("datasets", "services.datasets"), ("deploy", "services.deploy")]
+SECRETS = {
+    "internal-token": "TUNELAB_INTERNAL_TOKEN",
+    "jwt-secret": "TUNELAB_JWT_SECRET",
+    "deploy-kek": "TUNELAB_DEPLOY_KEYS_KEK",
+}
 # The addresses the suite listens on: (variable, default).
 LISTENS = [
     ("TUNELAB_DATASETS_GRPC_ADDRESS", "127.0.0.1:50051"),
     ("TUNELAB_DATASETS_METRICS_ADDRESS", "127.0.0.1:9151"),
+    ("TUNELAB_DEPLOY_GRPC_ADDRESS", "127.0.0.1:50052"),
+    ("TUNELAB_DEPLOY_METRICS_ADDRESS", "127.0.0.1:9152"),
 ]
 
 # For children to die with us (see _die_with_parent): prctl, looked up here in the parent.
@@ -58,7 +65,12 @@ def ensure_secrets() -> dict[str, str]:
     for name, variable in SECRETS.items():
         value = dev_secret(name)
         if value is None:
-            value = secrets.token_urlsafe(48)
+            # The key-encryption key must be a Fernet key: 32 random bytes, url-safe base64.
+            value = (
+                base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+                if name == "deploy-kek"
+                else secrets.token_urlsafe(48)
+            )
             path = directory / name
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
@@ -73,6 +85,8 @@ def run(*, log_format: str = "text") -> int:
     # Everything the suite keeps lives under the var directory, wherever that is.
     env.setdefault("TUNELAB_DATASETS_DATABASE_URL", f"sqlite:///{var_dir() / 'datasets.db'}")
     env.setdefault("TUNELAB_DATASETS_STORAGE_DIR", str(var_dir() / "datasets"))
+    env.setdefault("TUNELAB_DEPLOY_DATABASE_URL", f"sqlite:///{var_dir() / 'deploy.db'}")
+    env.setdefault("TUNELAB_DEPLOY_LOCAL_WORK_DIR", str(var_dir() / "pods"))
     gateway = (
         f"{env.get('TUNELAB_GATEWAY_HOST', '127.0.0.1')}:{env.get('TUNELAB_GATEWAY_PORT', '8080')}"
     )

@@ -130,7 +130,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             page = _check(client.get("/v1/datasets", params={"page_token": token} if token else {}))
             for dataset in page["datasets"]:
                 print(
-                    f"{dataset['id']}  {dataset['format'].removeprefix('DATASET_FORMAT_'):<14} "
+                    f"{dataset['id']}  {dataset['format']:<14} "
                     f"{int(dataset['row_count']):>10} rows  {dataset['name']}"
                 )
                 shown += 1

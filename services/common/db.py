@@ -36,6 +36,16 @@ _IMMEDIATE = "tunelab_sqlite_begin_immediate"
 BUSY_TIMEOUT_SECONDS = 5.0
 
 
+# Constraint and index names every service's metadata uses, so migrations can name them.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """An aware UTC datetime on both databases (SQLite stores it naive, in UTC)."""
 

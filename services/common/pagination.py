@@ -9,10 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
+from sqlalchemy import Select, tuple_
+from sqlalchemy.orm import InstrumentedAttribute
 
 from services.common.errors import ServiceError
 from tunelab.common.v1 import errors_pb2
@@ -65,3 +69,40 @@ class Cursor:
                 {"field": "page_token"},
             ) from exc
         return cursor
+
+
+class _Keyed(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Keyed)
+Q = TypeVar("Q", bound=Select[Any])
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: Cursor | None
+
+
+def newest_first(
+    query: Q,
+    when: InstrumentedAttribute[datetime],
+    key: InstrumentedAttribute[str],
+    after: Cursor | None,
+    size: int,
+) -> Q:
+    """Keyset pagination, newest first: the rows after the cursor, one more than a page (the
+    extra row only says whether there is a next page)."""
+    if after is not None:
+        query = query.where(tuple_(when, key) < (after.created_at, after.id))
+    return query.order_by(when.desc(), key.desc()).limit(size + 1)
+
+
+def page(items: Sequence[T], size: int, scope: str, when: Callable[[T], datetime]) -> Page[T]:
+    """The first `size` of `items` (fetched with one extra), and the cursor after them."""
+    if len(items) <= size:
+        return Page(list(items), None)
+    last = items[size - 1]
+    return Page(list(items[:size]), Cursor(when(last), last.id, scope))

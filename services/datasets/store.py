@@ -8,26 +8,28 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
 
 import grpc
-from sqlalchemy import ColumnElement, Select, delete, select, tuple_, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from services.common import ids
+from services.common import bearer, ids
 from services.common.db import Database
 from services.common.errors import ServiceError, not_found, reason_name, storage_unavailable
-from services.common.pagination import Cursor
-from services.datasets import ranges, tokens
+from services.common.pagination import Cursor, Page, newest_first, page
+from services.common.redact import DOWNLOAD_TOKEN_PREFIX
+from services.datasets import ranges
 from services.datasets.formats import Analysis, Format
 from services.datasets.models import DatasetRow, DownloadEventRow, DownloadTokenRow
 from tunelab.common.v1 import errors_pb2
 
 log = logging.getLogger(__name__)
+
+DOWNLOAD_TOKENS = bearer.BearerTokens(DOWNLOAD_TOKEN_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -122,16 +124,6 @@ class Grant:
     grant_id: str  # empty for HEAD
 
 
-T = TypeVar("T", "Dataset", "DownloadToken", "DownloadEvent")
-Q = TypeVar("Q", bound="Select[Any]")
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_cursor: Cursor | None
-
-
 BlobCheck = Callable[[Dataset], Awaitable[bool]]
 
 
@@ -175,7 +167,7 @@ class DatasetStore:
 
     async def list_datasets(self, owner: str, size: int, page_token: str) -> Page[Dataset]:
         scope = f"datasets:{owner}"
-        query = _newest_first(
+        query = newest_first(
             select(DatasetRow).where(DatasetRow.owner == owner),
             DatasetRow.created_at,
             DatasetRow.id,
@@ -184,7 +176,7 @@ class DatasetStore:
         )
         async with self.db.session() as session:
             rows = list((await session.scalars(query)).all())
-        return _page([_dataset(r) for r in rows], size, scope, lambda d: d.created_at)
+        return page([_dataset(r) for r in rows], size, scope, lambda d: d.created_at)
 
     async def delete_dataset(self, owner: str, dataset_id: str) -> Dataset:
         """Delete the record and its tokens; the caller removes the blob afterwards."""
@@ -201,12 +193,12 @@ class DatasetStore:
     async def create_token(
         self, owner: str, dataset_id: str, *, ttl: timedelta, max_uses: int, now: datetime
     ) -> MintedToken:
-        secret = tokens.new_secret()
+        secret = DOWNLOAD_TOKENS.new_secret()
         row = DownloadTokenRow(
             id=ids.new_id("dt"),
             dataset_id=dataset_id,
             owner=owner,
-            token_hash=tokens.digest(secret),
+            token_hash=bearer.digest(secret),
             created_at=now,
             expires_at=now + ttl,
             max_uses=max_uses,
@@ -222,7 +214,7 @@ class DatasetStore:
         self, owner: str, dataset_id: str, size: int, page_token: str
     ) -> Page[DownloadToken]:
         scope = f"tokens:{dataset_id}"
-        query = _newest_first(
+        query = newest_first(
             select(DownloadTokenRow).where(
                 DownloadTokenRow.dataset_id == dataset_id, DownloadTokenRow.owner == owner
             ),
@@ -234,7 +226,7 @@ class DatasetStore:
         async with self.db.session() as session:
             await _owned_dataset(session, owner, dataset_id)
             rows = list((await session.scalars(query)).all())
-        return _page([_token(r) for r in rows], size, scope, lambda t: t.created_at)
+        return page([_token(r) for r in rows], size, scope, lambda t: t.created_at)
 
     async def revoke_token(
         self, owner: str, dataset_id: str, token_id: str, now: datetime
@@ -287,7 +279,7 @@ class DatasetStore:
         The use is counted by one conditional UPDATE, so of concurrent redemptions of a token
         with one use left exactly one matches the row; the others are refused as used up.
         """
-        digest = tokens.digest(request.secret)
+        digest = bearer.digest(request.secret)
         token, dataset = await self._find(request.secret, digest)
         attempt = _Attempt(request, digest, token, dataset, now)
         try:
@@ -355,7 +347,7 @@ class DatasetStore:
                 )
 
     async def _find(self, secret: str, digest: str) -> tuple[DownloadToken | None, Dataset | None]:
-        if not tokens.well_formed(secret):
+        if not DOWNLOAD_TOKENS.well_formed(secret):
             return None, None
         async with self.db.session() as session:
             found = (
@@ -380,7 +372,7 @@ class DatasetStore:
         self, owner: str, dataset_id: str, size: int, page_token: str
     ) -> Page[DownloadEvent]:
         scope = f"events:{dataset_id}"
-        query = _newest_first(
+        query = newest_first(
             select(DownloadEventRow).where(
                 DownloadEventRow.dataset_id == dataset_id, DownloadEventRow.owner == owner
             ),
@@ -392,7 +384,7 @@ class DatasetStore:
         async with self.db.session() as session:
             await _owned_dataset(session, owner, dataset_id)
             rows = list((await session.scalars(query)).all())
-        return _page([_event(r) for r in rows], size, scope, lambda e: e.occurred_at)
+        return page([_event(r) for r in rows], size, scope, lambda e: e.occurred_at)
 
 
 @dataclass(frozen=True)
@@ -479,27 +471,6 @@ async def _owned_dataset(session: AsyncSession, owner: str, dataset_id: str) -> 
     if row is None:
         raise not_found("dataset", dataset_id)
     return row
-
-
-def _newest_first(
-    query: Q,
-    when: InstrumentedAttribute[datetime],
-    key: InstrumentedAttribute[str],
-    after: Cursor | None,
-    size: int,
-) -> Q:
-    """Keyset pagination, newest first: the rows after the cursor, one more than a page (the
-    extra row only says whether there is a next page)."""
-    if after is not None:
-        query = query.where(tuple_(when, key) < (after.created_at, after.id))
-    return query.order_by(when.desc(), key.desc()).limit(size + 1)
-
-
-def _page(items: Sequence[T], size: int, scope: str, when: Callable[[T], datetime]) -> Page[T]:
-    if len(items) <= size:
-        return Page(list(items), None)
-    last = items[size - 1]
-    return Page(list(items[:size]), Cursor(when(last), last.id, scope))
 
 
 def _refuse_unknown() -> ServiceError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -10,21 +11,47 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
 from services.common.db import Database
+from services.common.migrations import Migrations
 from services.datasets.formats import Analysis, Format
 from services.datasets.models import Base
 from services.datasets.service import MIGRATIONS
 from services.datasets.store import DatasetStore
+from services.deploy import models as deploy_models
+from services.deploy import service as deploy_service
 
 
 def tables(conn: Connection) -> set[str]:
     return set(inspect(conn).get_table_names())
 
 
-def drift(conn: Connection) -> list[object]:
+def drift(conn: Connection, migrations: Migrations = MIGRATIONS, base: Any = Base) -> list[object]:
     context = MigrationContext.configure(
-        conn, opts={"compare_type": True, "version_table": MIGRATIONS.version_table}
+        conn, opts={"compare_type": True, "version_table": migrations.version_table}
     )
-    return list(compare_metadata(context, Base.metadata))
+    return list(compare_metadata(context, base.metadata))
+
+
+async def test_deploy_up_down_up_and_no_drift(empty_db_url: str) -> None:
+    migrations, base = deploy_service.MIGRATIONS, deploy_models.Base
+    db = Database(empty_db_url)
+    try:
+        for _ in range(2):
+            await migrations.upgrade(db)
+            assert await migrations.current(db) == migrations.head()
+            async with db.engine.connect() as conn:
+                assert await conn.run_sync(drift, migrations, base) == []
+                assert await conn.run_sync(tables) == {
+                    "deployments",
+                    "deployment_events",
+                    "deployment_metrics",
+                    "provider_keys",
+                    migrations.version_table,
+                }
+            await migrations.downgrade(db, "base")
+            async with db.engine.connect() as conn:
+                assert await conn.run_sync(tables) <= {migrations.version_table}
+    finally:
+        await db.close()
 
 
 async def test_up_down_up_and_no_drift(empty_db_url: str) -> None:

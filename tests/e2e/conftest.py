@@ -7,6 +7,7 @@ credential ever reaches a log line.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -25,6 +26,7 @@ import pytest
 from tests.conftest import PgDatabases
 
 JWT_SECRET = "e2e-jwt-secret-" + secrets.token_hex(16)
+KEK = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 MAX_UPLOAD = 8 * 1024 * 1024
 MAX_LINE = 256 * 1024
 
@@ -78,9 +80,10 @@ class Suite:
                 process.kill()
 
 
-def start_suite(var: Path, database_url: str) -> Suite:
+def start_suite(var: Path, database_url: str, deploy_database_url: str, **extra_env: str) -> Suite:
     gateway_port = free_port()
     grpc_address = f"127.0.0.1:{free_port()}"
+    deploy_address = f"127.0.0.1:{free_port()}"
     env = {
         **os.environ,
         "TUNELAB_INTERNAL_TOKEN": "e2e-internal-" + secrets.token_hex(24),
@@ -96,22 +99,38 @@ def start_suite(var: Path, database_url: str) -> Suite:
         "TUNELAB_DATASETS_MAX_LINE_BYTES": str(MAX_LINE),
         "TUNELAB_GATEWAY_PORT": str(gateway_port),
         "TUNELAB_GATEWAY_DATASETS_ADDRESS": grpc_address,
+        "TUNELAB_DEPLOY_DATABASE_URL": deploy_database_url,
+        "TUNELAB_DEPLOY_GRPC_ADDRESS": deploy_address,
+        "TUNELAB_DEPLOY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TUNELAB_DEPLOY_KEYS_KEK": KEK,
+        "TUNELAB_DEPLOY_LOCAL_WORK_DIR": str(var / "pods"),
+        "TUNELAB_DEPLOY_SUPERVISE_INTERVAL_SECONDS": "0.5",
+        "TUNELAB_DEPLOY_ORPHAN_SWEEP_INTERVAL_SECONDS": "2",
+        "TUNELAB_DEPLOY_HEARTBEAT_SECONDS": "2",
+        "TUNELAB_DEPLOY_LOCAL_KILL_GRACE_SECONDS": "2",
+        "TUNELAB_GATEWAY_DEPLOY_ADDRESS": deploy_address,
+        **extra_env,
     }
-    migrate = subprocess.run(
-        [sys.executable, "-m", "services.datasets", "migrate", "upgrade"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert migrate.returncode == 0, migrate.stderr
+    for service in ("services.datasets", "services.deploy"):
+        migrate = subprocess.run(
+            [sys.executable, "-m", service, "migrate", "upgrade"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert migrate.returncode == 0, migrate.stderr
     processes = {}
-    for name, module in (("datasets", "services.datasets"), ("gateway", "gateway")):
+    for name, module in (
+        ("datasets", "services.datasets"),
+        ("deploy", "services.deploy"),
+        ("gateway", "gateway"),
+    ):
         log = (var / f"{name}.log").open("wb")
         processes[name] = subprocess.Popen(
             [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT
         )
     suite = Suite(f"http://127.0.0.1:{gateway_port}", env, var, database_url, processes)
-    suite.secrets_seen |= {env["TUNELAB_INTERNAL_TOKEN"], JWT_SECRET}
+    suite.secrets_seen |= {env["TUNELAB_INTERNAL_TOKEN"], JWT_SECRET, KEK}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for name, process in processes.items():
@@ -133,8 +152,11 @@ def suite(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases
 ) -> Iterator[Suite]:
     var = tmp_path_factory.mktemp(f"var-{request.param}")
-    url = pg.fresh(None) if request.param == "postgresql" else f"sqlite:///{var / 'datasets.db'}"
-    running = start_suite(var, url)
+    if request.param == "postgresql":
+        url, deploy_url = pg.fresh(None), pg.fresh(None)
+    else:
+        url, deploy_url = f"sqlite:///{var / 'datasets.db'}", f"sqlite:///{var / 'deploy.db'}"
+    running = start_suite(var, url, deploy_url)
     try:
         yield running
     finally:

@@ -55,6 +55,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The caller is not one of our services: the internal credential is missing or wrong. A
     deployment problem, never the end user's; the gateway answers it as a 500.
     """
+    ERROR_REASON_PREFLIGHT_FAILED: _ErrorReason.ValueType  # 16
+    """A deployment's pre-flight checks failed: nothing was rented. The message lists them;
+    POST /v1/deployments/preflight returns each with its own message.
+    """
+    ERROR_REASON_RUN_FINISHED: _ErrorReason.ValueType  # 17
+    """The training run is over: its job token no longer reports anything."""
+    ERROR_REASON_IDEMPOTENCY_KEY_REUSED: _ErrorReason.ValueType  # 18
+    """An idempotency key (request_id) was used before for a different request."""
+    ERROR_REASON_PROVIDER_KEY_MISSING: _ErrorReason.ValueType  # 19
+    """The provider API key needed is not set, or the provider refused it."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable causes of errors. Every error a tunelab service returns carries a
@@ -96,4 +106,14 @@ ERROR_REASON_INTERNAL_CREDENTIAL: ErrorReason.ValueType  # 15
 """The caller is not one of our services: the internal credential is missing or wrong. A
 deployment problem, never the end user's; the gateway answers it as a 500.
 """
+ERROR_REASON_PREFLIGHT_FAILED: ErrorReason.ValueType  # 16
+"""A deployment's pre-flight checks failed: nothing was rented. The message lists them;
+POST /v1/deployments/preflight returns each with its own message.
+"""
+ERROR_REASON_RUN_FINISHED: ErrorReason.ValueType  # 17
+"""The training run is over: its job token no longer reports anything."""
+ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 18
+"""An idempotency key (request_id) was used before for a different request."""
+ERROR_REASON_PROVIDER_KEY_MISSING: ErrorReason.ValueType  # 19
+"""The provider API key needed is not set, or the provider refused it."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -1,0 +1,205 @@
+"""The pod's side of the report route: tells the control plane what the run is doing.
+
+Embedded in the bootstrap script and run by the pod's own Python, so it uses the standard
+library only. It never makes the run fail: when the control plane cannot be reached it says so
+and carries on (the control plane watches the pod itself too).
+
+    report.py PHASE [--message M] [--exit-code N] [--log FILE] [--info KEY=VALUE ...]
+    report.py heartbeat            (the phase from $TUNELAB_WORK_DIR/phase)
+    report.py relay --log FILE     (stdin to stdout and FILE; progress lines become reports)
+    report.py config JSON DATASET OUTPUT_DIR   (prints the trainer's config.json)
+
+Environment: TUNELAB_REPORT_URL, TUNELAB_JOB_TOKEN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from typing import Any
+
+PROGRESS_PREFIX = "TUNELAB_PROGRESS "
+PHASES = ("starting", "downloading", "training", "succeeded", "failed")
+PROGRESS_FIELDS = ("step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm")
+TAIL_LINES = 40
+MIN_INTERVAL_SECONDS = 2.0
+GPU_SAMPLE_SECONDS = 15.0
+
+
+def post(report: dict[str, Any], attempts: int = 3) -> dict[str, Any] | None:
+    """POST one report; retried on network errors, 429 and 5xx. None when it could not land."""
+    url = os.environ["TUNELAB_REPORT_URL"]
+    body = json.dumps(report).encode()
+    headers = {
+        "Authorization": "Bearer " + os.environ["TUNELAB_JOB_TOKEN"],
+        "Content-Type": "application/json",
+        "User-Agent": "tunelab-pod/1",
+    }
+    for attempt in range(attempts):
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=15) as answer:  # noqa: S310
+                reply: dict[str, Any] = json.loads(answer.read() or b"{}")
+                return reply
+        except urllib.error.HTTPError as exc:
+            detail = _error_message(exc)
+            if exc.code < 500 and exc.code != 429:
+                print(f"tunelab: report refused ({exc.code}): {detail}", file=sys.stderr)
+                return None
+            problem = f"{exc.code} {detail}"
+        except (OSError, ValueError) as exc:
+            problem = type(exc).__name__
+        if attempt + 1 < attempts:
+            time.sleep(2**attempt)
+    print(f"tunelab: report not delivered ({problem})", file=sys.stderr)
+    return None
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read())["error"]["message"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return exc.reason if isinstance(exc.reason, str) else ""
+
+
+def tail(path: str | None, lines: int = TAIL_LINES) -> list[str]:
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return [line.rstrip("\n")[:500] for line in deque(handle, maxlen=lines)]
+    except OSError:
+        return []
+
+
+def gpu_sample() -> dict[str, float]:
+    """GPU utilisation and memory in use, summed over the pod's GPUs, where nvidia-smi runs."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return {}
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        rows = [[float(v) for v in line.split(",")] for line in out.splitlines() if line.strip()]
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}
+    if not rows:
+        return {}
+    return {
+        "gpu_utilization_percent": sum(r[0] for r in rows) / len(rows),
+        "gpu_memory_used_gb": sum(r[1] for r in rows) / 1024,
+    }
+
+
+def parse_progress(line: str) -> dict[str, float] | None:
+    if not line.startswith(PROGRESS_PREFIX):
+        return None
+    try:
+        data = json.loads(line[len(PROGRESS_PREFIX) :])
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    progress = {}
+    for key in PROGRESS_FIELDS:
+        value = data.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+            progress[key] = value
+    return progress or None
+
+
+def relay(log_path: str) -> None:
+    """Copy the trainer's output through, forwarding progress at most every few seconds (the
+    latest wins) and always the last one. Reads to the end whatever happens, so the trainer
+    never dies of a broken pipe."""
+    last_sent = 0.0
+    last_gpu = 0.0
+    gpu: dict[str, float] = {}
+    pending: dict[str, float] | None = None
+    with open(log_path, "a", encoding="utf-8", errors="replace") as log:
+        for raw in sys.stdin.buffer:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            log.write(line + "\n")
+            log.flush()
+            progress = parse_progress(line)
+            if progress is None:
+                continue
+            pending = progress
+            now = time.monotonic()
+            if now - last_gpu >= GPU_SAMPLE_SECONDS:
+                gpu, last_gpu = gpu_sample(), now
+            if now - last_sent >= MIN_INTERVAL_SECONDS:
+                _send_progress(pending, gpu)
+                pending, last_sent = None, now
+    if pending is not None:
+        _send_progress(pending, gpu)
+
+
+def _send_progress(progress: dict[str, float], gpu: dict[str, float]) -> None:
+    try:
+        post({"phase": "training", "progress": {**progress, **gpu}}, attempts=2)
+    except Exception as exc:  # the relay must keep reading whatever goes wrong
+        print(f"tunelab: progress report failed: {type(exc).__name__}", file=sys.stderr)
+
+
+def config(spec_json: str, dataset: str, output_dir: str) -> None:
+    spec = json.loads(spec_json)
+    spec.update(dataset_path=os.path.abspath(dataset), output_dir=os.path.abspath(output_dir))
+    print(json.dumps(spec, indent=2))
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["relay"]:
+        parser = argparse.ArgumentParser(prog="report.py relay")
+        parser.add_argument("--log", required=True)
+        relay(parser.parse_args(argv[1:]).log)
+        return 0
+    if argv[:1] == ["config"] and len(argv) == 4:
+        config(*argv[1:])
+        return 0
+    if argv[:1] == ["heartbeat"]:
+        try:
+            with open(os.path.join(os.environ["TUNELAB_WORK_DIR"], "phase")) as handle:
+                phase = handle.read().strip()
+        except (KeyError, OSError):
+            phase = "starting"
+        argv = [phase]
+    parser = argparse.ArgumentParser(prog="report.py")
+    parser.add_argument("phase", choices=PHASES)
+    parser.add_argument("--message", default="")
+    parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument("--log")
+    parser.add_argument("--info", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    report: dict[str, Any] = {"phase": args.phase}
+    if args.message:
+        report["message"] = args.message
+    if args.exit_code:
+        report["exit_code"] = args.exit_code
+    if args.phase == "failed":
+        report["log_tail"] = tail(args.log)
+    if args.info:
+        report["system_info"] = dict(item.partition("=")[::2] for item in args.info)
+    reply = post(report)
+    if reply and reply.get("stop") and args.phase not in ("succeeded", "failed"):
+        print(f"tunelab: the control plane says the run is {reply.get('state')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

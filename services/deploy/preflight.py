@@ -1,0 +1,309 @@
+"""The pre-flight checks: everything that can be known before money is spent, each with a
+plain message. All of them run, so the caller sees every problem at once, not one per try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import grpc
+
+from services.deploy.datasets import DatasetFacts, DatasetsClient, describe
+from services.deploy.providers.base import GpuType, ProviderError
+from services.deploy.providers.registry import NO_KEY, Providers
+from services.deploy.spec import LOCAL_MODEL, Spec
+from tunelab.datasets.v1 import datasets_pb2 as ds
+
+# Fewer minutes than this before the cost limit stops the run is a mistake, not a plan.
+MIN_USEFUL_MINUTES = 10.0
+
+_FITS = {
+    "sft": {ds.DATASET_FORMAT_SFT_CHAT, ds.DATASET_FORMAT_TEXT},
+    "dpo": {ds.DATASET_FORMAT_DPO_PREFERENCE},
+}
+_FORMAT_FIELDS = {
+    ds.DATASET_FORMAT_SFT_CHAT: ("SFT chat", {"messages"}),
+    ds.DATASET_FORMAT_TEXT: ("plain text", {"text"}),
+    ds.DATASET_FORMAT_DPO_PREFERENCE: ("DPO preference pairs", {"prompt", "chosen", "rejected"}),
+}
+_METHOD_FIELDS = {"sft": ("messages", "text"), "dpo": ("prompt", "chosen", "rejected")}
+
+
+class Status(enum.Enum):
+    PASS = "pass"  # noqa: S105 (a check status)
+    WARN = "warn"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    message: str
+
+
+@dataclass(frozen=True)
+class Estimate:
+    hourly_usd: float
+    max_total_usd: float
+    max_minutes: float
+    gpu_type: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    checks: list[Check]
+    estimate: Estimate
+    dataset: DatasetFacts | None
+
+    @property
+    def ok(self) -> bool:
+        return all(check.status is not Status.FAIL for check in self.checks)
+
+    def failures(self) -> list[Check]:
+        return [check for check in self.checks if check.status is Status.FAIL]
+
+
+class Preflight:
+    def __init__(
+        self,
+        datasets: DatasetsClient,
+        providers: Providers,
+        *,
+        public_url: str,
+        max_cost_per_run_usd: float,
+    ) -> None:
+        self.datasets = datasets
+        self.providers = providers
+        self.public_url = public_url
+        self.max_cost_per_run_usd = max_cost_per_run_usd
+
+    async def run(self, owner: str, spec: Spec) -> Outcome:
+        dataset_checks, dataset = await self._dataset(owner, spec)
+        provider_checks, hourly = await self._provider(owner, spec)
+        checks = [
+            *dataset_checks,
+            self._model(spec),
+            *provider_checks,
+            await self._callback(spec),
+        ]
+        estimate = _estimate(spec, hourly)
+        checks.extend(self._cost(spec, estimate, priced=hourly is not None))
+        return Outcome(checks, estimate, dataset)
+
+    async def _dataset(self, owner: str, spec: Spec) -> tuple[list[Check], DatasetFacts | None]:
+        try:
+            dataset = await self.datasets.get(owner, spec.dataset_id)
+        except grpc.aio.AioRpcError as exc:
+            message = f"the datasets service could not be asked ({describe(exc)}); retry"
+            return [Check("dataset", Status.FAIL, message)], None
+        if dataset is None:
+            message = (
+                f"dataset {spec.dataset_id} does not exist or is not yours: "
+                "GET /v1/datasets lists yours"
+            )
+            return [
+                Check("dataset", Status.FAIL, message),
+                Check("dataset_format", Status.FAIL, "no dataset to check"),
+            ], None
+        found = Check(
+            "dataset",
+            Status.PASS,
+            f"{dataset.name}: {dataset.row_count} rows, {dataset.size_bytes} bytes",
+        )
+        return [found, _format_check(spec.method, dataset)], dataset
+
+    def _model(self, spec: Spec) -> Check:
+        if spec.provider == "local" and spec.base_model != LOCAL_MODEL:
+            return Check(
+                "base_model",
+                Status.FAIL,
+                f"the local provider trains only the built-in {LOCAL_MODEL!r} model on the CPU; "
+                f"use base_model {LOCAL_MODEL!r}, or provider runpod for {spec.base_model}",
+            )
+        return Check("base_model", Status.PASS, f"base model {spec.base_model}")
+
+    async def _provider(self, owner: str, spec: Spec) -> tuple[list[Check], float | None]:
+        """The key and GPU checks, and the pod's hourly price (None when it cannot be known)."""
+        if spec.provider == "local":
+            return [
+                Check("provider_key", Status.PASS, "the local provider needs no key"),
+                Check("gpu_type", Status.PASS, "the local provider trains on this machine's CPU"),
+            ], 0.0
+        if not await self.providers.has_key(owner, spec.provider):
+            return [
+                Check("provider_key", Status.FAIL, NO_KEY),
+                Check("gpu_type", Status.FAIL, "GPU types and prices need your RunPod key"),
+            ], None
+        try:
+            async with self.providers.open(owner, spec.provider) as provider:
+                catalogue = {gpu.id: gpu for gpu in await provider.gpu_types()}
+        except ProviderError as exc:
+            return [
+                Check("provider_key", Status.FAIL, f"RunPod refused the catalogue: {exc.message}"),
+                Check("gpu_type", Status.FAIL, "the GPU catalogue could not be read"),
+            ], None
+        key = Check("provider_key", Status.PASS, "a RunPod key is set and RunPod accepts it")
+        gpu, price = _gpu_check(spec, catalogue)
+        return [key, gpu], price
+
+    async def _callback(self, spec: Spec) -> Check:
+        url = urlsplit(self.public_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            return Check(
+                "callback_url", Status.FAIL, f"TUNELAB_PUBLIC_URL {self.public_url!r} is not a URL"
+            )
+        if spec.provider == "local":
+            return Check(
+                "callback_url", Status.PASS, f"local pods reach the gateway at {self.public_url}"
+            )
+        problem = await _unreachable_from_outside(url.hostname)
+        if problem:
+            return Check(
+                "callback_url",
+                Status.FAIL,
+                f"pods must reach the gateway to download the dataset and report, but "
+                f"TUNELAB_PUBLIC_URL is {self.public_url} and {problem}: set it to the gateway's "
+                "public address (an ingress or a tunnel)",
+            )
+        if url.scheme != "https":
+            return Check(
+                "callback_url",
+                Status.WARN,
+                f"{self.public_url} is plain http: the pod's tokens cross the internet unencrypted",
+            )
+        return Check("callback_url", Status.PASS, f"pods reach the gateway at {self.public_url}")
+
+    def _cost(self, spec: Spec, estimate: Estimate, *, priced: bool) -> list[Check]:
+        checks = []
+        if spec.max_cost_usd > self.max_cost_per_run_usd:
+            checks.append(
+                Check(
+                    "limits",
+                    Status.FAIL,
+                    f"max_cost_usd {spec.max_cost_usd:g} is above this installation's limit of "
+                    f"{self.max_cost_per_run_usd:g} per run",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "limits",
+                    Status.PASS,
+                    f"stopped after {spec.max_runtime_minutes} minutes or "
+                    f"${spec.max_cost_usd:g}, or {spec.heartbeat_timeout_minutes} minutes "
+                    "without a report",
+                )
+            )
+        if not priced:
+            checks.append(Check("cost", Status.FAIL, "no price is known for the GPU asked for"))
+        elif estimate.hourly_usd == 0:
+            checks.append(Check("cost", Status.PASS, "free: the run uses this machine"))
+        elif estimate.max_minutes < MIN_USEFUL_MINUTES:
+            checks.append(
+                Check(
+                    "cost",
+                    Status.FAIL,
+                    f"max_cost_usd {spec.max_cost_usd:g} buys {estimate.max_minutes:.1f} minutes "
+                    f"of {estimate.gpu_type} at ${estimate.hourly_usd:.2f}/h; raise it to at "
+                    f"least {estimate.hourly_usd * MIN_USEFUL_MINUTES / 60:.2f}",
+                )
+            )
+        elif estimate.max_minutes < spec.max_runtime_minutes:
+            checks.append(
+                Check(
+                    "cost",
+                    Status.WARN,
+                    f"at ${estimate.hourly_usd:.2f}/h the cost limit stops the run after "
+                    f"{estimate.max_minutes:.0f} of its {spec.max_runtime_minutes} minutes",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "cost",
+                    Status.PASS,
+                    f"${estimate.hourly_usd:.2f}/h; at most ${estimate.max_total_usd:.2f}",
+                )
+            )
+        return checks
+
+
+def _format_check(method: str, dataset: DatasetFacts) -> Check:
+    if dataset.format == ds.DATASET_FORMAT_INVALID:
+        return Check(
+            "dataset_format",
+            Status.FAIL,
+            f"{dataset.name} is not usable for training ({dataset.format_error}); fix the file "
+            "and upload it again",
+        )
+    label, fields = _FORMAT_FIELDS.get(dataset.format, ("unknown", set()))
+    if dataset.format in _FITS[method]:
+        return Check("dataset_format", Status.PASS, f"{label} rows suit method {method}")
+    fitting = next(m for m, formats in _FITS.items() if dataset.format in formats)
+    wanted = _METHOD_FIELDS[method]
+    missing = [name for name in wanted if name not in fields]
+    needs = " or ".join(wanted) if method == "sft" else ", ".join(wanted)
+    return Check(
+        "dataset_format",
+        Status.FAIL,
+        f"method {method} needs rows with {needs}, but {dataset.name} holds {label} (rows with "
+        f"{', '.join(sorted(fields))}; missing {', '.join(missing)}): use method {fitting} for "
+        f"this dataset, or upload a dataset in the {method} format",
+    )
+
+
+def _gpu_check(spec: Spec, catalogue: dict[str, GpuType]) -> tuple[Check, float | None]:
+    kind = ("community" if spec.gpu.cloud == "community" else "secure") + (
+        " spot" if spec.gpu.spot else ""
+    )
+    unknown = [t for t in (spec.gpu.type, *spec.gpu.fallback_types) if t not in catalogue]
+    if unknown:
+        return Check(
+            "gpu_type",
+            Status.FAIL,
+            f"RunPod has no GPU type {', '.join(map(repr, unknown))}: GET /v1/gpu-types lists "
+            "them (for example 'NVIDIA RTX A4000')",
+        ), None
+    price = catalogue[spec.gpu.type].price(spec.gpu.cloud, spec.gpu.spot)
+    if not price:
+        return Check(
+            "gpu_type",
+            Status.FAIL,
+            f"RunPod offers no {kind} {spec.gpu.type} now; try another cloud or type, or add "
+            "fallback_types",
+        ), None
+    if spec.gpu.spot and spec.gpu.bid_per_gpu_usd:
+        price = spec.gpu.bid_per_gpu_usd
+    hourly = price * spec.gpu.count
+    return Check(
+        "gpu_type", Status.PASS, f"{spec.gpu.count} x {spec.gpu.type}, {kind}, ${hourly:.2f}/h"
+    ), hourly
+
+
+def _estimate(spec: Spec, hourly: float | None) -> Estimate:
+    runtime = float(spec.max_runtime_minutes)
+    if not hourly:
+        return Estimate(0.0, 0.0, runtime, spec.gpu.type if spec.provider != "local" else "cpu")
+    minutes = min(runtime, spec.max_cost_usd / hourly * 60)
+    return Estimate(hourly, min(spec.max_cost_usd, hourly * runtime / 60), minutes, spec.gpu.type)
+
+
+async def _unreachable_from_outside(host: str) -> str | None:
+    """Why a GPU pod on the internet could not reach `host`, or None when it may."""
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        return f"{host} names this machine or a private network"
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return f"{host} does not resolve"
+    addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
+    if all(not address.is_global for address in addresses):
+        shown = ", ".join(sorted(map(str, addresses)))
+        return f"{host} is a private or loopback address ({shown})"
+    return None

@@ -1,0 +1,68 @@
+"""Which provider object serves a user: the one local provider, or a RunPod client holding
+that user's own API key (decrypted for as long as the client is open)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from services.deploy.keys import KeyRing
+from services.deploy.providers.base import Provider, ProviderError, ProviderErrorKind
+from services.deploy.providers.local import LocalProvider
+from services.deploy.providers.runpod import RunPodProvider
+from services.deploy.settings import DeploySettings
+from services.deploy.store import DeploymentStore
+
+RunPodFactory = Callable[[str], Provider]
+
+NO_KEY = (
+    "no RunPod API key is set for you: create one in RunPod's console (Settings, API Keys) and "
+    'store it with PUT /v1/provider-keys/runpod {"api_key": ...}'
+)
+
+
+class Providers:
+    def __init__(
+        self,
+        settings: DeploySettings,
+        store: DeploymentStore,
+        keyring: KeyRing,
+        local: LocalProvider,
+        runpod: RunPodFactory | None = None,
+    ) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.local = local
+        self._runpod = runpod or (
+            lambda key: RunPodProvider(
+                key, rest_url=settings.runpod_rest_url, graphql_url=settings.runpod_graphql_url
+            )
+        )
+
+    async def has_key(self, owner: str, provider: str) -> bool:
+        return provider == "local" or await self.store.key_ciphertext(owner, provider) is not None
+
+    @asynccontextmanager
+    async def open(self, owner: str, provider: str) -> AsyncIterator[Provider]:
+        if provider == "local":
+            yield self.local
+            return
+        ciphertext = await self.store.key_ciphertext(owner, provider)
+        if ciphertext is None:
+            raise ProviderError(ProviderErrorKind.UNAUTHENTICATED, NO_KEY)
+        client = self._runpod(self.keyring.decrypt(ciphertext))
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+    async def accounts(self) -> AsyncIterator[tuple[str, Provider]]:
+        """Every account pods may run in, for the orphan sweep: ("", local), then each
+        stored RunPod key's."""
+        yield "", self.local
+        for owner, ciphertext in await self.store.all_keys("runpod"):
+            client = self._runpod(self.keyring.decrypt(ciphertext))
+            try:
+                yield owner, client
+            finally:
+                await client.aclose()

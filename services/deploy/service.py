@@ -1,0 +1,85 @@
+"""Assemble the deploy service from its settings: database, providers, supervisor, servicer."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from services.common.db import Database
+from services.common.migrations import Migrations
+from services.common.server import ServerSpec
+from services.deploy.changes import Changes
+from services.deploy.datasets import DatasetsClient
+from services.deploy.keys import KeyRing, KeyRingError
+from services.deploy.pod import render
+from services.deploy.preflight import Preflight
+from services.deploy.providers.local import LocalProvider
+from services.deploy.providers.registry import Providers, RunPodFactory
+from services.deploy.server import DeployServicer
+from services.deploy.settings import DeploySettings
+from services.deploy.store import DeploymentStore
+from services.deploy.supervisor import Supervisor
+from tunelab.deploy.v1 import deploy_service_pb2, deploy_service_pb2_grpc
+
+MIGRATIONS = Migrations("deploy", Path(__file__).parent / "migrations")
+DOMAIN = "deploy.tunelab.dev"
+SERVICE_NAME = deploy_service_pb2.DESCRIPTOR.services_by_name["DeployService"].full_name
+# What a RunPod pod installs before training; the image brings Python, CUDA and PyTorch.
+RUNPOD_REQUIREMENTS = ("trl>=0.12", "peft>=0.13", "datasets>=3.0", "accelerate>=1.0")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def keyring(settings: DeploySettings) -> KeyRing:
+    try:
+        return KeyRing(settings.keys_kek.get_secret_value() if settings.keys_kek else "")
+    except KeyRingError as exc:
+        raise SystemExit(f"deploy: {exc}") from None
+
+
+def server_spec(
+    settings: DeploySettings,
+    db: Database,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    address: str | None = None,
+    runpod: RunPodFactory | None = None,
+) -> ServerSpec:
+    internal_token = settings.require_internal_token()
+    store = DeploymentStore(db)
+    changes = Changes()
+    store.on_change = changes.notify
+    local = LocalProvider(
+        settings.local_work_dir,
+        python=settings.local_python or sys.executable,
+        kill_grace_seconds=settings.local_kill_grace_seconds,
+    )
+    providers = Providers(settings, store, keyring(settings), local, runpod)
+    datasets = DatasetsClient(settings.datasets_address, internal_token)
+    trainers = {
+        "local": render.trainer("tiny.py"),
+        "runpod": render.trainer("trl_train.py", RUNPOD_REQUIREMENTS),
+    }
+    supervisor = Supervisor(store, providers, datasets, settings, trainers, clock)
+    preflight = Preflight(
+        datasets,
+        providers,
+        public_url=settings.public_url,
+        max_cost_per_run_usd=settings.max_cost_per_run_usd,
+    )
+    servicer = DeployServicer(store, preflight, providers, supervisor, changes, settings, clock)
+    return ServerSpec(
+        name="deploy",
+        domain=DOMAIN,
+        address=address or settings.grpc_address,
+        internal_token=internal_token,
+        register=lambda server: deploy_service_pb2_grpc.add_DeployServiceServicer_to_server(
+            servicer, server
+        ),
+        service_names=[SERVICE_NAME],
+        background=[supervisor.run_forever],
+    )

@@ -1,0 +1,63 @@
+"""Settings of the deploy service (environment variables TUNELAB_DEPLOY_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import CommonSettings, shared
+
+DEFAULT_RUNPOD_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
+
+
+class DeploySettings(CommonSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TUNELAB_DEPLOY_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    database_url: str = "sqlite:///var/deploy.db"
+    grpc_address: str = "127.0.0.1:50052"
+    metrics_address: str = "127.0.0.1:9152"
+    datasets_address: str = Field(
+        "127.0.0.1:50051",
+        validation_alias=shared("datasets_grpc_address"),
+        description="Where the datasets service listens (for the dataset checks and the pod's "
+        "download token).",
+    )
+    keys_kek: SecretStr | None = Field(
+        None,
+        description="Key-encryption keys for provider API keys: comma-separated Fernet keys, the "
+        "first encrypts, all decrypt (rotation: put the new key first, run `python -m "
+        "services.deploy keys rotate`, then drop the old one).",
+    )
+    pod_name_prefix: str = Field(
+        "tunelab",
+        pattern=r"^[a-z][a-z0-9-]{0,23}$",
+        description="Pods are named <prefix>-<deployment id>. The orphan sweep terminates pods "
+        "with this prefix that no live deployment owns: installations that share a provider "
+        "account need different prefixes.",
+    )
+    supervise_interval_seconds: float = Field(10.0, gt=0)
+    orphan_sweep_interval_seconds: float = Field(300.0, gt=0)
+    heartbeat_seconds: int = Field(
+        60, gt=0, le=600, description="How often a pod reports while it is otherwise silent."
+    )
+    max_cost_per_run_usd: float = Field(
+        1000.0, gt=0, description="The highest max_cost_usd a deployment may ask for."
+    )
+    download_token_uses: int = Field(
+        5, ge=1, le=100, description="Downloads a pod may start: retries and resumes included."
+    )
+    # The local provider: pods are processes on this machine.
+    local_work_dir: Path = Path("var/pods")
+    local_python: str = Field(
+        "", description="Python for local pods' trainer; default: the service's own interpreter."
+    )
+    local_kill_grace_seconds: float = Field(5.0, ge=0)
+    # RunPod.
+    runpod_rest_url: str = "https://api.runpod.io/v2"
+    runpod_graphql_url: str = "https://api.runpod.io/graphql"
+    runpod_image: str = DEFAULT_RUNPOD_IMAGE
+    runpod_disk_gb: int = Field(60, ge=10, le=2000)

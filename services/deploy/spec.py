@@ -1,0 +1,209 @@
+"""A deployment request, checked field by field and with its defaults applied.
+
+What is wrong with the request itself (a negative epoch count, an unknown provider) is
+INVALID_ARGUMENT naming the field; whether the world allows it (the dataset's format, the key,
+the price) is for the pre-flight checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from services.common.errors import invalid_argument
+from services.deploy.providers.base import Cloud, GpuRequest
+from tunelab.deploy.v1 import deploy_service_pb2 as api
+from tunelab.deploy.v1 import deployments_pb2 as pb
+
+PROVIDERS = ("local", "runpod")
+LOCAL_MODEL = "tiny"
+MAX_RUNTIME_MINUTES = 7 * 24 * 60
+# A Hugging Face model id: owner/name, or a bare name.
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+_GPU_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()/-]{0,127}")
+_IMAGE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,255}")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    epochs: int = 1
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    max_steps: int = 0
+    seed: int = 0
+    max_seq_length: int = 1024
+    lora_r: int = 16
+    beta: float = 0.1
+    warmup_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    provider: str
+    dataset_id: str
+    method: str  # sft | dpo
+    base_model: str
+    hyperparameters: Hyperparameters
+    gpu: GpuRequest
+    max_runtime_minutes: int
+    max_cost_usd: float
+    heartbeat_timeout_minutes: int
+    image: str
+
+    def digest(self) -> str:
+        """Identifies the request, for refusing an idempotency key reused with another one."""
+        canonical = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse(message: api.DeploymentSpec, *, default_image: str) -> Spec:
+    provider = message.provider or "local"
+    if provider not in PROVIDERS:
+        raise invalid_argument(
+            "deployment.provider",
+            f"provider must be one of {', '.join(PROVIDERS)}; got {_show(provider)}",
+        )
+    if not message.dataset_id:
+        raise invalid_argument("deployment.dataset_id", "dataset_id is required")
+    if len(message.dataset_id) > 40:
+        raise invalid_argument("deployment.dataset_id", "dataset_id is not a dataset id")
+    if message.method == pb.TRAINING_METHOD_UNSPECIFIED:
+        raise invalid_argument("deployment.method", "method is required: sft or dpo")
+    method = pb.TrainingMethod.Name(message.method).removeprefix("TRAINING_METHOD_").lower()
+    base_model = message.base_model or (LOCAL_MODEL if provider == "local" else "")
+    if not base_model:
+        raise invalid_argument(
+            "deployment.base_model",
+            "base_model is required for runpod: a Hugging Face model id such as "
+            "Qwen/Qwen2.5-0.5B-Instruct",
+        )
+    if not _MODEL_ID.fullmatch(base_model):
+        raise invalid_argument(
+            "deployment.base_model",
+            f"base_model {_show(base_model)} is not a model id (owner/name, letters, digits, "
+            "'.', '_' and '-')",
+        )
+    image = message.image or default_image
+    if message.image and provider == "local":
+        raise invalid_argument("deployment.image", "the local provider runs no image; drop it")
+    if not _IMAGE.fullmatch(image):
+        raise invalid_argument("deployment.image", f"image {_show(image)} is not an image name")
+    return Spec(
+        provider=provider,
+        dataset_id=message.dataset_id,
+        method=method,
+        base_model=base_model,
+        hyperparameters=_hyperparameters(message.hyperparameters, provider),
+        gpu=_gpu(message.gpu, provider),
+        image=image if provider != "local" else "local",
+        **_limits(message.limits),
+    )
+
+
+def _hyperparameters(h: pb.Hyperparameters, provider: str) -> Hyperparameters:
+    default = Hyperparameters(learning_rate=1e-3 if provider == "local" else 2e-4)
+    checks: list[tuple[str, float, float, float]] = [
+        # name, value, lowest, highest
+        ("epochs", h.epochs, 1, 100),
+        ("learning_rate", h.learning_rate, 0, 1),
+        ("batch_size", h.batch_size, 1, 1024),
+        ("max_steps", h.max_steps, 0, 10_000_000),
+        ("seed", h.seed, 0, 2**31 - 1),
+        ("max_seq_length", h.max_seq_length, 16, 32768),
+        ("lora_r", h.lora_r, 1, 256),
+        ("beta", h.beta, 0, 100),
+        ("warmup_ratio", h.warmup_ratio, 0, 0.5),
+    ]
+    values: dict[str, Any] = {}
+    for name, value, lowest, highest in checks:
+        if value != value or (not lowest <= value <= highest and value != 0):  # NaN, or range
+            raise invalid_argument(
+                f"deployment.hyperparameters.{name}",
+                f"hyperparameters.{name} must be between {lowest:g} and {highest:g}; got {value:g}",
+            )
+        values[name] = value if value else getattr(default, name)
+    return Hyperparameters(**values)
+
+
+def _gpu(gpu: pb.GpuSpec, provider: str) -> GpuRequest:
+    if provider == "local":
+        return GpuRequest(type="cpu", count=0)
+    if not gpu.type:
+        raise invalid_argument(
+            "deployment.gpu.type",
+            "gpu.type is required for runpod: a GPU type id from GET /v1/gpu-types, such as "
+            "'NVIDIA RTX A4000'",
+        )
+    for index, name in enumerate([gpu.type, *gpu.fallback_types]):
+        if not _GPU_TYPE.fullmatch(name):
+            where = "type" if index == 0 else f"fallback_types[{index - 1}]"
+            raise invalid_argument(
+                f"deployment.gpu.{where}", f"gpu.{where} {_show(name)} is not a GPU type id"
+            )
+    if len(gpu.fallback_types) > 8:
+        raise invalid_argument("deployment.gpu.fallback_types", "at most 8 fallback types")
+    if not 0 <= gpu.count <= 8:
+        raise invalid_argument("deployment.gpu.count", "gpu.count must be between 1 and 8")
+    if gpu.bid_per_gpu_usd < 0 or gpu.bid_per_gpu_usd != gpu.bid_per_gpu_usd:
+        raise invalid_argument("deployment.gpu.bid_per_gpu_usd", "the bid must be 0 or more")
+    if gpu.bid_per_gpu_usd and not gpu.spot:
+        raise invalid_argument(
+            "deployment.gpu.bid_per_gpu_usd", "a bid is for spot capacity only: set gpu.spot"
+        )
+    cloud: Cloud = "community" if gpu.cloud == pb.CLOUD_COMMUNITY else "secure"
+    return GpuRequest(
+        type=gpu.type,
+        count=gpu.count or 1,
+        cloud=cloud,
+        spot=gpu.spot,
+        fallback_types=tuple(t for t in gpu.fallback_types if t != gpu.type),
+        bid_per_gpu_usd=gpu.bid_per_gpu_usd or None,
+    )
+
+
+def _limits(limits: pb.Limits) -> dict[str, Any]:
+    if not 1 <= limits.max_runtime_minutes <= MAX_RUNTIME_MINUTES:
+        raise invalid_argument(
+            "deployment.limits.max_runtime_minutes",
+            f"limits.max_runtime_minutes is required, 1 to {MAX_RUNTIME_MINUTES}: the pod is "
+            "terminated after it",
+        )
+    cost = limits.max_cost_usd
+    if not cost > 0 or cost == float("inf"):
+        raise invalid_argument(
+            "deployment.limits.max_cost_usd",
+            "limits.max_cost_usd is required and above 0: the pod is terminated when the run "
+            "has cost that much",
+        )
+    heartbeat = limits.heartbeat_timeout_minutes or 10
+    if not 1 <= heartbeat <= 120:
+        raise invalid_argument(
+            "deployment.limits.heartbeat_timeout_minutes",
+            "limits.heartbeat_timeout_minutes must be between 1 and 120",
+        )
+    return {
+        "max_runtime_minutes": limits.max_runtime_minutes,
+        "max_cost_usd": cost,
+        "heartbeat_timeout_minutes": heartbeat,
+    }
+
+
+def check_request_id(request_id: str) -> str | None:
+    if not request_id:
+        return None
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise invalid_argument(
+            "request_id",
+            "request_id (the Idempotency-Key header) must be 1 to 128 printable ASCII characters",
+        )
+    return request_id
+
+
+def _show(value: str) -> str:
+    """A caller's value, quoted and cut short, safe to echo in a message."""
+    shown = value if len(value) <= 60 else value[:57] + "..."
+    return repr(shown)

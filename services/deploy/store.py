@@ -1,0 +1,500 @@
+"""The deploy service's persistence: every user query scoped to its owner, domain objects out.
+
+Each change to a deployment happens under its row lock (SQLite: the write lock) together with the
+events it causes, so the event log and the row never disagree and event sequences have no gaps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import grpc
+from sqlalchemy import delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common import ids
+from services.common.db import Database
+from services.common.errors import ServiceError, not_found
+from services.common.pagination import Cursor, Page, newest_first, page
+from services.deploy.models import (
+    DeploymentEventRow,
+    DeploymentRow,
+    MetricRow,
+    ProviderKeyRow,
+)
+from services.deploy.providers.base import GpuRequest
+from services.deploy.spec import Hyperparameters, Spec
+from services.deploy.states import LIVE, State
+from tunelab.common.v1 import errors_pb2
+
+
+@dataclass(frozen=True)
+class RunError:
+    code: str
+    message: str
+    exit_code: int | None = None
+    log_tail: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: str
+    owner: str
+    request_id: str | None
+    spec: Spec
+    dataset_sha256: str
+    dataset_size: int
+    state: State
+    job_token_hash: str | None
+    pod_id: str | None
+    gpu_type: str | None
+    hourly_usd: float
+    cost_usd: float
+    progress: dict[str, float]
+    system_info: dict[str, str]
+    error: RunError | None
+    event_count: int
+    created_at: datetime
+    updated_at: datetime
+    billing_started_at: datetime | None
+    started_at: datetime | None
+    last_report_at: datetime | None
+    finished_at: datetime | None
+    pod_released_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Event:
+    sequence: int
+    occurred_at: datetime
+    kind: str
+    state: State | None
+    message: str
+
+    @property
+    def id(self) -> str:
+        return str(self.sequence)
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    seq: int
+    reported_at: datetime
+    progress: dict[str, float]
+
+    @property
+    def id(self) -> str:
+        return str(self.seq)
+
+
+@dataclass(frozen=True)
+class ProviderKey:
+    provider: str
+    last4: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class Change:
+    """What a mutation of one deployment does: the fields to set and the events to log."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, State | None, str]] = field(default_factory=list)
+
+    def become(self, current: State, new: State, message: str) -> bool:
+        if not current.can_become(new):
+            return False
+        self.values["state"] = new.value
+        self.events.append(("state_changed", new, message))
+        return True
+
+    def log(self, kind: str, message: str) -> None:
+        self.events.append((kind, None, message))
+
+
+Mutation = Callable[[Deployment], Change | None]
+
+
+class DeploymentStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        # Told the id of every deployment a mutation changed (wakes its watchers).
+        self.on_change: Callable[[str], None] = lambda deployment_id: None
+
+    # Deployments ------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        owner: str,
+        request_id: str | None,
+        spec: Spec,
+        dataset_sha256: str,
+        dataset_size: int,
+        now: datetime,
+    ) -> Deployment:
+        row = DeploymentRow(
+            id=ids.new_id("dep"),
+            owner=owner,
+            request_id=request_id,
+            spec_digest=spec.digest(),
+            provider=spec.provider,
+            dataset_id=spec.dataset_id,
+            dataset_sha256=dataset_sha256,
+            dataset_size=dataset_size,
+            method=spec.method,
+            base_model=spec.base_model,
+            hyperparameters=json.dumps(asdict(spec.hyperparameters)),
+            gpu=json.dumps(asdict(spec.gpu)),
+            image=spec.image,
+            max_runtime_minutes=spec.max_runtime_minutes,
+            max_cost_usd=spec.max_cost_usd,
+            heartbeat_timeout_minutes=spec.heartbeat_timeout_minutes,
+            state=State.PENDING.value,
+            hourly_usd=0.0,
+            cost_usd=0.0,
+            progress="{}",
+            system_info="{}",
+            event_count=1,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.db.session(write=True) as session:
+            session.add(row)
+            await session.flush()
+            session.add(
+                DeploymentEventRow(
+                    deployment_id=row.id,
+                    sequence=1,
+                    occurred_at=now,
+                    kind="state_changed",
+                    state=State.PENDING.value,
+                    message="deployment accepted; pre-flight checks passed",
+                )
+            )
+        return _deployment(row)
+
+    async def find_request(self, owner: str, request_id: str) -> tuple[Deployment, str] | None:
+        """The deployment an earlier request with this idempotency key made, and its digest."""
+        async with self.db.session() as session:
+            row = await session.scalar(
+                select(DeploymentRow).where(
+                    DeploymentRow.owner == owner, DeploymentRow.request_id == request_id
+                )
+            )
+        return (_deployment(row), row.spec_digest) if row else None
+
+    async def get(self, owner: str, deployment_id: str) -> Deployment:
+        async with self.db.session() as session:
+            return _deployment(await _owned(session, owner, deployment_id))
+
+    async def get_any(self, deployment_id: str) -> Deployment | None:
+        """For the supervisor and the job-token route, which act for no user."""
+        async with self.db.session() as session:
+            row = await session.get(DeploymentRow, deployment_id)
+        return _deployment(row) if row else None
+
+    async def list_owned(
+        self, owner: str, size: int, page_token: str, state: State | None
+    ) -> Page[Deployment]:
+        scope = f"deployments:{owner}:{state or ''}"
+        query = select(DeploymentRow).where(DeploymentRow.owner == owner)
+        if state is not None:
+            query = query.where(DeploymentRow.state == state.value)
+        query = newest_first(
+            query,
+            DeploymentRow.created_at,
+            DeploymentRow.id,
+            Cursor.decode(page_token, scope),
+            size,
+        )
+        async with self.db.session() as session:
+            rows = list((await session.scalars(query)).all())
+        return page([_deployment(r) for r in rows], size, scope, lambda d: d.created_at)
+
+    async def supervised(self) -> list[Deployment]:
+        """Every deployment the supervisor must look after: the live ones, and the finished
+        ones whose pod is not confirmed gone yet."""
+        query = select(DeploymentRow).where(
+            or_(
+                DeploymentRow.state.in_([s.value for s in LIVE]),
+                DeploymentRow.pod_released_at.is_(None) & DeploymentRow.pod_id.is_not(None),
+            )
+        )
+        async with self.db.session() as session:
+            return [_deployment(r) for r in (await session.scalars(query)).all()]
+
+    async def known_ids(self, deployment_ids: Sequence[str]) -> dict[str, Deployment]:
+        if not deployment_ids:
+            return {}
+        async with self.db.session() as session:
+            rows = await session.scalars(
+                select(DeploymentRow).where(DeploymentRow.id.in_(list(deployment_ids)))
+            )
+            return {row.id: _deployment(row) for row in rows}
+
+    async def mutate(
+        self, deployment_id: str, now: datetime, mutation: Mutation
+    ) -> tuple[Deployment, bool]:
+        """Apply `mutation` to the deployment as it is now, under its lock: it returns the
+        change to make, or None for none. Returns the deployment after, and whether it changed."""
+        async with self.db.session(write=True) as session:
+            row = await session.scalar(
+                select(DeploymentRow).where(DeploymentRow.id == deployment_id).with_for_update()
+            )
+            if row is None:
+                raise not_found("deployment", deployment_id)
+            change = mutation(_deployment(row))
+            if change is None or not (change.values or change.events):
+                return _deployment(row), False
+            for name, value in change.values.items():
+                setattr(row, name, value)
+            if change.values.get("state") in {s.value for s in State if s.terminal}:
+                row.finished_at = row.finished_at or now
+            row.updated_at = now
+            for kind, state, message in change.events:
+                row.event_count += 1
+                session.add(
+                    DeploymentEventRow(
+                        deployment_id=row.id,
+                        sequence=row.event_count,
+                        occurred_at=now,
+                        kind=kind,
+                        state=state.value if state else None,
+                        message=message[:2000],
+                    )
+                )
+            after = _deployment(row)
+        self.on_change(deployment_id)
+        return after, True
+
+    # Events and metrics ----------------------------------------------------------------------
+
+    async def events(
+        self, owner: str, deployment_id: str, size: int, page_token: str
+    ) -> Page[Event]:
+        scope = f"events:{deployment_id}"
+        after = Cursor.decode(page_token, scope)
+        query = select(DeploymentEventRow).where(DeploymentEventRow.deployment_id == deployment_id)
+        if after is not None:
+            query = query.where(DeploymentEventRow.sequence > _int(after.id))
+        query = query.order_by(DeploymentEventRow.sequence).limit(size + 1)
+        async with self.db.session() as session:
+            await _owned(session, owner, deployment_id)
+            rows = (await session.scalars(query)).all()
+        return page([_event(r) for r in rows], size, scope, lambda e: e.occurred_at)
+
+    async def events_after(self, deployment_id: str, sequence: int) -> list[Event]:
+        query = (
+            select(DeploymentEventRow)
+            .where(
+                DeploymentEventRow.deployment_id == deployment_id,
+                DeploymentEventRow.sequence > sequence,
+            )
+            .order_by(DeploymentEventRow.sequence)
+            .limit(1000)
+        )
+        async with self.db.session() as session:
+            return [_event(r) for r in (await session.scalars(query)).all()]
+
+    async def add_metric(
+        self, deployment_id: str, progress: dict[str, float], now: datetime
+    ) -> None:
+        async with self.db.session(write=True) as session:
+            session.add(
+                MetricRow(
+                    deployment_id=deployment_id, reported_at=now, progress=json.dumps(progress)
+                )
+            )
+
+    async def metrics(
+        self, owner: str, deployment_id: str, size: int, page_token: str
+    ) -> Page[MetricPoint]:
+        scope = f"metrics:{deployment_id}"
+        after = Cursor.decode(page_token, scope)
+        query = select(MetricRow).where(MetricRow.deployment_id == deployment_id)
+        if after is not None:
+            query = query.where(MetricRow.id > _int(after.id))
+        query = query.order_by(MetricRow.id).limit(size + 1)
+        async with self.db.session() as session:
+            await _owned(session, owner, deployment_id)
+            rows = (await session.scalars(query)).all()
+        points = [MetricPoint(r.id, r.reported_at, json.loads(r.progress)) for r in rows]
+        return page(points, size, scope, lambda p: p.reported_at)
+
+    # Provider keys ---------------------------------------------------------------------------
+
+    async def set_key(
+        self, owner: str, provider: str, ciphertext: str, last4: str, now: datetime
+    ) -> None:
+        async with self.db.session(write=True) as session:
+            row = await session.get(ProviderKeyRow, (owner, provider), with_for_update=True)
+            if row is None:
+                session.add(
+                    ProviderKeyRow(
+                        owner=owner,
+                        provider=provider,
+                        ciphertext=ciphertext,
+                        last4=last4,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            else:
+                row.ciphertext, row.last4, row.updated_at = ciphertext, last4, now
+
+    async def keys(self, owner: str) -> list[ProviderKey]:
+        async with self.db.session() as session:
+            rows = await session.scalars(
+                select(ProviderKeyRow)
+                .where(ProviderKeyRow.owner == owner)
+                .order_by(ProviderKeyRow.provider)
+            )
+            return [ProviderKey(r.provider, r.last4, r.created_at, r.updated_at) for r in rows]
+
+    async def key_ciphertext(self, owner: str, provider: str) -> str | None:
+        async with self.db.session() as session:
+            row = await session.get(ProviderKeyRow, (owner, provider))
+        return row.ciphertext if row else None
+
+    async def delete_key(self, owner: str, provider: str) -> bool:
+        async with self.db.session(write=True) as session:
+            result = await session.execute(
+                delete(ProviderKeyRow).where(
+                    ProviderKeyRow.owner == owner, ProviderKeyRow.provider == provider
+                )
+            )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def all_keys(self, provider: str) -> list[tuple[str, str]]:
+        """(owner, ciphertext) of every stored key for the provider: for the orphan sweep."""
+        async with self.db.session() as session:
+            rows = await session.execute(
+                select(ProviderKeyRow.owner, ProviderKeyRow.ciphertext).where(
+                    ProviderKeyRow.provider == provider
+                )
+            )
+            return [(owner, ciphertext) for owner, ciphertext in rows]
+
+    async def rotate_keys(self, rotate: Callable[[str], str], now: datetime) -> int:
+        """Re-encrypt every stored key, a batch at a time; returns how many."""
+        done = 0
+        last: tuple[str, str] = ("", "")
+        while True:
+            async with self.db.session(write=True) as session:
+                rows = list(
+                    await session.scalars(
+                        select(ProviderKeyRow)
+                        .where(
+                            (ProviderKeyRow.owner > last[0])
+                            | (
+                                (ProviderKeyRow.owner == last[0])
+                                & (ProviderKeyRow.provider > last[1])
+                            )
+                        )
+                        .order_by(ProviderKeyRow.owner, ProviderKeyRow.provider)
+                        .limit(500)
+                        .with_for_update()
+                    )
+                )
+                for row in rows:
+                    row.ciphertext = rotate(row.ciphertext)
+                    row.updated_at = now
+            if not rows:
+                return done
+            done += len(rows)
+            last = (rows[-1].owner, rows[-1].provider)
+
+
+async def _owned(session: AsyncSession, owner: str, deployment_id: str) -> DeploymentRow:
+    row = await session.get(DeploymentRow, deployment_id)
+    if row is None or row.owner != owner:
+        raise not_found("deployment", deployment_id)
+    return row
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token is not one this list returned",
+            errors_pb2.ERROR_REASON_INVALID_PAGE_TOKEN,
+            {"field": "page_token"},
+        ) from None
+
+
+def _deployment(row: DeploymentRow) -> Deployment:
+    gpu = json.loads(row.gpu)
+    gpu["fallback_types"] = tuple(gpu.get("fallback_types", ()))
+    spec = Spec(
+        provider=row.provider,
+        dataset_id=row.dataset_id,
+        method=row.method,
+        base_model=row.base_model,
+        hyperparameters=Hyperparameters(**json.loads(row.hyperparameters)),
+        gpu=GpuRequest(**gpu),
+        max_runtime_minutes=row.max_runtime_minutes,
+        max_cost_usd=row.max_cost_usd,
+        heartbeat_timeout_minutes=row.heartbeat_timeout_minutes,
+        image=row.image,
+    )
+    error = None
+    if row.error_code:
+        error = RunError(
+            row.error_code,
+            row.error_message or "",
+            row.error_exit_code,
+            tuple(json.loads(row.error_log_tail or "[]")),
+        )
+    return Deployment(
+        id=row.id,
+        owner=row.owner,
+        request_id=row.request_id,
+        spec=spec,
+        dataset_sha256=row.dataset_sha256,
+        dataset_size=row.dataset_size,
+        state=State(row.state),
+        job_token_hash=row.job_token_hash,
+        pod_id=row.pod_id,
+        gpu_type=row.gpu_type,
+        hourly_usd=row.hourly_usd,
+        cost_usd=row.cost_usd,
+        progress=json.loads(row.progress),
+        system_info=json.loads(row.system_info),
+        error=error,
+        event_count=row.event_count,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        billing_started_at=row.billing_started_at,
+        started_at=row.started_at,
+        last_report_at=row.last_report_at,
+        finished_at=row.finished_at,
+        pod_released_at=row.pod_released_at,
+    )
+
+
+def _event(row: DeploymentEventRow) -> Event:
+    return Event(
+        row.sequence,
+        row.occurred_at,
+        row.kind,
+        State(row.state) if row.state else None,
+        row.message,
+    )
+
+
+def error_values(error: RunError) -> dict[str, Any]:
+    """The columns that record why a run ended."""
+    return {
+        "error_code": error.code,
+        "error_message": error.message,
+        "error_exit_code": error.exit_code,
+        "error_log_tail": json.dumps(list(error.log_tail)),
+    }

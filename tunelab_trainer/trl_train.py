@@ -1,0 +1,594 @@
+"""Tunelab's GPU trainer: LoRA fine-tuning of a Hugging Face model with TRL, by SFT or DPO.
+
+Run as `python train.py config.json` on a GPU pod: the deploy service embeds this file verbatim
+in its bootstrap script as train.py, next to an install of torch, transformers, trl, peft and
+datasets. `python train.py --check config.json` validates the config and exits, and needs none
+of them: they are imported only once training starts.
+
+Before anything is downloaded the dataset is read through once, a line at a time, so that a
+dataset that does not fit the method fails at once with the line at fault: SFT takes chat rows
+{"messages": [...]} or text rows {"text": "..."}, DPO takes {"prompt", "chosen", "rejected"},
+each a string or (TRL's conversational format) a list of messages, and one dataset keeps to one
+shape. SFTTrainer or DPOTrainer then trains a LoRA adapter (rank lora_r, alpha 2 * lora_r, on
+all linear layers) in bf16 where the GPU supports it, float32 otherwise. DPO's reference model
+is the base model itself (PEFT disables the adapter to compute it), as TRL does with a
+peft_config. Chat rows need a chat template: a tokenizer without one gets a ChatML one.
+
+The hyperparameters map onto TRL's config (SFTConfig or DPOConfig, both transformers
+TrainingArguments): epochs -> num_train_epochs, batch_size -> per_device_train_batch_size,
+max_steps (0: unset) -> max_steps, max_seq_length -> max_length (max_seq_length before TRL
+0.16), warmup_ratio -> warmup_ratio (warmup_steps, a float below 1 being a ratio, from
+transformers 5, which drops warmup_ratio), learning_rate, seed, beta as they are. Field names
+are looked up on the config class, so older and newer TRL releases both work.
+
+Output: the adapter and the tokenizer (trainer.save_model) and metrics.json, in output_dir.
+Progress: "TUNELAB_PROGRESS " + compact JSON on stdout for the first and the last step and at
+most two lines a second in between, from the trainer's logs (logged every step); once the
+adapter is saved, one more line repeats the last figures with "final": true. Errors: one line
+on stderr, "tunelab trainer: ...", and exit status 2 for a bad config or dataset, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+METHODS = ("sft", "dpo")
+TINY_MODEL = "tiny"
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+MAX_LINE_BYTES = 16 << 20
+LORA_DROPOUT = 0.05
+
+PROGRESS_PREFIX = "TUNELAB_PROGRESS "
+PROGRESS_INTERVAL_S = 0.5
+# Trainer log key -> progress line key
+LOG_FIGURES = {
+    "loss": "loss",
+    "learning_rate": "learning_rate",
+    "grad_norm": "grad_norm",
+    "rewards/accuracies": "rewards_accuracy",
+    "rewards/margins": "rewards_margin",
+}
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+class ConfigError(Exception):
+    """The config or the dataset cannot be trained as given (exit status 2)."""
+
+
+def note(message: str) -> None:
+    print(f"tunelab trainer: note: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    epochs: float = 1.0
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    max_steps: int = 0
+    seed: int = 0
+    max_seq_length: int = 1024
+    lora_r: int = 16
+    beta: float = 0.1
+    warmup_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class Config:
+    deployment_id: str
+    method: str
+    base_model: str
+    dataset_path: Path
+    output_dir: Path
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+
+
+_INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    "batch_size": (1, 65536),
+    "max_steps": (0, 100_000_000),
+    "seed": (0, 2**32 - 1),
+    "max_seq_length": (16, 1 << 20),
+    "lora_r": (1, 1024),
+}
+# name: (low, high, low included, high included)
+_NUMBER_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "epochs": (0.0, 10000.0, False, True),
+    "learning_rate": (0.0, 1.0, False, True),
+    "beta": (0.0, 100.0, False, True),
+    "warmup_ratio": (0.0, 1.0, True, False),
+}
+
+
+def _integer(name: str, value: object) -> int:
+    low, high = _INTEGER_RANGES[name]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(
+            f"hyperparameters.{name} must be an integer from {low} to {high}, got {value!r}"
+        )
+    return value
+
+
+def _number(name: str, value: object) -> float:
+    low, high, low_in, high_in = _NUMBER_RANGES[name]
+    is_bool = isinstance(value, bool)
+    number = float(value) if isinstance(value, int | float) and not is_bool else math.nan
+    if not (
+        math.isfinite(number)
+        and (number >= low if low_in else number > low)
+        and (number <= high if high_in else number < high)
+    ):
+        bounds = f"{'>=' if low_in else '>'} {low:g} and {'<=' if high_in else '<'} {high:g}"
+        raise ConfigError(f"hyperparameters.{name} must be a number {bounds}, got {value!r}")
+    return number
+
+
+def parse_hyperparameters(raw: object) -> Hyperparameters:
+    """Validates the hyperparameters; absent or null ones take their defaults."""
+    if raw is None:
+        return Hyperparameters()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"hyperparameters must be a JSON object, got {json_type(raw)}")
+    known = {f.name for f in fields(Hyperparameters)}
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in known:
+            note(f"ignoring unknown hyperparameter {name!r}")
+        elif value is not None:
+            values[name] = (
+                _integer(name, value) if name in _INTEGER_RANGES else _number(name, value)
+            )
+    return Hyperparameters(**values)
+
+
+def load_config(path: str) -> Config:
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object, not {json_type(raw)}")
+
+    def text(key: str, required: bool = True) -> str:
+        value = raw.get(key)
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"config field {key!r} must be a non-empty string, got {value!r}")
+        return value
+
+    for key in raw:
+        if key not in {f.name for f in fields(Config)}:
+            note(f"ignoring unknown config field {key!r}")
+    method = text("method")
+    if method not in METHODS:
+        raise ConfigError(f'config field "method" must be "sft" or "dpo", got {method!r}')
+    base_model = text("base_model")
+    if base_model == TINY_MODEL:
+        raise ConfigError(
+            f'base model "{TINY_MODEL}" is the local CPU trainer\'s toy model; on a GPU pod '
+            "give a Hugging Face model id, such as Qwen/Qwen2.5-0.5B-Instruct"
+        )
+    if any(c.isspace() for c in base_model):
+        raise ConfigError(f"base model {base_model!r} is not a Hugging Face model id")
+    return Config(
+        deployment_id=text("deployment_id", required=False),
+        method=method,
+        base_model=base_model,
+        dataset_path=Path(text("dataset_path")),
+        output_dir=Path(text("output_dir")),
+        hyperparameters=parse_hyperparameters(raw.get("hyperparameters")),
+    )
+
+
+def json_type(value: object) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "null"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields (line number, row) for each non-blank line, one line in memory at a time."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise ConfigError(f"dataset {path} does not exist; check dataset_path") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read dataset {path}: {error.strerror or error}") from None
+    with handle:
+        number = 0
+        while line := handle.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(line) > MAX_LINE_BYTES:
+                raise ConfigError(
+                    f"dataset line {number} is longer than {MAX_LINE_BYTES >> 20} MiB; "
+                    "split it into smaller rows"
+                )
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ConfigError(f"dataset line {number} is not UTF-8 text") from None
+            except json.JSONDecodeError as error:
+                raise ConfigError(
+                    f"dataset line {number} is not valid JSON ({error.msg}, column "
+                    f"{error.colno}); each line must be one JSON object"
+                ) from None
+            if not isinstance(row, dict):
+                raise ConfigError(
+                    f"dataset line {number} is a JSON {json_type(row)}; each line must be "
+                    "one JSON object"
+                )
+            yield number, row
+
+
+def _check_messages(number: int, name: str, value: object) -> None:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(
+            f'dataset line {number}: "{name}" must be a non-empty list of '
+            '{"role": ..., "content": ...} messages'
+        )
+    for index, message in enumerate(value):
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise ConfigError(
+                f'dataset line {number}: {name}[{index}] must be an object with string "role" '
+                'and "content"'
+            )
+
+
+def row_shape(method: str, number: int, row: dict[str, Any]) -> str:
+    """Checks that the row fits the method; returns its shape: messages, text, or the
+    preference pair's strings or conversational."""
+    if method == "sft":
+        if "messages" in row:
+            _check_messages(number, "messages", row["messages"])
+            if not any(m["role"] == "assistant" for m in row["messages"]):
+                raise ConfigError(
+                    f'dataset line {number} has no "assistant" message; SFT trains on the '
+                    "assistant turns"
+                )
+            return "messages"
+        if "text" in row:
+            if not isinstance(row["text"], str) or not row["text"]:
+                raise ConfigError(f'dataset line {number}: "text" must be a non-empty string')
+            return "text"
+        if any(name in row for name in PREFERENCE_FIELDS):
+            raise ConfigError(
+                f"dataset line {number} is a preference pair (prompt, chosen, rejected), which "
+                'method "dpo" trains; set method to "dpo", or give SFT rows {"messages": [...]} '
+                'or {"text": "..."}'
+            )
+        raise ConfigError(
+            f'dataset line {number} has neither "messages" nor "text" (it has '
+            f'{", ".join(sorted(row)) or "no fields"}); method "sft" needs chat rows '
+            '{"messages": [...]} or text rows {"text": "..."}'
+        )
+    missing = [name for name in PREFERENCE_FIELDS if name not in row]
+    if missing:
+        hint = ""
+        if "messages" in row or "text" in row:
+            hint = '; it looks like an SFT row ("messages" or "text"), which method "sft" fits'
+        raise ConfigError(
+            f"dataset line {number} is missing {', '.join(repr(m) for m in missing)}, which "
+            f'method "dpo" needs (rows {{"prompt", "chosen", "rejected"}}){hint}'
+        )
+    kinds = set()
+    for name in PREFERENCE_FIELDS:
+        value = row[name]
+        if isinstance(value, list):
+            _check_messages(number, name, value)
+            kinds.add("conversational")
+        elif isinstance(value, str):
+            kinds.add("strings")
+        else:
+            raise ConfigError(
+                f'dataset line {number}: "{name}" must be a string or a list of messages, '
+                f"got {json_type(value)}"
+            )
+    if len(kinds) > 1:
+        raise ConfigError(
+            f"dataset line {number} mixes strings and message lists; prompt, chosen and "
+            "rejected must all be strings or all be lists of messages"
+        )
+    return kinds.pop()
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    rows: int
+    shape: str  # messages, text, strings or conversational
+
+    @property
+    def columns(self) -> list[str]:
+        return list(PREFERENCE_FIELDS) if self.method == "dpo" else [self.shape]
+
+    @property
+    def method(self) -> str:
+        return "dpo" if self.shape in ("strings", "conversational") else "sft"
+
+    @property
+    def conversational(self) -> bool:
+        return self.shape in ("messages", "conversational")
+
+
+def scan_dataset(config: Config) -> DatasetInfo:
+    """Reads the whole dataset once: every row must fit the method, all in one shape."""
+    rows, shape, first = 0, "", 0
+    for number, row in read_rows(config.dataset_path):
+        this = row_shape(config.method, number, row)
+        if not shape:
+            shape, first = this, number
+        elif this != shape:
+            raise ConfigError(
+                f"dataset line {number} is a {this} row but line {first} is a {shape} row; "
+                "keep one shape in a dataset"
+            )
+        rows += 1
+    if rows == 0:
+        raise ConfigError(
+            f"dataset {config.dataset_path} has no rows; it needs one JSON object per line"
+        )
+    return DatasetInfo(rows, shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def version_of(module: Any) -> tuple[int, int]:
+    """(major, minor) of a module's __version__, such as (4, 56) for "4.56.0.dev0"."""
+    numbers = []
+    for piece in str(getattr(module, "__version__", "0.0")).split(".")[:2]:
+        digits = ""
+        for char in piece:
+            if not char.isdigit():
+                break
+            digits += char
+        numbers.append(int(digits or 0))
+    return numbers[0], numbers[1] if len(numbers) > 1 else 0
+
+
+def training_arguments(
+    config_class: Any, config: Config, bf16: bool, transformers_version: tuple[int, int]
+) -> dict[str, Any]:
+    """Keyword arguments for SFTConfig or DPOConfig, named as this TRL release names them."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    hyper = config.hyperparameters
+    arguments: dict[str, Any] = {
+        "output_dir": str(config.output_dir),
+        "num_train_epochs": hyper.epochs,
+        "learning_rate": hyper.learning_rate,
+        "per_device_train_batch_size": hyper.batch_size,
+        "max_steps": hyper.max_steps if hyper.max_steps > 0 else -1,
+        "seed": hyper.seed,
+        "bf16": bf16,  # TRL turns bf16 on by default, which fails on GPUs without it
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
+    arguments["max_length" if "max_length" in names else "max_seq_length"] = hyper.max_seq_length
+    if "warmup_ratio" in names and transformers_version < (5, 0):
+        arguments["warmup_ratio"] = hyper.warmup_ratio
+    elif hyper.warmup_ratio > 0:
+        arguments["warmup_steps"] = hyper.warmup_ratio  # below 1: a ratio of the steps
+    if config.method == "dpo":
+        arguments["beta"] = hyper.beta
+        if "max_prompt_length" in names:
+            arguments["max_prompt_length"] = hyper.max_seq_length // 2
+    unknown = sorted(set(arguments) - names)
+    if unknown:
+        note(f"this TRL release has no {', '.join(unknown)}; leaving them out")
+    return {name: value for name, value in arguments.items() if name in names}
+
+
+class Progress:
+    """Turns the trainer's logs into progress lines: first and last step, and at most two a
+    second in between."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] = {}
+        self.printed_step = 0
+        self.printed_at = -math.inf
+
+    def log(self, step: int, total_steps: int, epoch: float | None, logs: dict[str, Any]) -> None:
+        if "loss" not in logs:
+            return  # the end-of-training summary (train_loss, train_runtime, ...)
+        line: dict[str, Any] = {"step": step, "total_steps": total_steps}
+        if epoch is not None:
+            line["epoch"] = round(float(epoch), 4)
+        for key, name in LOG_FIGURES.items():
+            value = logs.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                line[name] = float(f"{float(value):.6g}")
+        self.last = line
+        now = time.monotonic()
+        if (
+            self.printed_step == 0
+            or step >= total_steps
+            or now - self.printed_at >= PROGRESS_INTERVAL_S
+        ):
+            self._print(line)
+            self.printed_step, self.printed_at = step, now
+
+    def finish(self, step: int, total_steps: int) -> None:
+        line = self.last or {"step": step, "total_steps": total_steps}
+        self._print({**line, "step": step, "total_steps": max(total_steps, step), "final": True})
+
+    @staticmethod
+    def _print(line: dict[str, Any]) -> None:
+        print(PROGRESS_PREFIX + json.dumps(line, separators=(",", ":")), flush=True)
+
+
+def progress_callback(transformers: Any, progress: Progress) -> Any:
+    """A transformers TrainerCallback that hands every log to `progress`."""
+
+    class TunelabProgress(transformers.TrainerCallback):  # type: ignore[misc]
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            if state.is_world_process_zero and logs:
+                progress.log(state.global_step, state.max_steps, state.epoch, dict(logs))
+
+    return TunelabProgress()
+
+
+def train(config: Config, dataset_info: DatasetInfo) -> None:
+    import datasets
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    hyper = config.hyperparameters
+    transformers.set_seed(hyper.seed)
+    cuda = bool(torch.cuda.is_available())
+    if not cuda:
+        note("no CUDA device: training on the CPU, which is very slow")
+    bf16 = cuda and bool(torch.cuda.is_bf16_supported())
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(config.base_model)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot load base model {config.base_model!r}: {' '.join(str(error).split())}; "
+            "check the model id (gated models also need HF_TOKEN)"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if dataset_info.conversational and not getattr(tokenizer, "chat_template", None):
+        note("the tokenizer has no chat template; using ChatML")
+        tokenizer.chat_template = CHATML_TEMPLATE
+    dtype_keyword = "dtype" if version_of(transformers) >= (4, 56) else "torch_dtype"
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        config.base_model, **{dtype_keyword: torch.bfloat16 if bf16 else torch.float32}
+    )
+
+    dataset = datasets.load_dataset("json", data_files=str(config.dataset_path), split="train")
+    dataset = dataset.select_columns(dataset_info.columns)
+    lora = peft.LoraConfig(
+        r=hyper.lora_r,
+        lora_alpha=2 * hyper.lora_r,
+        lora_dropout=LORA_DROPOUT,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    if config.method == "sft":
+        config_class, trainer_class = trl.SFTConfig, trl.SFTTrainer
+    else:
+        config_class, trainer_class = trl.DPOConfig, trl.DPOTrainer
+    args = config_class(**training_arguments(config_class, config, bf16, version_of(transformers)))
+    progress = Progress()
+    parameters = inspect.signature(trainer_class.__init__).parameters
+    tokenizer_keyword = "processing_class" if "processing_class" in parameters else "tokenizer"
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        peft_config=lora,
+        callbacks=[progress_callback(transformers, progress)],
+        **{tokenizer_keyword: tokenizer},
+    )
+    # With tqdm off, the Trainer prints every log dict to stdout; the progress lines suffice.
+    trainer.remove_callback(transformers.PrinterCallback)
+    started = time.monotonic()
+    result = trainer.train()
+    seconds = time.monotonic() - started
+
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(config.output_dir))
+    state = trainer.state
+    metrics = {
+        "deployment_id": config.deployment_id,
+        "base_model": config.base_model,
+        "method": config.method,
+        "rows": dataset_info.rows,
+        "steps": int(state.global_step),
+        "train_loss": float(result.training_loss),
+        "final": progress.last,
+        "train_seconds": round(seconds, 3),
+        "bf16": bf16,
+        "versions": {
+            module.__name__: str(getattr(module, "__version__", "?"))
+            for module in (torch, transformers, trl, peft, datasets)
+        },
+        "hyperparameters": {f.name: getattr(hyper, f.name) for f in fields(hyper)},
+    }
+    (config.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    progress.finish(int(state.global_step), int(state.max_steps))
+
+
+def main(argv: list[str]) -> int:
+    check_only = argv[:1] == ["--check"]
+    if check_only:
+        argv = argv[1:]
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("tunelab trainer: usage: python train.py [--check] config.json", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(argv[0])
+        if check_only:
+            print(f"tunelab trainer: config {argv[0]} is valid", file=sys.stderr)
+            return 0
+        dataset_info = scan_dataset(config)
+        print(
+            f"tunelab trainer: {dataset_info.rows} rows ({dataset_info.shape}); training "
+            f"{config.base_model} with {config.method}",
+            file=sys.stderr,
+            flush=True,
+        )
+        train(config, dataset_info)
+    except ConfigError as error:
+        print(f"tunelab trainer: {error}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as error:
+        traceback.print_exc()
+        message = " ".join(str(error).split()) or type(error).__name__
+        if "out of memory" in message.lower():
+            message += "; lower batch_size or max_seq_length, or pick a bigger GPU"
+        print(f"tunelab trainer: training failed: {message}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
