@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,14 +42,21 @@ def keyring(settings: DeploySettings) -> KeyRing:
         raise SystemExit(f"deploy: {exc}") from None
 
 
-def server_spec(
+@dataclass(frozen=True)
+class Parts:
+    servicer: DeployServicer
+    supervisor: Supervisor
+    store: DeploymentStore
+    datasets: DatasetsClient
+
+
+def assemble(
     settings: DeploySettings,
     db: Database,
     *,
     clock: Callable[[], datetime] = utc_now,
-    address: str | None = None,
     runpod: RunPodFactory | None = None,
-) -> ServerSpec:
+) -> Parts:
     internal_token = settings.require_internal_token()
     store = DeploymentStore(db)
     changes = Changes()
@@ -72,14 +80,26 @@ def server_spec(
         max_cost_per_run_usd=settings.max_cost_per_run_usd,
     )
     servicer = DeployServicer(store, preflight, providers, supervisor, changes, settings, clock)
+    return Parts(servicer, supervisor, store, datasets)
+
+
+def server_spec(
+    settings: DeploySettings,
+    db: Database,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    address: str | None = None,
+    runpod: RunPodFactory | None = None,
+) -> ServerSpec:
+    parts = assemble(settings, db, clock=clock, runpod=runpod)
     return ServerSpec(
         name="deploy",
         domain=DOMAIN,
         address=address or settings.grpc_address,
-        internal_token=internal_token,
+        internal_token=settings.require_internal_token(),
         register=lambda server: deploy_service_pb2_grpc.add_DeployServiceServicer_to_server(
-            servicer, server
+            parts.servicer, server
         ),
         service_names=[SERVICE_NAME],
-        background=[supervisor.run_forever],
+        background=[parts.supervisor.run_forever],
     )

@@ -1,0 +1,320 @@
+"""The deploy service against a RunPod that speaks RunPod's wire format (tests/fakes/runpod):
+the servicer over real gRPC, the supervisor driven pass by pass with a controlled clock."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from services.common.client import open_channel
+from services.common.db import Database
+from services.common.identity import USER_KEY
+from services.common.server import ServerSpec, start
+from services.deploy import service
+from services.deploy.providers.runpod import RunPodProvider
+from services.deploy.settings import DeploySettings
+from tests.conftest import INTERNAL_TOKEN
+from tests.contract.conftest import Clock, Datasets, rpc_error
+from tests.fakes.runpod import FakeRunPod
+from tunelab.deploy.v1 import deploy_service_pb2 as api
+from tunelab.deploy.v1 import deploy_service_pb2_grpc as api_grpc
+from tunelab.deploy.v1 import deployments_pb2 as pb
+
+GPU = "NVIDIA A100 80GB PCIe"
+CHAT = (
+    b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+)
+
+
+@pytest.fixture
+def runpod() -> Iterator[FakeRunPod]:
+    with FakeRunPod() as fake:
+        yield fake
+
+
+@dataclass
+class Deploy:
+    stub: api_grpc.DeployServiceAsyncStub
+    parts: service.Parts
+    clock: Clock
+    fake: FakeRunPod
+    datasets: Datasets
+    dataset_id: str
+
+    def as_(self, user: str | None = None) -> tuple[tuple[str, bytes], ...]:
+        return ((USER_KEY, (user or self.datasets.user).encode()),)
+
+    def spec(self, **gpu: Any) -> api.DeploymentSpec:
+        return api.DeploymentSpec(
+            provider="runpod",
+            dataset_id=self.dataset_id,
+            method=pb.TRAINING_METHOD_SFT,
+            base_model="Qwen/Qwen2.5-0.5B-Instruct",
+            gpu=pb.GpuSpec(type=GPU, count=1, **gpu),
+            limits=pb.Limits(max_runtime_minutes=120, max_cost_usd=20),
+        )
+
+    async def create(
+        self, spec: api.DeploymentSpec | None = None, request_id: str = ""
+    ) -> pb.Deployment:
+        reply = await self.stub.CreateDeployment(
+            api.CreateDeploymentRequest(deployment=spec or self.spec(), request_id=request_id),
+            metadata=self.as_(),
+        )
+        return reply.deployment
+
+    async def get(self, deployment_id: str) -> pb.Deployment:
+        reply = await self.stub.GetDeployment(
+            api.GetDeploymentRequest(deployment_id=deployment_id), metadata=self.as_()
+        )
+        return reply.deployment
+
+    async def tick(self, seconds: float = 0) -> None:
+        self.clock.advance(seconds)
+        await self.parts.supervisor.tick()
+
+
+@pytest.fixture
+async def deploy(
+    datasets: Datasets, runpod: FakeRunPod, empty_db_url: str, tmp_path: Path
+) -> AsyncIterator[Deploy]:
+    settings = DeploySettings(
+        database_url=empty_db_url,
+        internal_token=INTERNAL_TOKEN,
+        keys_kek=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        # A public address: pods on the internet must be able to call back.
+        public_url="https://1.1.1.1",
+        datasets_address=datasets.address,
+        local_work_dir=tmp_path / "pods",
+        supervise_interval_seconds=10,
+    )
+    db = Database(settings.database_url)
+    await service.MIGRATIONS.upgrade(db)
+    clock = Clock()
+
+    def client(key: str) -> RunPodProvider:
+        async def no_wait(seconds: float) -> None:
+            return None
+
+        return RunPodProvider(
+            key, rest_url=runpod.url, graphql_url=runpod.graphql_url, timeout=2, sleep=no_wait
+        )
+
+    parts = service.assemble(settings, db, clock=clock, runpod=client)
+    running = await start(
+        ServerSpec(
+            name="deploy",
+            domain=service.DOMAIN,
+            address="127.0.0.1:0",
+            internal_token=INTERNAL_TOKEN,
+            register=lambda server: api_grpc.add_DeployServiceServicer_to_server(
+                parts.servicer, server
+            ),
+            service_names=[service.SERVICE_NAME],
+        )
+    )
+    channel = open_channel(f"127.0.0.1:{running.port}", INTERNAL_TOKEN)
+    stub = api_grpc.DeployServiceStub(channel)
+    uploaded = await datasets.upload(CHAT * 20)
+    await stub.SetProviderKey(
+        api.SetProviderKeyRequest(provider="runpod", api_key=runpod.api_key),
+        metadata=datasets.as_(),
+    )
+    try:
+        yield Deploy(stub, parts, clock, runpod, datasets, uploaded.dataset.id)
+    finally:
+        await channel.close()
+        await running.stop()
+        await parts.datasets.close()
+        await db.close()
+
+
+async def test_create_rents_one_named_pod_and_follows_it(deploy: Deploy) -> None:
+    check = await deploy.stub.PreflightDeployment(
+        api.PreflightDeploymentRequest(deployment=deploy.spec()), metadata=deploy.as_()
+    )
+    assert check.ok, check.checks
+    assert check.estimate.hourly_usd > 0
+    created = await deploy.create()
+    assert created.state == pb.DEPLOYMENT_STATE_PENDING
+    await deploy.tick()
+    pods = deploy.fake.live_pods(f"tunelab-{created.id}")
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod["cloud"] == "SECURE"
+    assert pod["env"]["TUNELAB_JOB_TOKEN"].startswith("tljb_")
+    assert pod["env"]["TUNELAB_DATASET_URL"].startswith(
+        "https://tunelab.example/v1/dataset-downloads/tldl_"
+    )
+    d = await deploy.get(created.id)
+    assert d.state == pb.DEPLOYMENT_STATE_PROVISIONING
+    assert d.pod_id == pod["id"]
+    assert d.hourly_usd == pytest.approx(pod["costPerHr"])
+    deploy.fake.set_status(pod["id"], "RUNNING")
+    await deploy.tick(60)
+    d = await deploy.get(created.id)
+    assert d.state == pb.DEPLOYMENT_STATE_STARTING
+    assert d.cost_usd == pytest.approx(pod["costPerHr"] / 60, rel=0.01)
+
+
+async def test_spot_pods_are_rented_through_graphql_with_a_bid(deploy: Deploy) -> None:
+    created = await deploy.create(deploy.spec(spot=True, bid_per_gpu_usd=1.5))
+    await deploy.tick()
+    (pod,) = deploy.fake.live_pods(f"tunelab-{created.id}")
+    assert pod["interruptible"] is True
+    assert pod["bidPerGpu"] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [("exit", "BOOTSTRAP_FAILED"), ("ERROR", "POD_FAILED"), ("remove", "POD_VANISHED")],
+)
+async def test_a_pod_that_stops_on_its_own_fails_the_run(
+    deploy: Deploy, change: str, code: str
+) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    pod_id = (await deploy.get(created.id)).pod_id
+    deploy.fake.set_status(pod_id, "RUNNING")
+    await deploy.tick(5)
+    if change == "exit":
+        deploy.fake.exit(pod_id, 3)
+    elif change == "remove":
+        deploy.fake.remove(pod_id)
+    else:
+        deploy.fake.set_status(pod_id, change)
+    await deploy.tick(5)
+    d = await deploy.get(created.id)
+    assert d.state == pb.DEPLOYMENT_STATE_FAILED
+    assert d.error.code == code
+    assert deploy.fake.live_pods(f"tunelab-{created.id}") == []
+
+
+@pytest.mark.parametrize(
+    ("seconds", "code"),
+    [(120 * 60, "MAX_RUNTIME"), (11 * 60, "HEARTBEAT_TIMEOUT")],
+)
+async def test_limits_terminate_the_pod(deploy: Deploy, seconds: float, code: str) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    pod_id = (await deploy.get(created.id)).pod_id
+    deploy.fake.set_status(pod_id, "RUNNING")
+    await deploy.tick(1)
+    await deploy.tick(seconds)
+    d = await deploy.get(created.id)
+    assert d.state == pb.DEPLOYMENT_STATE_FAILED
+    assert d.error.code == code
+    assert deploy.fake.pods[pod_id]["status"] == "TERMINATED"
+
+
+async def test_the_cost_limit_stops_the_run_before_it_is_crossed(deploy: Deploy) -> None:
+    spec = deploy.spec()
+    spec.limits.max_cost_usd = 1.0
+    created = await deploy.create(spec)
+    await deploy.tick()
+    d = await deploy.get(created.id)
+    deploy.fake.set_status(d.pod_id, "RUNNING")
+    minutes_to_limit = 60 / d.hourly_usd
+    await deploy.tick(minutes_to_limit * 60 - 5)  # the next pass would cross it
+    d = await deploy.get(created.id)
+    assert d.state == pb.DEPLOYMENT_STATE_FAILED
+    assert d.error.code == "MAX_COST"
+    assert d.cost_usd <= 1.0
+    assert deploy.fake.pods[d.pod_id]["status"] == "TERMINATED"
+
+
+async def test_cancel_terminates_the_pod_at_once(deploy: Deploy) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    reply = await deploy.stub.CancelDeployment(
+        api.CancelDeploymentRequest(deployment_id=created.id), metadata=deploy.as_()
+    )
+    assert reply.deployment.state == pb.DEPLOYMENT_STATE_CANCELLED
+    assert deploy.fake.live_pods(f"tunelab-{created.id}") == []
+
+
+async def test_create_that_answers_500_after_renting_leaves_exactly_one_pod(deploy: Deploy) -> None:
+    created = await deploy.create()
+    deploy.fake.fail_next_create_after_creating(500)
+    await deploy.tick()
+    await deploy.tick(10)
+    pods = deploy.fake.live_pods(f"tunelab-{created.id}")
+    assert len(pods) == 1
+    assert (await deploy.get(created.id)).pod_id == pods[0]["id"]
+
+
+async def test_a_retried_create_rents_nothing_new(deploy: Deploy) -> None:
+    first = await deploy.create(request_id="req-1")
+    second = await deploy.create(request_id="req-1")
+    assert second.id == first.id
+    await deploy.tick()
+    await deploy.tick(10)
+    assert len(deploy.fake.live_pods()) == 1
+    other = deploy.spec()
+    other.limits.max_cost_usd = 3
+    error = await rpc_error(deploy.create(other, request_id="req-1"))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "different request" in (error.details() or "")
+
+
+async def test_the_sweep_terminates_pods_no_live_run_owns(deploy: Deploy) -> None:
+    live = await deploy.create()
+    done = await deploy.create()
+    await deploy.tick()
+    finished_pod = (await deploy.get(done.id)).pod_id
+    await deploy.stub.CancelDeployment(
+        api.CancelDeploymentRequest(deployment_id=done.id), metadata=deploy.as_()
+    )
+    stray = deploy.fake.add_pod("tunelab-dep_neverrecorded", status="RUNNING")
+    twin = deploy.fake.add_pod(f"tunelab-{live.id}", status="RUNNING")  # a duplicate
+    foreign = deploy.fake.add_pod("someone-elses-pod", status="RUNNING")
+    terminated = await deploy.parts.supervisor.sweep()
+    assert terminated == 2
+    assert deploy.fake.pods[stray]["status"] == "TERMINATED"
+    assert deploy.fake.pods[twin]["status"] == "TERMINATED"
+    assert deploy.fake.pods[foreign]["status"] == "RUNNING"
+    assert deploy.fake.pods[finished_pod]["status"] == "TERMINATED"
+    live_pod = (await deploy.get(live.id)).pod_id
+    assert deploy.fake.pods[live_pod]["status"] != "TERMINATED"
+
+
+async def test_keys_are_masked_refused_when_wrong_and_never_logged(
+    deploy: Deploy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    keys = await deploy.stub.ListProviderKeys(api.ListProviderKeysRequest(), metadata=deploy.as_())
+    (key,) = keys.provider_keys
+    assert key.provider == "runpod"
+    assert key.last4 == deploy.fake.api_key[-4:]
+    assert deploy.fake.api_key not in str(keys)
+    created = await deploy.create()
+    await deploy.tick()
+    await deploy.tick(30)
+    # A key RunPod refuses fails the pre-flight with a message that says what to do.
+    await deploy.stub.SetProviderKey(
+        api.SetProviderKeyRequest(provider="runpod", api_key="rpa_" + "W" * 40),
+        metadata=deploy.as_(),
+    )
+    check = await deploy.stub.PreflightDeployment(
+        api.PreflightDeploymentRequest(deployment=deploy.spec()), metadata=deploy.as_()
+    )
+    assert not check.ok
+    assert any("provider-keys/runpod" in c.message for c in check.checks)
+    text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+    assert deploy.fake.api_key not in text
+    assert "rpa_" + "W" * 40 not in text
+    await deploy.stub.DeleteProviderKey(
+        api.DeleteProviderKeyRequest(provider="runpod"), metadata=deploy.as_()
+    )
+    error = await rpc_error(deploy.create())
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "PUT /v1/provider-keys/runpod" in (error.details() or "")
+    assert (await deploy.get(created.id)).pod_id
