@@ -5,13 +5,17 @@
     tunelab datasets upload train.jsonl         upload, with a progress bar; prints the dataset
     tunelab datasets list | get ID | delete ID
     tunelab datasets link ID [--ttl S] [--max-uses N]   mint a download URL
+    tunelab deploy create DATASET_ID [--watch] [--dry-run] ...   check, then launch a run
+    tunelab deploy watch ID | list | get ID | cancel ID | events ID
 
 Credentials: --token or TUNELAB_TOKEN; otherwise, where the development signing key is at hand
 (var/secrets, as `make run` leaves it, so run from the project directory), a token for --user,
 TUNELAB_USER or your login name, in that order. The gateway: --url or TUNELAB_URL.
 
 `datasets upload` exits with status 2 when the file was stored but is not usable for training
-(the reason and the first bad line are printed).
+(the reason and the first bad line are printed). `deploy create` exits with status 2 when a
+pre-flight check fails (nothing is rented); `deploy watch` exits 1 when the run failed or was
+cancelled.
 """
 
 from __future__ import annotations
@@ -195,6 +199,10 @@ def parser() -> argparse.ArgumentParser:
     link.add_argument("--ttl", type=int, default=0, help="seconds, at most 7200 (the default)")
     link.add_argument("--max-uses", type=int, default=0, help="downloads allowed (default 1)")
     link.set_defaults(func=cmd_link)
+
+    from tunelab_cli import deploy  # here: it imports this module's helpers
+
+    deploy.register(commands)
     return root
 
 

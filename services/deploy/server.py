@@ -263,8 +263,17 @@ class DeployServicer(api_grpc.DeployServiceServicer):
     async def DeleteProviderKey(
         self, request: api.DeleteProviderKeyRequest, context: Context
     ) -> api.DeleteProviderKeyResponse:
+        owner = require_user()
         provider = _keyed_provider(request.provider)
-        if not await self.store.delete_key(require_user(), provider):
+        # Without the key the supervisor could not stop those pods: they would bill on.
+        if busy := await self.store.pods_in_use(owner, provider):
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"deployments {', '.join(busy)} may still have {provider} pods, which need this "
+                "key to be watched and terminated: cancel them (or wait for them to end) first",
+                errors_pb2.ERROR_REASON_FAILED_PRECONDITION,
+            )
+        if not await self.store.delete_key(owner, provider):
             raise not_found("provider key", provider)
         return api.DeleteProviderKeyResponse()
 

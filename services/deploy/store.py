@@ -229,6 +229,20 @@ class DeploymentStore:
         async with self.db.session() as session:
             return [_deployment(r) for r in (await session.scalars(query)).all()]
 
+    async def pods_in_use(self, owner: str, provider: str) -> list[str]:
+        """The owner's deployments on `provider` whose pod may still exist (live, or finished
+        with the pod not confirmed gone)."""
+        query = select(DeploymentRow.id).where(
+            DeploymentRow.owner == owner,
+            DeploymentRow.provider == provider,
+            or_(
+                DeploymentRow.state.in_([s.value for s in LIVE]),
+                DeploymentRow.pod_released_at.is_(None) & DeploymentRow.pod_id.is_not(None),
+            ),
+        )
+        async with self.db.session() as session:
+            return list((await session.scalars(query.limit(20))).all())
+
     async def known_ids(self, deployment_ids: Sequence[str]) -> dict[str, Deployment]:
         if not deployment_ids:
             return {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from services.common.server import ServerSpec, start
 from services.deploy import service
 from services.deploy.providers.runpod import RunPodProvider
 from services.deploy.settings import DeploySettings
+from services.deploy.states import State
+from services.deploy.store import Change
 from tests.conftest import INTERNAL_TOKEN
 from tests.contract.conftest import Clock, Datasets, rpc_error
 from tests.fakes.runpod import FakeRunPod
@@ -48,6 +50,7 @@ class Deploy:
     fake: FakeRunPod
     datasets: Datasets
     dataset_id: str
+    restart: Callable[[], service.Parts]
 
     def as_(self, user: str | None = None) -> tuple[tuple[str, bytes], ...]:
         return ((USER_KEY, (user or self.datasets.user).encode()),)
@@ -108,7 +111,11 @@ async def deploy(
             key, rest_url=runpod.url, graphql_url=runpod.graphql_url, timeout=2, sleep=no_wait
         )
 
-    parts = service.assemble(settings, db, clock=clock, runpod=client)
+    def restart() -> service.Parts:
+        """A new deploy service over the same database: nothing carried over in memory."""
+        return service.assemble(settings, db, clock=clock, runpod=client)
+
+    parts = restart()
     running = await start(
         ServerSpec(
             name="deploy",
@@ -129,7 +136,7 @@ async def deploy(
         metadata=datasets.as_(),
     )
     try:
-        yield Deploy(stub, parts, clock, runpod, datasets, uploaded.dataset.id)
+        yield Deploy(stub, parts, clock, runpod, datasets, uploaded.dataset.id, restart)
     finally:
         await channel.close()
         await running.stop()
@@ -311,10 +318,56 @@ async def test_keys_are_masked_refused_when_wrong_and_never_logged(
     text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     assert deploy.fake.api_key not in text
     assert "rpa_" + "W" * 40 not in text
-    await deploy.stub.DeleteProviderKey(
-        api.DeleteProviderKeyRequest(provider="runpod"), metadata=deploy.as_()
+    # Its pod needs the key to be watched and terminated: the key stays until the run ends.
+    delete = api.DeleteProviderKeyRequest(provider="runpod")
+    busy = await rpc_error(deploy.stub.DeleteProviderKey(delete, metadata=deploy.as_()))
+    assert busy.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert created.id in (busy.details() or "")
+    await deploy.stub.SetProviderKey(
+        api.SetProviderKeyRequest(provider="runpod", api_key=deploy.fake.api_key),
+        metadata=deploy.as_(),
     )
+    await deploy.stub.CancelDeployment(
+        api.CancelDeploymentRequest(deployment_id=created.id), metadata=deploy.as_()
+    )
+    await deploy.stub.DeleteProviderKey(delete, metadata=deploy.as_())
     error = await rpc_error(deploy.create())
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "PUT /v1/provider-keys/runpod" in (error.details() or "")
-    assert (await deploy.get(created.id)).pod_id
+
+
+async def test_a_restarted_supervisor_carries_on_from_the_database(deploy: Deploy) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    pod_id = (await deploy.get(created.id)).pod_id
+    deploy.fake.set_status(pod_id, "RUNNING")
+    again = deploy.restart()
+    await again.supervisor.tick()
+    assert len(deploy.fake.live_pods()) == 1
+    d = await again.store.get(deploy.datasets.user, created.id)
+    assert d.state.value == "starting"
+    deploy.clock.advance(121 * 60)
+    await again.supervisor.tick()
+    assert deploy.fake.pods[pod_id]["status"] == "TERMINATED"
+    await again.datasets.close()
+
+
+async def test_a_pod_rented_just_before_a_crash_is_adopted_not_rented_again(
+    deploy: Deploy,
+) -> None:
+    created = await deploy.create()
+    store = deploy.parts.store
+
+    def asked_for(current: Any) -> Any:
+        change = Change()
+        change.become(current.state, State.PROVISIONING, "asking runpod for a pod")
+        return change
+
+    # The service recorded "provisioning", RunPod made the pod, then the service died.
+    await store.mutate(created.id, deploy.clock(), asked_for)
+    made = deploy.fake.add_pod(f"tunelab-{created.id}", status="STARTING")
+    again = deploy.restart()
+    await again.supervisor.tick()
+    assert [p["id"] for p in deploy.fake.live_pods()] == [made]
+    assert (await deploy.get(created.id)).pod_id == made
+    await again.datasets.close()

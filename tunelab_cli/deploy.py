@@ -1,0 +1,326 @@
+"""`tunelab deploy ...`: launch training runs and follow them.
+
+    tunelab deploy create DATASET_ID [--watch] [--dry-run] ...   preflight, then launch
+    tunelab deploy watch ID                     a live progress bar until the run ends
+    tunelab deploy list | get ID | cancel ID | events ID
+
+`create` exits with status 2, renting nothing, when a pre-flight check fails. `watch` (and
+`create --watch`) exits 0 when the run succeeded, 1 when it failed or was cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from tunelab_cli.main import CliError, _check, _client, _print
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+RECONNECTS = 5
+WATCH_TIMEOUT = httpx.Timeout(30.0, read=60.0)  # the gateway sends a keepalive every 15 s
+
+
+def _utf8() -> bool:
+    return (sys.stderr.encoding or "").lower().replace("-", "") == "utf8"
+
+
+def _marks() -> dict[str, str]:
+    if _utf8():
+        return {"pass": "✓", "warn": "!", "fail": "✗"}
+    return {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def spec(args: argparse.Namespace) -> dict[str, Any]:
+    hyperparameters: dict[str, Any] = {}
+    for name in ("epochs", "learning_rate", "batch_size", "max_steps"):
+        if (value := getattr(args, name)) is not None:
+            hyperparameters[name] = value
+    body: dict[str, Any] = {
+        "provider": args.provider,
+        "dataset_id": args.dataset_id,
+        "method": args.method,
+        "hyperparameters": hyperparameters,
+        "limits": {"max_runtime_minutes": args.max_minutes, "max_cost_usd": args.max_cost},
+    }
+    if args.model:
+        body["base_model"] = args.model
+    if args.gpu or args.provider != "local":
+        gpu: dict[str, Any] = {"count": args.gpu_count, "cloud": args.cloud, "spot": args.spot}
+        if args.gpu:
+            gpu["type"] = args.gpu
+        body["gpu"] = gpu
+    return body
+
+
+def _show_preflight(result: dict[str, Any]) -> None:
+    marks = _marks()
+    for check in result.get("checks", []):
+        status = str(check.get("status", "")).lower()
+        mark = marks.get(status, status.upper() or "?")
+        _say(f"  {mark} {check.get('name', '')}: {check.get('message', '')}")
+    estimate = result.get("estimate") or {}
+    gpu = estimate.get("gpu_type") or "this machine"
+    _say(
+        f"estimate: ${float(estimate.get('hourly_usd', 0)):.2f}/h on {gpu}; at most "
+        f"${float(estimate.get('max_total_usd', 0)):.2f} over "
+        f"{float(estimate.get('max_minutes', 0)):g} min"
+    )
+
+
+def cmd_create(args: argparse.Namespace) -> None:
+    body = spec(args)
+    with _client(args) as client:
+        result = _check(client.post("/v1/deployments/preflight", json=body))
+        _say("pre-flight checks:")
+        _show_preflight(result)
+        if not result.get("ok"):
+            _say("tunelab: a pre-flight check failed; nothing was created")
+            sys.exit(2)
+        if args.dry_run:
+            _say("dry run: nothing was created")
+            return
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        try:
+            response = client.post("/v1/deployments", json=body, headers=headers)
+        except httpx.TransportError as exc:
+            # The same key: if the first request did create the run, we get that run back.
+            _say(f"tunelab: {exc.__class__.__name__} ({exc}); retrying once")
+            time.sleep(1)
+            response = client.post("/v1/deployments", json=body, headers=headers)
+        if response.status_code == 400 and _reason(response) == "PREFLIGHT_FAILED":
+            _say(f"tunelab: {response.json()['error'].get('message', 'a check failed')}")
+            _say("nothing was created")
+            sys.exit(2)
+        deployment = _check(response)
+        print(deployment["id"], flush=True)
+        _say(f"created {deployment['id']} ({deployment.get('state', '')})")
+        if args.watch:
+            sys.exit(follow(client, deployment["id"]))
+        _say(f"follow it with: tunelab deploy watch {deployment['id']}")
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["reason"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def _sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+    """(event, data) for each server-sent event; comment lines (keepalives) are skipped."""
+    event, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield event, json.loads("\n".join(data))
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    stamp = str(event.get("time", ""))
+    stamp = stamp[11:19] if len(stamp) >= 19 else stamp
+    message = event.get("message") or ""
+    if event.get("state") and not message:
+        message = f"-> {event['state']}"
+    return f"{stamp} {event.get('kind', ''):<20} {message}"
+
+
+def _postfix(deployment: dict[str, Any]) -> str:
+    progress = deployment.get("progress") or {}
+    parts = [str(deployment.get("state", ""))]
+    if progress.get("step"):
+        parts.append(f"loss={float(progress.get('loss', 0)):.3f}")
+    parts.append(f"cost=${float(deployment.get('cost_usd', 0)):.2f}")
+    return " ".join(parts)
+
+
+def follow(client: httpx.Client, deployment_id: str) -> int:
+    """Watch until the run ends; the exit status: 0 succeeded, 1 failed or cancelled."""
+    bar = tqdm(desc=deployment_id, unit="step", file=sys.stderr, dynamic_ncols=True)
+    after, failures = 0, 0
+    try:
+        while True:
+            try:
+                with client.stream(
+                    "GET",
+                    f"/v1/deployments/{deployment_id}/watch",
+                    params={"after_sequence": after},
+                    timeout=WATCH_TIMEOUT,
+                ) as response:
+                    if 400 <= response.status_code < 500:
+                        response.read()
+                        _check(response)
+                    if response.status_code >= 500:
+                        raise httpx.RemoteProtocolError(f"HTTP {response.status_code}")
+                    for kind, data in _sse(response.iter_lines()):
+                        failures = 0
+                        if kind == "error":
+                            error = data.get("error", {})
+                            raise CliError(f"the watch failed: {error.get('message', data)}")
+                        for event in data.get("events", []):
+                            after = max(after, int(event.get("sequence", 0)))
+                            bar.write(_event_line(event), file=sys.stderr)
+                        deployment = data.get("deployment") or {}
+                        progress = deployment.get("progress") or {}
+                        if total := int(progress.get("total_steps", 0)):
+                            bar.total = total
+                        bar.n = int(progress.get("step", 0))
+                        bar.set_postfix_str(_postfix(deployment))
+                        if deployment.get("state") in TERMINAL:
+                            bar.close()
+                            return _finish(deployment)
+                reason = "the stream ended before the run did"
+            except httpx.TransportError as exc:
+                reason = f"{exc.__class__.__name__}: {exc}"
+            failures += 1
+            if failures > RECONNECTS:
+                raise CliError(f"lost the watch of {deployment_id} ({reason}); gave up")
+            delay = min(2.0 ** (failures - 1), 10.0)
+            bar.write(f"({reason}; reconnecting in {delay:g} s)", file=sys.stderr)
+            time.sleep(delay)
+    except KeyboardInterrupt:
+        bar.close()
+        _say(
+            f"\nstopped watching; {deployment_id} goes on. "
+            f"To stop it: tunelab deploy cancel {deployment_id}"
+        )
+        return 130
+    finally:
+        bar.close()
+
+
+def _finish(deployment: dict[str, Any]) -> int:
+    state = deployment.get("state", "")
+    progress = deployment.get("progress") or {}
+    summary = f"{deployment.get('id', '')} {state}"
+    if progress.get("step"):
+        summary += (
+            f": step {progress['step']}/{progress.get('total_steps', '?')}, "
+            f"loss={float(progress.get('loss', 0)):.4f}"
+        )
+    summary += f", cost ${float(deployment.get('cost_usd', 0)):.2f}"
+    _say(summary)
+    if state == "succeeded":
+        return 0
+    if error := deployment.get("error"):
+        line = f"{error.get('code', '')}: {error.get('message', '')}"
+        if error.get("exit_code"):
+            line += f" (exit code {error['exit_code']})"
+        _say(line)
+        if tail := error.get("log_tail"):
+            _say("last lines of the log:")
+            for entry in tail:
+                _say(f"  {entry}")
+    return 1
+
+
+def cmd_watch(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        sys.exit(follow(client, args.id))
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        token, shown = "", 0
+        while True:
+            page = _check(
+                client.get("/v1/deployments", params={"page_token": token} if token else {})
+            )
+            for item in page.get("deployments", []):
+                print(
+                    f"{item['id']}  {item.get('state', ''):<12} {item.get('provider', ''):<7} "
+                    f"{item.get('method', ''):<4} ${float(item.get('cost_usd', 0)):>7.2f}  "
+                    f"{item.get('dataset_id', '')}"
+                )
+                shown += 1
+            token = page.get("next_page_token", "")
+            if not token:
+                if not shown:
+                    _say("no deployments yet")
+                return
+
+
+def cmd_get(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(_check(client.get(f"/v1/deployments/{args.id}")))
+
+
+def cmd_cancel(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        deployment = _check(client.post(f"/v1/deployments/{args.id}/cancel", json={}))
+        print(f"{deployment['id']} {deployment.get('state', '')}")
+
+
+def cmd_events(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        token = ""
+        while True:
+            page = _check(
+                client.get(
+                    f"/v1/deployments/{args.id}/events",
+                    params={"page_token": token} if token else {},
+                )
+            )
+            for event in page.get("events", []):
+                print(_event_line(event))
+            token = page.get("next_page_token", "")
+            if not token:
+                return
+
+
+def register(commands: Any) -> None:
+    """Add `deploy` and its actions to the root parser's subcommands."""
+    deploy = commands.add_parser("deploy", help="launch training runs and follow them")
+    sub = deploy.add_subparsers(dest="action", required=True)
+
+    create = sub.add_parser("create", help="pre-flight checks, then launch a training run")
+    create.add_argument("dataset_id")
+    create.add_argument("--provider", choices=["local", "runpod"], default="local")
+    create.add_argument("--method", choices=["sft", "dpo"], default="sft")
+    create.add_argument("--model", help="base model (a Hugging Face id; 'tiny' for local)")
+    create.add_argument("--epochs", type=int)
+    create.add_argument("--learning-rate", type=float)
+    create.add_argument("--batch-size", type=int)
+    create.add_argument("--max-steps", type=int)
+    create.add_argument("--gpu", help="GPU type, e.g. 'NVIDIA RTX A4000' (runpod)")
+    create.add_argument("--gpu-count", type=int, default=1)
+    create.add_argument("--cloud", choices=["secure", "community"], default="secure")
+    create.add_argument("--spot", action="store_true", help="interruptible capacity")
+    create.add_argument("--max-minutes", type=int, default=60, help="runtime limit (60)")
+    create.add_argument("--max-cost", type=float, default=5.0, help="cost limit in USD (5)")
+    create.add_argument("--watch", action="store_true", help="follow the run until it ends")
+    create.add_argument("--dry-run", action="store_true", help="stop after the checks")
+    create.set_defaults(func=cmd_create)
+
+    watch = sub.add_parser("watch", help="follow a run live until it ends")
+    watch.add_argument("id")
+    watch.set_defaults(func=cmd_watch)
+    sub.add_parser("list", help="your runs, newest first").set_defaults(func=cmd_list)
+    for name, func, text in (
+        ("get", cmd_get, "a run, as JSON"),
+        ("cancel", cmd_cancel, "stop a run and its pod"),
+        ("events", cmd_events, "a run's event log, oldest first"),
+    ):
+        one = sub.add_parser(name, help=text)
+        one.add_argument("id")
+        one.set_defaults(func=func)
