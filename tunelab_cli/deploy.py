@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from tunelab_cli.main import CliError, _check, _client, _print
+from tunelab_cli.api import CliError, api_client, checked, print_json
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 RECONNECTS = 5
@@ -81,8 +82,8 @@ def _show_preflight(result: dict[str, Any]) -> None:
 
 def cmd_create(args: argparse.Namespace) -> None:
     body = spec(args)
-    with _client(args) as client:
-        result = _check(client.post("/v1/deployments/preflight", json=body))
+    with api_client(args) as client:
+        result = checked(client.post("/v1/deployments/preflight", json=body))
         _say("pre-flight checks:")
         _show_preflight(result)
         if not result.get("ok"):
@@ -103,7 +104,7 @@ def cmd_create(args: argparse.Namespace) -> None:
             _say(f"tunelab: {response.json()['error'].get('message', 'a check failed')}")
             _say("nothing was created")
             sys.exit(2)
-        deployment = _check(response)
+        deployment = checked(response)
         print(deployment["id"], flush=True)
         _say(f"created {deployment['id']} ({deployment.get('state', '')})")
         if args.watch:
@@ -169,7 +170,7 @@ def follow(client: httpx.Client, deployment_id: str) -> int:
                 ) as response:
                     if 400 <= response.status_code < 500:
                         response.read()
-                        _check(response)
+                        checked(response)
                     if response.status_code >= 500:
                         raise httpx.RemoteProtocolError(f"HTTP {response.status_code}")
                     for kind, data in _sse(response.iter_lines()):
@@ -235,15 +236,15 @@ def _finish(deployment: dict[str, Any]) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> None:
-    with _client(args) as client:
+    with api_client(args) as client:
         sys.exit(follow(client, args.id))
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    with _client(args) as client:
+    with api_client(args) as client:
         token, shown = "", 0
         while True:
-            page = _check(
+            page = checked(
                 client.get("/v1/deployments", params={"page_token": token} if token else {})
             )
             for item in page.get("deployments", []):
@@ -261,21 +262,21 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_get(args: argparse.Namespace) -> None:
-    with _client(args) as client:
-        _print(_check(client.get(f"/v1/deployments/{args.id}")))
+    with api_client(args) as client:
+        print_json(checked(client.get(f"/v1/deployments/{args.id}")))
 
 
 def cmd_cancel(args: argparse.Namespace) -> None:
-    with _client(args) as client:
-        deployment = _check(client.post(f"/v1/deployments/{args.id}/cancel", json={}))
+    with api_client(args) as client:
+        deployment = checked(client.post(f"/v1/deployments/{args.id}/cancel", json={}))
         print(f"{deployment['id']} {deployment.get('state', '')}")
 
 
 def cmd_events(args: argparse.Namespace) -> None:
-    with _client(args) as client:
+    with api_client(args) as client:
         token = ""
         while True:
-            page = _check(
+            page = checked(
                 client.get(
                     f"/v1/deployments/{args.id}/events",
                     params={"page_token": token} if token else {},
@@ -286,6 +287,32 @@ def cmd_events(args: argparse.Namespace) -> None:
             token = page.get("next_page_token", "")
             if not token:
                 return
+
+
+def cmd_keys_set(args: argparse.Namespace) -> None:
+    # Never from the command line: argv ends up in shell history and in `ps`.
+    if sys.stdin.isatty():
+        key = getpass.getpass(f"{args.provider} API key (not echoed): ")
+    else:
+        key = sys.stdin.readline()
+    key = key.strip()
+    if not key:
+        raise CliError("no key given: type it at the prompt or pipe it on stdin")
+    with api_client(args) as client:
+        checked(client.put(f"/v1/provider-keys/{args.provider}", json={"api_key": key}))
+    _say(f"{args.provider} key stored (ends in {key[-4:]})")
+
+
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    with api_client(args) as client:
+        for key in checked(client.get("/v1/provider-keys")).get("provider_keys", []):
+            print(f"{key['provider']:<8} ...{key['last4']}  set {key.get('updated_at', '')}")
+
+
+def cmd_keys_delete(args: argparse.Namespace) -> None:
+    with api_client(args) as client:
+        checked(client.delete(f"/v1/provider-keys/{args.provider}"))
+    _say(f"{args.provider} key deleted")
 
 
 def register(commands: Any) -> None:
@@ -324,3 +351,14 @@ def register(commands: Any) -> None:
         one = sub.add_parser(name, help=text)
         one.add_argument("id")
         one.set_defaults(func=func)
+
+    keys = commands.add_parser("keys", help="your GPU provider API keys (stored encrypted)")
+    actions = keys.add_subparsers(dest="action", required=True)
+    for name, func, text in (
+        ("set", cmd_keys_set, "store a key, read from a prompt or stdin"),
+        ("delete", cmd_keys_delete, "forget a key"),
+    ):
+        one = actions.add_parser(name, help=text)
+        one.add_argument("provider", choices=["runpod"])
+        one.set_defaults(func=func)
+    actions.add_parser("list", help="the keys set, masked").set_defaults(func=cmd_keys_list)

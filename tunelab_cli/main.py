@@ -7,6 +7,7 @@
     tunelab datasets link ID [--ttl S] [--max-uses N]   mint a download URL
     tunelab deploy create DATASET_ID [--watch] [--dry-run] ...   check, then launch a run
     tunelab deploy watch ID | list | get ID | cancel ID | events ID
+    tunelab keys set runpod | list | delete runpod      GPU provider keys (read from stdin)
 
 Credentials: --token or TUNELAB_TOKEN; otherwise, where the development signing key is at hand
 (var/secrets, as `make run` leaves it, so run from the project directory), a token for --user,
@@ -21,65 +22,18 @@ cancelled.
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 from tqdm import tqdm
 
-from tunelab_cli import dev
+from tunelab_cli import deploy, dev
+from tunelab_cli.api import CliError, api_client, checked, mint_dev_token, print_json
 
 CHUNK = 1 << 20
-
-
-class CliError(Exception):
-    pass
-
-
-def mint_dev_token(user: str, ttl_seconds: int) -> str:
-    secret = dev.dev_secret("jwt-secret")
-    if secret is None:
-        raise CliError(
-            "no development signing key: run this from the project directory after `make run` "
-            "has started once, or set TUNELAB_JWT_SECRET (or pass --token)"
-        )
-    now = int(time.time())
-    claims = {"sub": user, "iat": now, "exp": now + ttl_seconds, "iss": "tunelab-dev"}
-    return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def _client(args: argparse.Namespace) -> httpx.Client:
-    token = args.token or os.environ.get("TUNELAB_TOKEN")
-    if not token:
-        user = args.user or os.environ.get("TUNELAB_USER") or getpass.getuser()
-        token = mint_dev_token(user, 3600)
-        print(f"(acting as {user!r} with a development token)", file=sys.stderr)
-    return httpx.Client(
-        base_url=args.url,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=httpx.Timeout(30.0, read=600.0),
-    )
-
-
-def _check(response: httpx.Response) -> Any:
-    if response.status_code >= 400:
-        try:
-            error = response.json()["error"]
-            message = f"{error['message']} (HTTP {response.status_code}, {error['status']})"
-        except (ValueError, KeyError, TypeError):
-            message = f"HTTP {response.status_code}: {response.text[:200]}"
-        raise CliError(message)
-    return response.json() if response.content else None
-
-
-def _print(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def cmd_token(args: argparse.Namespace) -> None:
@@ -108,15 +62,15 @@ def cmd_upload(args: argparse.Namespace) -> None:
                 bar.update(len(chunk))
                 yield chunk
 
-    with _client(args) as client:
+    with api_client(args) as client:
         response = client.post(
             "/v1/datasets",
             params={"name": args.name or path.name},
             content=body(),
             headers={"Content-Length": str(size), "Content-Type": "application/x-ndjson"},
         )
-        dataset = _check(response)
-        _print(dataset)
+        dataset = checked(response)
+        print_json(dataset)
     if error := dataset.get("format_error"):
         print(
             f"tunelab: stored as {dataset['id']}, but it is not usable for training: "
@@ -127,11 +81,13 @@ def cmd_upload(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    with _client(args) as client:
+    with api_client(args) as client:
         token = ""
         shown = 0
         while True:
-            page = _check(client.get("/v1/datasets", params={"page_token": token} if token else {}))
+            page = checked(
+                client.get("/v1/datasets", params={"page_token": token} if token else {})
+            )
             for dataset in page["datasets"]:
                 print(
                     f"{dataset['id']}  {dataset['format']:<14} "
@@ -146,20 +102,20 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_get(args: argparse.Namespace) -> None:
-    with _client(args) as client:
-        _print(_check(client.get(f"/v1/datasets/{args.id}")))
+    with api_client(args) as client:
+        print_json(checked(client.get(f"/v1/datasets/{args.id}")))
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
-    with _client(args) as client:
-        _check(client.delete(f"/v1/datasets/{args.id}"))
+    with api_client(args) as client:
+        checked(client.delete(f"/v1/datasets/{args.id}"))
         print(f"deleted {args.id}")
 
 
 def cmd_link(args: argparse.Namespace) -> None:
     body = {"ttl_seconds": args.ttl, "max_uses": args.max_uses}
-    with _client(args) as client:
-        _print(_check(client.post(f"/v1/datasets/{args.id}/download-tokens", json=body)))
+    with api_client(args) as client:
+        print_json(checked(client.post(f"/v1/datasets/{args.id}/download-tokens", json=body)))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -199,8 +155,6 @@ def parser() -> argparse.ArgumentParser:
     link.add_argument("--ttl", type=int, default=0, help="seconds, at most 7200 (the default)")
     link.add_argument("--max-uses", type=int, default=0, help="downloads allowed (default 1)")
     link.set_defaults(func=cmd_link)
-
-    from tunelab_cli import deploy  # here: it imports this module's helpers
 
     deploy.register(commands)
     return root

@@ -13,15 +13,30 @@ from tests.e2e.test_deploy_local import chat_rows, upload
 pytestmark = pytest.mark.e2e
 
 
-def cli(suite: Suite, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    suite: Suite, *args: str, timeout: float = 120, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "tunelab_cli", "--url", suite.url]
     return subprocess.run(
         [*command, "--token", suite.token("alice"), *args],
         env=suite.env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def test_keys_are_read_from_stdin_and_shown_masked(suite: Suite) -> None:
+    key = "rpa_" + "K3y" * 12 + "WXYZ"
+    stored = cli(suite, "keys", "set", "runpod", stdin=key + "\n")
+    assert stored.returncode == 0, stored.stderr
+    listed = cli(suite, "keys", "list")
+    assert "...WXYZ" in listed.stdout
+    assert key not in listed.stdout + listed.stderr + stored.stdout + stored.stderr
+    assert key not in suite.logs()
+    assert cli(suite, "keys", "delete", "runpod").returncode == 0
+    assert "runpod" not in cli(suite, "keys", "list").stdout
 
 
 def test_create_watch_succeeds_with_progress(suite: Suite) -> None:

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import Suite
+
+pytestmark = pytest.mark.e2e
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 JOB_TOKEN = re.compile(r"tljb_[A-Za-z0-9_-]{43}")
