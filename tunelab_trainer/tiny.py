@@ -1,8 +1,9 @@
 """Tunelab's tiny trainer: a byte-level language model trained with numpy on the CPU.
 
-Run as `python train.py config.json`. The deploy service embeds this file verbatim in its
-bootstrap script as train.py, so it imports only the standard library and numpy. It trains the
-base model "tiny" only; real models are fine-tuned by trl_train.py on a GPU pod.
+Run as `python -m tunelab_trainer.tiny config.json` from the directory that holds the
+tunelab_trainer package: the deploy service ships the package's __init__.py, common.py and this
+file there, so this module imports only the standard library, numpy and tunelab_trainer.common.
+It trains the base model "tiny" only; real models are fine-tuned by trl_train.py on a GPU pod.
 
 The model. Bytes are the tokens (256 of them; NUL pads the start of every sequence). It
 predicts the next byte from the previous CONTEXT bytes: an embedding per byte, the CONTEXT
@@ -40,7 +41,8 @@ first and the last step; loss (and for DPO the rewards) is the mean over the ste
 previous line, learning_rate and grad_norm those of the step itself. Once the
 files are written, one more line gives the final figures with "final": true (its loss is the
 mean over the last 5% of the steps). Errors: one line on stderr, "tunelab trainer: ...", and
-exit status 2 for a bad config or dataset, 1 for anything else.
+exit status 2 for a bad config or dataset, 1 for anything else, such as a loss that is no longer
+finite ("the loss diverged").
 """
 
 from __future__ import annotations
@@ -50,12 +52,26 @@ import math
 import os
 import sys
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
+
+from tunelab_trainer.common import (
+    PROGRESS_INTERVAL_S,
+    Config,
+    ConfigError,
+    Hyperparameters,
+    TrainingError,
+    Turns,
+    load_config,
+    note,
+    preference_content,
+    print_progress,
+    read_rows,
+    run_main,
+    sft_content,
+)
 
 # Small matrices run fastest on one thread, and one thread makes runs repeat bit for bit.
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -72,8 +88,7 @@ Doubles = npt.NDArray[np.float64]
 Params = dict[str, Floats]
 
 BASE_MODEL = "tiny"
-METHODS = ("sft", "dpo")
-PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+DEFAULTS = Hyperparameters(learning_rate=1e-3, max_seq_length=512)
 
 CONTEXT = 8
 EMBED = 24
@@ -82,291 +97,62 @@ VOCAB = 256
 PAD = 0
 
 MAX_TEXT_BYTES = 4 << 20
-MAX_LINE_BYTES = 16 << 20
 DEFAULT_MAX_STEPS = 6000
 DEFAULT_MAX_BYTES = 500_000
 REF_WARMUP_STEPS = 300
 REF_WARMUP_BATCH = 64
 REF_WARMUP_LR = 3e-3
 
-PROGRESS_PREFIX = "TUNELAB_PROGRESS "
-PROGRESS_INTERVAL_S = 0.5
 POINT_FIGURES = frozenset({"learning_rate", "grad_norm"})
-
-
-class ConfigError(Exception):
-    """The config or the dataset cannot be trained as given (exit status 2)."""
-
-
-def note(message: str) -> None:
-    print(f"tunelab trainer: note: {message}", file=sys.stderr, flush=True)
 
 
 def log(message: str) -> None:
     print(f"tiny: {message}", file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    epochs: float = 1.0
-    learning_rate: float = 1e-3
-    batch_size: int = 8
-    max_steps: int = 0
-    seed: int = 0
-    max_seq_length: int = 512
-    lora_r: int = 16
-    beta: float = 0.1
-    warmup_ratio: float = 0.0
-
-
-@dataclass(frozen=True)
-class Config:
-    deployment_id: str
-    method: str
-    base_model: str
-    dataset_path: Path
-    output_dir: Path
-    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
-
-
-# name: (low, high, low included, high included)
-_INTEGER_RANGES: dict[str, tuple[int, int]] = {
-    "batch_size": (1, 65536),
-    "max_steps": (0, 100_000_000),
-    "seed": (0, 2**32 - 1),
-    "max_seq_length": (16, 1 << 20),
-    "lora_r": (1, 1024),
-}
-_NUMBER_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "epochs": (0.0, 10000.0, False, True),
-    "learning_rate": (0.0, 1.0, False, True),
-    "beta": (0.0, 100.0, False, True),
-    "warmup_ratio": (0.0, 1.0, True, False),
-}
-
-
-def _integer(name: str, value: object) -> int:
-    low, high = _INTEGER_RANGES[name]
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(
-            f"hyperparameters.{name} must be an integer from {low} to {high}, got {value!r}"
-        )
-    return value
-
-
-def _number(name: str, value: object) -> float:
-    low, high, low_in, high_in = _NUMBER_RANGES[name]
-    is_bool = isinstance(value, bool)
-    number = float(value) if isinstance(value, int | float) and not is_bool else math.nan
-    if not (
-        math.isfinite(number)
-        and (number >= low if low_in else number > low)
-        and (number <= high if high_in else number < high)
-    ):
-        bounds = f"{'>=' if low_in else '>'} {low:g} and {'<=' if high_in else '<'} {high:g}"
-        raise ConfigError(f"hyperparameters.{name} must be a number {bounds}, got {value!r}")
-    return number
-
-
-def parse_hyperparameters(raw: object) -> Hyperparameters:
-    """Validates the hyperparameters; absent or null ones take their defaults."""
-    if raw is None:
-        return Hyperparameters()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"hyperparameters must be a JSON object, got {json_type(raw)}")
-    known = {f.name for f in fields(Hyperparameters)}
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name not in known:
-            note(f"ignoring unknown hyperparameter {name!r}")
-        elif value is not None:
-            values[name] = (
-                _integer(name, value) if name in _INTEGER_RANGES else _number(name, value)
-            )
-    return Hyperparameters(**values)
-
-
-def load_config(path: str) -> Config:
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read config file {path}: {error}") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid JSON: {error}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object, not {json_type(raw)}")
-
-    def text(key: str, required: bool = True) -> str:
-        value = raw.get(key)
-        if value is None and not required:
-            return ""
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"config field {key!r} must be a non-empty string, got {value!r}")
-        return value
-
-    for key in raw:
-        if key not in {f.name for f in fields(Config)}:
-            note(f"ignoring unknown config field {key!r}")
-    method = text("method")
-    if method not in METHODS:
-        raise ConfigError(f'config field "method" must be "sft" or "dpo", got {method!r}')
-    base_model = text("base_model")
+def check_base_model(base_model: str) -> None:
     if base_model != BASE_MODEL:
         raise ConfigError(
             f"base model {base_model!r} cannot be trained here: the local trainer only trains "
             f'"{BASE_MODEL}"; Hugging Face models are fine-tuned with TRL on a GPU pod'
         )
-    return Config(
-        deployment_id=text("deployment_id", required=False),
-        method=method,
-        base_model=base_model,
-        dataset_path=Path(text("dataset_path")),
-        output_dir=Path(text("output_dir")),
-        hyperparameters=parse_hyperparameters(raw.get("hyperparameters")),
-    )
 
 
-def json_type(value: object) -> str:
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    return "null"
+def check_loss(loss: float, step: int) -> None:
+    """Stops a run whose loss is no longer finite: nothing it learns from then on is usable."""
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"the loss diverged ({loss}) at step {step}: lower hyperparameters.learning_rate"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Dataset
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields (line number, row) for each non-blank line, one line in memory at a time."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise ConfigError(f"dataset {path} does not exist; check dataset_path") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read dataset {path}: {error.strerror or error}") from None
-    with handle:
-        number = 0
-        while line := handle.readline(MAX_LINE_BYTES + 1):
-            number += 1
-            if len(line) > MAX_LINE_BYTES:
-                raise ConfigError(
-                    f"dataset line {number} is longer than {MAX_LINE_BYTES >> 20} MiB; "
-                    "split it into smaller rows"
-                )
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise ConfigError(f"dataset line {number} is not UTF-8 text") from None
-            except json.JSONDecodeError as error:
-                raise ConfigError(
-                    f"dataset line {number} is not valid JSON ({error.msg}, column "
-                    f"{error.colno}); each line must be one JSON object"
-                ) from None
-            if not isinstance(row, dict):
-                raise ConfigError(
-                    f"dataset line {number} is a JSON {json_type(row)}; each line must be "
-                    "one JSON object"
-                )
-            yield number, row
-
-
-def _messages(number: int, name: str, value: object) -> list[tuple[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise ConfigError(
-            f'dataset line {number}: "{name}" must be a non-empty list of '
-            '{"role": ..., "content": ...} messages'
-        )
-    turns = []
-    for index, message in enumerate(value):
-        role = message.get("role") if isinstance(message, dict) else None
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(role, str) or not isinstance(content, str):
-            raise ConfigError(
-                f'dataset line {number}: {name}[{index}] must be an object with string "role" '
-                'and "content"'
-            )
-        turns.append((role, content))
-    return turns
-
-
-def _render(turns: list[tuple[str, str]]) -> str:
+def _render(turns: Turns) -> str:
     return "".join(f"<|{role}|>\n{content}\n" for role, content in turns)
 
 
 def sft_segments(number: int, row: dict[str, Any]) -> list[tuple[str, bool]]:
     """The row's text as (piece, trained) segments: assistant turns, or the whole text."""
-    if "messages" in row:
-        turns = _messages(number, "messages", row["messages"])
-        if not any(role == "assistant" for role, _ in turns):
-            raise ConfigError(
-                f'dataset line {number} has no "assistant" message; SFT trains on the '
-                "assistant turns"
-            )
-        segments: list[tuple[str, bool]] = []
-        for role, content in turns:
-            segments.append((f"<|{role}|>\n", False))
-            segments.append((content + "\n", role == "assistant"))
-        return segments
-    if "text" in row:
-        text = row["text"]
-        if not isinstance(text, str) or not text:
-            raise ConfigError(f'dataset line {number}: "text" must be a non-empty string')
-        return [(text, True)]
-    if any(name in row for name in PREFERENCE_FIELDS):
-        raise ConfigError(
-            f"dataset line {number} is a preference pair (prompt, chosen, rejected), which "
-            'method "dpo" trains; set method to "dpo", or give SFT rows {"messages": [...]} '
-            'or {"text": "..."}'
-        )
-    raise ConfigError(
-        f'dataset line {number} has neither "messages" nor "text" (it has '
-        f'{", ".join(sorted(row)) or "no fields"}); method "sft" needs chat rows '
-        '{"messages": [...]} or text rows {"text": "..."}'
-    )
+    content = sft_content(number, row)
+    if isinstance(content, str):
+        return [(content, True)]
+    segments: list[tuple[str, bool]] = []
+    for role, text in content:
+        segments.append((f"<|{role}|>\n", False))
+        segments.append((text + "\n", role == "assistant"))
+    return segments
 
 
 def preference_texts(number: int, row: dict[str, Any]) -> tuple[str, str, str]:
     """The row's prompt, chosen and rejected texts; message lists are rendered as chat."""
-    missing = [name for name in PREFERENCE_FIELDS if name not in row]
-    if missing:
-        hint = ""
-        if "messages" in row or "text" in row:
-            hint = '; it looks like an SFT row ("messages" or "text"), which method "sft" fits'
-        raise ConfigError(
-            f"dataset line {number} is missing {', '.join(repr(m) for m in missing)}, which "
-            f'method "dpo" needs (rows {{"prompt", "chosen", "rejected"}}){hint}'
-        )
-    texts = []
-    for name in PREFERENCE_FIELDS:
-        value = row[name]
-        if isinstance(value, str):
-            texts.append(value)
-        elif isinstance(value, list):
-            texts.append(_render(_messages(number, name, value)))
-        else:
-            raise ConfigError(
-                f'dataset line {number}: "{name}" must be a string or a list of messages, '
-                f"got {json_type(value)}"
-            )
-    return texts[0], texts[1], texts[2]
+    prompt, chosen, rejected = (
+        value if isinstance(value, str) else _render(value)
+        for value in preference_content(number, row)
+    )
+    return prompt, chosen, rejected
 
 
 @dataclass
@@ -619,7 +405,7 @@ class Progress:
         line.update({name: float(f"{value:.6g}") for name, value in metrics.items()})
         if final:
             line["final"] = True
-        print(PROGRESS_PREFIX + json.dumps(line, separators=(",", ":")), flush=True)
+        print_progress(line)
 
 
 def plan_steps(hyper: Hyperparameters, steps_per_epoch: int, bytes_per_step: float) -> int:
@@ -766,6 +552,7 @@ def train(config: Config) -> None:
     progress = Progress(total, steps_per_epoch)
     first_loss = math.nan
     for number, figures in enumerate(steps, 1):
+        check_loss(figures["loss"], number)
         first_loss = figures["loss"] if number == 1 else first_loss
         progress.record(number, figures)
     final = progress.final_metrics()
@@ -792,19 +579,11 @@ def train(config: Config) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("tunelab trainer: usage: python train.py config.json", file=sys.stderr)
+        print("tunelab trainer: usage: python -m tunelab_trainer.tiny config.json", file=sys.stderr)
         return 2
-    try:
-        train(load_config(argv[0]))
-    except ConfigError as error:
-        print(f"tunelab trainer: {error}", file=sys.stderr, flush=True)
-        return 2
-    except Exception as error:
-        traceback.print_exc()
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"tunelab trainer: training failed: {message}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return run_main(
+        lambda: train(load_config(argv[0], defaults=DEFAULTS, check_base_model=check_base_model))
+    )
 
 
 if __name__ == "__main__":

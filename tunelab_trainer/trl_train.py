@@ -1,9 +1,11 @@
 """Tunelab's GPU trainer: LoRA fine-tuning of a Hugging Face model with TRL, by SFT or DPO.
 
-Run as `python train.py config.json` on a GPU pod: the deploy service embeds this file verbatim
-in its bootstrap script as train.py, next to an install of torch, transformers, trl, peft and
-datasets. `python train.py --check config.json` validates the config and exits, and needs none
-of them: they are imported only once training starts.
+Run as `python -m tunelab_trainer.trl_train config.json` on a GPU pod, from the directory that
+holds the tunelab_trainer package: the deploy service ships the package's __init__.py,
+common.py and this file there, next to an install of torch, transformers, trl, peft and
+datasets. `python -m tunelab_trainer.trl_train --check config.json` validates the config and
+exits, and needs none of them: they are imported only once training starts. At the top level
+this module imports only the standard library and tunelab_trainer.common.
 
 Before anything is downloaded the dataset is read through once, a line at a time, so that a
 dataset that does not fit the method fails at once with the line at fault: SFT takes chat rows
@@ -36,20 +38,27 @@ import json
 import math
 import sys
 import time
-import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any
 
-METHODS = ("sft", "dpo")
-TINY_MODEL = "tiny"
-PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
-MAX_LINE_BYTES = 16 << 20
-LORA_DROPOUT = 0.05
+from tunelab_trainer.common import (
+    PREFERENCE_FIELDS,
+    PROGRESS_INTERVAL_S,
+    Config,
+    ConfigError,
+    Hyperparameters,
+    load_config,
+    note,
+    preference_content,
+    print_progress,
+    read_rows,
+    run_main,
+    sft_content,
+)
 
-PROGRESS_PREFIX = "TUNELAB_PROGRESS "
-PROGRESS_INTERVAL_S = 0.5
+TINY_MODEL = "tiny"
+DEFAULTS = Hyperparameters(learning_rate=2e-4, max_seq_length=1024)
+LORA_DROPOUT = 0.05
 # Trainer log key -> progress line key
 LOG_FIGURES = {
     "loss": "loss",
@@ -67,127 +76,7 @@ CHATML_TEMPLATE = (
 )
 
 
-class ConfigError(Exception):
-    """The config or the dataset cannot be trained as given (exit status 2)."""
-
-
-def note(message: str) -> None:
-    print(f"tunelab trainer: note: {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    epochs: float = 1.0
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    max_steps: int = 0
-    seed: int = 0
-    max_seq_length: int = 1024
-    lora_r: int = 16
-    beta: float = 0.1
-    warmup_ratio: float = 0.0
-
-
-@dataclass(frozen=True)
-class Config:
-    deployment_id: str
-    method: str
-    base_model: str
-    dataset_path: Path
-    output_dir: Path
-    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
-
-
-_INTEGER_RANGES: dict[str, tuple[int, int]] = {
-    "batch_size": (1, 65536),
-    "max_steps": (0, 100_000_000),
-    "seed": (0, 2**32 - 1),
-    "max_seq_length": (16, 1 << 20),
-    "lora_r": (1, 1024),
-}
-# name: (low, high, low included, high included)
-_NUMBER_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "epochs": (0.0, 10000.0, False, True),
-    "learning_rate": (0.0, 1.0, False, True),
-    "beta": (0.0, 100.0, False, True),
-    "warmup_ratio": (0.0, 1.0, True, False),
-}
-
-
-def _integer(name: str, value: object) -> int:
-    low, high = _INTEGER_RANGES[name]
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(
-            f"hyperparameters.{name} must be an integer from {low} to {high}, got {value!r}"
-        )
-    return value
-
-
-def _number(name: str, value: object) -> float:
-    low, high, low_in, high_in = _NUMBER_RANGES[name]
-    is_bool = isinstance(value, bool)
-    number = float(value) if isinstance(value, int | float) and not is_bool else math.nan
-    if not (
-        math.isfinite(number)
-        and (number >= low if low_in else number > low)
-        and (number <= high if high_in else number < high)
-    ):
-        bounds = f"{'>=' if low_in else '>'} {low:g} and {'<=' if high_in else '<'} {high:g}"
-        raise ConfigError(f"hyperparameters.{name} must be a number {bounds}, got {value!r}")
-    return number
-
-
-def parse_hyperparameters(raw: object) -> Hyperparameters:
-    """Validates the hyperparameters; absent or null ones take their defaults."""
-    if raw is None:
-        return Hyperparameters()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"hyperparameters must be a JSON object, got {json_type(raw)}")
-    known = {f.name for f in fields(Hyperparameters)}
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name not in known:
-            note(f"ignoring unknown hyperparameter {name!r}")
-        elif value is not None:
-            values[name] = (
-                _integer(name, value) if name in _INTEGER_RANGES else _number(name, value)
-            )
-    return Hyperparameters(**values)
-
-
-def load_config(path: str) -> Config:
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read config file {path}: {error}") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid JSON: {error}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object, not {json_type(raw)}")
-
-    def text(key: str, required: bool = True) -> str:
-        value = raw.get(key)
-        if value is None and not required:
-            return ""
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"config field {key!r} must be a non-empty string, got {value!r}")
-        return value
-
-    for key in raw:
-        if key not in {f.name for f in fields(Config)}:
-            note(f"ignoring unknown config field {key!r}")
-    method = text("method")
-    if method not in METHODS:
-        raise ConfigError(f'config field "method" must be "sft" or "dpo", got {method!r}')
-    base_model = text("base_model")
+def check_base_model(base_model: str) -> None:
     if base_model == TINY_MODEL:
         raise ConfigError(
             f'base model "{TINY_MODEL}" is the local CPU trainer\'s toy model; on a GPU pod '
@@ -195,135 +84,21 @@ def load_config(path: str) -> Config:
         )
     if any(c.isspace() for c in base_model):
         raise ConfigError(f"base model {base_model!r} is not a Hugging Face model id")
-    return Config(
-        deployment_id=text("deployment_id", required=False),
-        method=method,
-        base_model=base_model,
-        dataset_path=Path(text("dataset_path")),
-        output_dir=Path(text("output_dir")),
-        hyperparameters=parse_hyperparameters(raw.get("hyperparameters")),
-    )
-
-
-def json_type(value: object) -> str:
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    return "null"
 
 
 # ---------------------------------------------------------------------------------------------
 # Dataset
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields (line number, row) for each non-blank line, one line in memory at a time."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise ConfigError(f"dataset {path} does not exist; check dataset_path") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read dataset {path}: {error.strerror or error}") from None
-    with handle:
-        number = 0
-        while line := handle.readline(MAX_LINE_BYTES + 1):
-            number += 1
-            if len(line) > MAX_LINE_BYTES:
-                raise ConfigError(
-                    f"dataset line {number} is longer than {MAX_LINE_BYTES >> 20} MiB; "
-                    "split it into smaller rows"
-                )
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise ConfigError(f"dataset line {number} is not UTF-8 text") from None
-            except json.JSONDecodeError as error:
-                raise ConfigError(
-                    f"dataset line {number} is not valid JSON ({error.msg}, column "
-                    f"{error.colno}); each line must be one JSON object"
-                ) from None
-            if not isinstance(row, dict):
-                raise ConfigError(
-                    f"dataset line {number} is a JSON {json_type(row)}; each line must be "
-                    "one JSON object"
-                )
-            yield number, row
-
-
-def _check_messages(number: int, name: str, value: object) -> None:
-    if not isinstance(value, list) or not value:
-        raise ConfigError(
-            f'dataset line {number}: "{name}" must be a non-empty list of '
-            '{"role": ..., "content": ...} messages'
-        )
-    for index, message in enumerate(value):
-        role = message.get("role") if isinstance(message, dict) else None
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(role, str) or not isinstance(content, str):
-            raise ConfigError(
-                f'dataset line {number}: {name}[{index}] must be an object with string "role" '
-                'and "content"'
-            )
-
-
 def row_shape(method: str, number: int, row: dict[str, Any]) -> str:
     """Checks that the row fits the method; returns its shape: messages, text, or the
     preference pair's strings or conversational."""
     if method == "sft":
-        if "messages" in row:
-            _check_messages(number, "messages", row["messages"])
-            if not any(m["role"] == "assistant" for m in row["messages"]):
-                raise ConfigError(
-                    f'dataset line {number} has no "assistant" message; SFT trains on the '
-                    "assistant turns"
-                )
-            return "messages"
-        if "text" in row:
-            if not isinstance(row["text"], str) or not row["text"]:
-                raise ConfigError(f'dataset line {number}: "text" must be a non-empty string')
-            return "text"
-        if any(name in row for name in PREFERENCE_FIELDS):
-            raise ConfigError(
-                f"dataset line {number} is a preference pair (prompt, chosen, rejected), which "
-                'method "dpo" trains; set method to "dpo", or give SFT rows {"messages": [...]} '
-                'or {"text": "..."}'
-            )
-        raise ConfigError(
-            f'dataset line {number} has neither "messages" nor "text" (it has '
-            f'{", ".join(sorted(row)) or "no fields"}); method "sft" needs chat rows '
-            '{"messages": [...]} or text rows {"text": "..."}'
-        )
-    missing = [name for name in PREFERENCE_FIELDS if name not in row]
-    if missing:
-        hint = ""
-        if "messages" in row or "text" in row:
-            hint = '; it looks like an SFT row ("messages" or "text"), which method "sft" fits'
-        raise ConfigError(
-            f"dataset line {number} is missing {', '.join(repr(m) for m in missing)}, which "
-            f'method "dpo" needs (rows {{"prompt", "chosen", "rejected"}}){hint}'
-        )
-    kinds = set()
-    for name in PREFERENCE_FIELDS:
-        value = row[name]
-        if isinstance(value, list):
-            _check_messages(number, name, value)
-            kinds.add("conversational")
-        elif isinstance(value, str):
-            kinds.add("strings")
-        else:
-            raise ConfigError(
-                f'dataset line {number}: "{name}" must be a string or a list of messages, '
-                f"got {json_type(value)}"
-            )
+        return "text" if isinstance(sft_content(number, row), str) else "messages"
+    kinds = {
+        "strings" if isinstance(value, str) else "conversational"
+        for value in preference_content(number, row)
+    }
     if len(kinds) > 1:
         raise ConfigError(
             f"dataset line {number} mixes strings and message lists; prompt, chosen and "
@@ -456,7 +231,7 @@ class Progress:
 
     @staticmethod
     def _print(line: dict[str, Any]) -> None:
-        print(PROGRESS_PREFIX + json.dumps(line, separators=(",", ":")), flush=True)
+        print_progress(line)
 
 
 def progress_callback(transformers: Any, progress: Progress) -> Any:
@@ -562,13 +337,17 @@ def main(argv: list[str]) -> int:
     if check_only:
         argv = argv[1:]
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("tunelab trainer: usage: python train.py [--check] config.json", file=sys.stderr)
+        print(
+            "tunelab trainer: usage: python -m tunelab_trainer.trl_train [--check] config.json",
+            file=sys.stderr,
+        )
         return 2
-    try:
-        config = load_config(argv[0])
+
+    def work() -> None:
+        config = load_config(argv[0], defaults=DEFAULTS, check_base_model=check_base_model)
         if check_only:
             print(f"tunelab trainer: config {argv[0]} is valid", file=sys.stderr)
-            return 0
+            return
         dataset_info = scan_dataset(config)
         print(
             f"tunelab trainer: {dataset_info.rows} rows ({dataset_info.shape}); training "
@@ -577,17 +356,14 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
         train(config, dataset_info)
-    except ConfigError as error:
-        print(f"tunelab trainer: {error}", file=sys.stderr, flush=True)
-        return 2
-    except Exception as error:
-        traceback.print_exc()
-        message = " ".join(str(error).split()) or type(error).__name__
-        if "out of memory" in message.lower():
-            message += "; lower batch_size or max_seq_length, or pick a bigger GPU"
-        print(f"tunelab trainer: training failed: {message}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+
+    return run_main(work, explain=explain_failure)
+
+
+def explain_failure(message: str) -> str:
+    if "out of memory" in message.lower():
+        message += "; lower batch_size or max_seq_length, or pick a bigger GPU"
+    return message
 
 
 if __name__ == "__main__":

@@ -69,8 +69,8 @@ def assemble(
     providers = Providers(settings, store, keyring(settings), local, runpod)
     datasets = DatasetsClient(settings.datasets_address, internal_token)
     trainers = {
-        "local": render.trainer("tiny.py"),
-        "runpod": render.trainer("trl_train.py", RUNPOD_REQUIREMENTS),
+        "local": render.trainer("tiny"),
+        "runpod": render.trainer("trl_train", RUNPOD_REQUIREMENTS),
     }
     supervisor = Supervisor(store, providers, datasets, settings, trainers, clock)
     preflight = Preflight(

@@ -20,6 +20,7 @@ from services.common import ids
 from services.common.db import Database
 from services.common.errors import ServiceError, not_found
 from services.common.pagination import Cursor, Page, newest_first, page
+from services.deploy import metrics
 from services.deploy.models import (
     DeploymentEventRow,
     DeploymentRow,
@@ -258,6 +259,7 @@ class DeploymentStore:
         """Apply `mutation` to the deployment as it is now, under its lock: it returns the
         change to make, or None for none. Returns the deployment after, and whether it changed."""
         async with self.db.session(write=True) as session:
+            ended: tuple[str, str, str] | None = None
             row = await session.scalar(
                 select(DeploymentRow).where(DeploymentRow.id == deployment_id).with_for_update()
             )
@@ -270,6 +272,7 @@ class DeploymentStore:
                 setattr(row, name, value)
             if change.values.get("state") in {s.value for s in State if s.terminal}:
                 row.finished_at = row.finished_at or now
+                ended = (row.provider, row.state, row.error_code or "")
             row.updated_at = now
             for kind, state, message in change.events:
                 row.event_count += 1
@@ -284,6 +287,8 @@ class DeploymentStore:
                     )
                 )
             after = _deployment(row)
+        if ended is not None:
+            metrics.RUNS_ENDED.labels(*ended).inc()
         self.on_change(deployment_id)
         return after, True
 

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 import grpc
 
 from services.common import bearer
+from services.deploy import metrics
 from services.deploy.datasets import DatasetsClient, describe
 from services.deploy.pod import render
 from services.deploy.providers.base import (
@@ -216,7 +217,9 @@ class Supervisor:
                 change.become(current.state, State.PROVISIONING, "pod asked for")
             return change
 
-        d, _ = await self.store.mutate(d.id, now, record)
+        d, changed = await self.store.mutate(d.id, now, record)
+        if changed:
+            metrics.PODS_RENTED.labels(d.spec.provider).inc()
         if d.state.terminal:  # cancelled while the pod was being rented
             await self.release(d)
 
@@ -333,7 +336,9 @@ class Supervisor:
             change.log("pod_terminated", f"pod {current.pod_id} terminated")
             return change
 
-        await self.store.mutate(d.id, now, released)
+        _, changed = await self.store.mutate(d.id, now, released)
+        if changed:
+            metrics.PODS_TERMINATED.labels(d.spec.provider).inc()
 
     async def _fail(self, d: Deployment, error: RunError) -> None:
         def fail(current: Deployment) -> Change | None:
@@ -382,6 +387,7 @@ class Supervisor:
             log.warning("orphan pod not terminated", extra={"pod": pod.id, "error": exc.message})
             return 0
         log.warning("terminated an orphan pod", extra={"pod": pod.id, "pod_name": pod.name})
+        metrics.ORPHANS_TERMINATED.labels(provider.name).inc()
         if d is not None:
 
             def note(current: Deployment) -> Change:

@@ -25,8 +25,8 @@ HOSTILE = [
     "'; touch {marker}; echo '",
 ]
 TRAINERS = {
-    "local": render.trainer("tiny.py"),
-    "runpod": render.trainer("trl_train.py", RUNPOD_REQUIREMENTS),
+    "local": render.trainer("tiny"),
+    "runpod": render.trainer("trl_train", RUNPOD_REQUIREMENTS),
 }
 
 
@@ -70,7 +70,8 @@ def test_values_reach_the_script_as_text_never_as_code(tmp_path: Path, value: st
 def test_the_script_holds_no_secret_and_embeds_its_files_verbatim() -> None:
     text = script("dep_x", TRAINERS["runpod"])
     assert "TUNELAB_JOB_TOKEN=" not in text
-    assert TRAINERS["runpod"].source.rstrip("\n") in text
+    for _, source in TRAINERS["runpod"].files:
+        assert source.rstrip("\n") in text
     assert "'trl>=0.12'" in text
 
 

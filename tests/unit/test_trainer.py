@@ -1,9 +1,11 @@
-"""The trainers that the deploy service embeds in its bootstrap script as train.py.
+"""The trainers that the deploy service ships to a pod as the tunelab_trainer package.
 
-Each is run the way the bootstrap script runs it: copied alone into a working directory as
-train.py and started as `python train.py config.json`, so a stray import of this repository
-would fail here too. trl_train.py needs torch and TRL to train, which the test environment
-lacks, so only its config check and its dataset check (both before any ML import) run here.
+Each is run the way the pod runs it: the package's __init__.py, common.py and the trainer are
+copied into a working directory as tunelab_trainer/, and the trainer is started there as
+`python -m tunelab_trainer.tiny config.json`, with the repository off PYTHONPATH (the copy comes
+first on sys.path), so a stray import of the rest of this repository would fail here too.
+trl_train.py needs torch and TRL to train, which the test environment lacks, so only its config
+check and its dataset check (both before any ML import) run here.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import math
+import os
 import random
 import shutil
 import subprocess
@@ -30,6 +34,8 @@ import tunelab_trainer
 TRAINERS = Path(tunelab_trainer.__file__).parent
 TINY = TRAINERS / "tiny.py"
 TRL = TRAINERS / "trl_train.py"
+COMMON = TRAINERS / "common.py"
+SHIPPED = ("__init__.py", "common.py")  # with every trainer, as the deploy service ships them
 PREFIX = "TUNELAB_PROGRESS "
 PROGRESS_KEYS = {
     "step",
@@ -136,6 +142,47 @@ class Run:
         return lines[-1] if lines else ""
 
 
+def ship(trainer: Path, workdir: Path) -> None:
+    """Copies the trainer and the files it ships with into workdir/tunelab_trainer/."""
+    package = workdir / TRAINERS.name
+    package.mkdir(parents=True, exist_ok=True)
+    for name in (*SHIPPED, trainer.name):
+        shutil.copy(TRAINERS / name, package / name)
+
+
+def pod_environment() -> dict[str, str]:
+    """This environment without PYTHONPATH (nor PYTHONSAFEPATH, which would drop the working
+    directory from sys.path): the trainer finds the package only as the copy in its cwd."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("PYTHONPATH", "PYTHONSAFEPATH")
+    }
+
+
+def write_config(
+    workdir: Path,
+    *,
+    method: str = "sft",
+    dataset: Path | None = None,
+    base_model: str = "tiny",
+    hyperparameters: dict[str, Any] | None = None,
+) -> Path:
+    """Writes workdir/config.json; the output goes to workdir/output."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "deployment_id": "dep_test",
+        "method": method,
+        "base_model": base_model,
+        "dataset_path": str(dataset or workdir / "dataset.jsonl"),
+        "output_dir": str(workdir / "output"),
+        "hyperparameters": hyperparameters or {},
+    }
+    path = workdir / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
 def run_trainer(
     trainer: Path,
     workdir: Path,
@@ -146,25 +193,30 @@ def run_trainer(
     hyperparameters: dict[str, Any] | None = None,
     check: bool = False,
 ) -> Run:
-    """Runs the trainer as the bootstrap script does: alone, as train.py, in its directory."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(trainer, workdir / "train.py")
-    output_dir = workdir / "output"
-    config = {
-        "deployment_id": "dep_test",
-        "method": method,
-        "base_model": base_model,
-        "dataset_path": str(dataset or workdir / "dataset.jsonl"),
-        "output_dir": str(output_dir),
-        "hyperparameters": hyperparameters or {},
-    }
-    (workdir / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    command = [sys.executable, "train.py", *(["--check"] if check else []), "config.json"]
+    """Runs the trainer as the pod does: shipped into workdir, `python -m` from there."""
+    ship(trainer, workdir)
+    write_config(
+        workdir,
+        method=method,
+        dataset=dataset,
+        base_model=base_model,
+        hyperparameters=hyperparameters,
+    )
+    module = f"{TRAINERS.name}.{trainer.stem}"
+    command = [sys.executable, "-m", module, *(["--check"] if check else []), "config.json"]
     started = time.monotonic()
     done = subprocess.run(
-        command, cwd=workdir, capture_output=True, text=True, timeout=60, check=False
+        command,
+        cwd=workdir,
+        env=pod_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started, output_dir)
+    return Run(
+        done.returncode, done.stdout, done.stderr, time.monotonic() - started, workdir / "output"
+    )
 
 
 def assert_progress_protocol(run: Run) -> list[dict[str, Any]]:
@@ -361,6 +413,48 @@ def test_invalid_hyperparameters(
     assert run.error.startswith(f"tunelab trainer: {named} must be")
 
 
+def test_check_loss_stops_a_diverged_run(tiny_module: ModuleType) -> None:
+    tiny_module.check_loss(12.5, 3)
+    for loss in (math.nan, math.inf, -math.inf):
+        with pytest.raises(tiny_module.TrainingError) as caught:
+            tiny_module.check_loss(loss, 7)
+        assert str(caught.value) == (
+            f"the loss diverged ({loss}) at step 7: lower hyperparameters.learning_rate"
+        )
+
+
+def test_tiny_stops_with_status_1_when_the_loss_diverges(
+    tiny_module: ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Adam's bounded steps keep even learning_rate 1.0 finite, so the loss is made NaN at the
+    third step by hand; main() then runs as in the CLI, in this process."""
+    sft_loss = tiny_module.sft_loss
+    calls = 0
+
+    def diverging(*args: Any) -> tuple[float, Any]:
+        nonlocal calls
+        calls += 1
+        loss, grads = sft_loss(*args)
+        return (math.nan if calls >= 3 else loss), grads
+
+    monkeypatch.setattr(tiny_module, "sft_loss", diverging)
+    write_jsonl(tmp_path / "dataset.jsonl", text_rows(20))
+    config = write_config(tmp_path, hyperparameters={"max_steps": 10})
+
+    assert tiny_module.main([str(config)]) == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[-1] == (
+        "tunelab trainer: the loss diverged (nan) at step 3: lower hyperparameters.learning_rate"
+    )
+    assert "Traceback" not in err
+    steps = [json.loads(ln.removeprefix(PREFIX)) for ln in out.splitlines()]
+    assert [line["step"] for line in steps] == [1]  # the first step's line, never a NaN one
+    assert not (tmp_path / "output" / "model.npz").exists()
+
+
 def test_tiny_refuses_other_base_models(tmp_path: Path) -> None:
     dataset = write_jsonl(tmp_path / "dataset.jsonl", text_rows(5))
     run = run_trainer(TINY, tmp_path, dataset=dataset, base_model="Qwen/Qwen2.5-0.5B")
@@ -482,27 +576,59 @@ def test_trl_checks_the_dataset_before_importing_ml_libraries(tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# Both: self-contained
+# Both: shipped as a package
+
+
+def test_the_shipped_copy_is_what_runs(tmp_path: Path) -> None:
+    """The venv has this repository's tunelab_trainer installed; from the pod's work directory
+    the shipped copy must win, so that the tests above prove the shipped files suffice."""
+    ship(TINY, tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import tunelab_trainer.common as c, tunelab_trainer.tiny as t; "
+            "print(c.__file__); print(t.__file__)",
+        ],
+        cwd=tmp_path,
+        env=pod_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    package = (tmp_path / "tunelab_trainer").resolve()
+    assert [Path(line).resolve() for line in done.stdout.split()] == [
+        package / "common.py",
+        package / "tiny.py",
+    ]
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Top-level names of every module the file imports, anywhere in it."""
+    """Every module the file imports, anywhere in it: top-level names, except the package's
+    own modules, which keep their full name (tunelab_trainer.common)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {_top_level(alias.name) for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, f"{path.name} has a relative import"
             assert node.module
-            names.add(node.module.split(".")[0])
+            names.add(_top_level(node.module))
     return names
+
+
+def _top_level(module: str) -> str:
+    return module if module.startswith(f"{TRAINERS.name}.") else module.split(".")[0]
 
 
 @pytest.mark.parametrize(
     ("trainer", "allowed"),
     [
-        (TINY, {"numpy"}),
-        (TRL, {"torch", "transformers", "trl", "peft", "datasets"}),
+        (TINY, {"numpy", "tunelab_trainer.common"}),
+        (TRL, {"torch", "transformers", "trl", "peft", "datasets", "tunelab_trainer.common"}),
+        (COMMON, set()),
+        (TRAINERS / "__init__.py", set()),
     ],
 )
 def test_trainers_import_only_the_standard_library_and_their_ml_libraries(
@@ -510,3 +636,15 @@ def test_trainers_import_only_the_standard_library_and_their_ml_libraries(
 ) -> None:
     foreign = imported_modules(trainer) - set(sys.stdlib_module_names) - allowed
     assert not foreign, f"{trainer.name} imports {sorted(foreign)}"
+
+
+def test_trl_imports_its_ml_libraries_only_inside_functions() -> None:
+    """--check and the dataset check run on a Python without torch or TRL."""
+    tree = ast.parse(TRL.read_text(encoding="utf-8"))
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top.add(node.module.split(".")[0])
+    assert not top & {"torch", "transformers", "trl", "peft", "datasets"}

@@ -13,7 +13,7 @@ readonly DATASET_SHA256=@@{dataset_sha256}
 readonly DATASET_SIZE=@@{dataset_size}
 readonly CONFIG_JSON=@@{config_json}
 readonly HEARTBEAT_SECONDS=@@{heartbeat_seconds}
-readonly TRAINER=@@{trainer}
+readonly TRAINER_MODULE=@@{trainer_module}
 readonly PIP_REQUIREMENTS=(@@{pip_requirements})
 readonly DOWNLOAD_ATTEMPTS=@@{download_attempts}
 
@@ -85,9 +85,7 @@ write_files() {
   cat > "$WORK_DIR/report.py" <<'TUNELAB_REPORT_PY'
 @@{report_py}
 TUNELAB_REPORT_PY
-  cat > "$WORK_DIR/$TRAINER" <<'TUNELAB_TRAINER_PY'
-@@{trainer_py}
-TUNELAB_TRAINER_PY
+@@{trainer_files}
 }
 
 system_info() {
@@ -151,7 +149,8 @@ train() {
     > "$WORK_DIR/config.json"
   set_stage training
   # The relay copies the trainer's output to the log and forwards its progress lines.
-  "$PYTHON" -u "$WORK_DIR/$TRAINER" "$WORK_DIR/config.json" 2>&1 \
+  # From $WORK_DIR, where the trainer's package was written: -m finds it there first.
+  "$PYTHON" -u -m "$TRAINER_MODULE" "$WORK_DIR/config.json" 2>&1 \
     | "$PYTHON" -u "$WORK_DIR/report.py" relay --log "$LOG"
 }
 

@@ -21,7 +21,10 @@ from typing import Any
 
 PACKED_ENV = "TUNELAB_BOOTSTRAP"
 _TEMPLATE = "bootstrap.sh"
-_FILE_SLOTS = {"report_py": "TUNELAB_REPORT_PY", "trainer_py": "TUNELAB_TRAINER_PY"}
+_REPORT_DELIMITER = "TUNELAB_REPORT_PY"
+# The trainers' package: what every trainer imports, shipped with the one the run uses.
+_PACKAGE = "tunelab_trainer"
+_SHARED = ("__init__.py", "common.py")
 
 
 class _Template(string.Template):
@@ -30,10 +33,11 @@ class _Template(string.Template):
 
 @dataclass(frozen=True)
 class Trainer:
-    """What trains: a one-file Python program and the packages it needs installed first."""
+    """What trains: a module the pod runs with `python -m`, the files it needs (relative path,
+    text), and the packages to install first."""
 
-    filename: str
-    source: str
+    module: str
+    files: tuple[tuple[str, str], ...]
     pip_requirements: tuple[str, ...] = ()
 
 
@@ -49,20 +53,19 @@ class Bootstrap:
     download_attempts: int = 4
 
 
-def trainer(filename: str, pip_requirements: Sequence[str] = ()) -> Trainer:
-    """One of the trainers shipped in the tunelab_trainer package."""
-    source = resources.files("tunelab_trainer").joinpath(filename).read_text()
-    return Trainer(filename, source, tuple(pip_requirements))
+def trainer(name: str, pip_requirements: Sequence[str] = ()) -> Trainer:
+    """One of the trainers of the tunelab_trainer package ("tiny", "trl_train")."""
+    package = resources.files(_PACKAGE)
+    files = tuple(
+        (f"{_PACKAGE}/{filename}", package.joinpath(filename).read_text())
+        for filename in (*_SHARED, f"{name}.py")
+    )
+    return Trainer(f"{_PACKAGE}.{name}", files, tuple(pip_requirements))
 
 
 def render(spec: Bootstrap) -> str:
     template = resources.files(__package__).joinpath(_TEMPLATE).read_text()
     report_py = resources.files(__package__).joinpath("report.py").read_text()
-    files = {"report_py": report_py, "trainer_py": spec.trainer.source}
-    for slot, delimiter in _FILE_SLOTS.items():
-        if delimiter in files[slot].splitlines():
-            raise ValueError(f"{slot} contains its here-document delimiter {delimiter}")
-        files[slot] = files[slot].rstrip("\n")
     values = {
         "deployment_id": spec.deployment_id,
         "api_url": spec.api_url,
@@ -70,12 +73,38 @@ def render(spec: Bootstrap) -> str:
         "dataset_size": str(spec.dataset_size),
         "config_json": json.dumps(spec.config, sort_keys=True),
         "heartbeat_seconds": str(spec.heartbeat_seconds),
-        "trainer": spec.trainer.filename,
+        "trainer_module": spec.trainer.module,
         "download_attempts": str(spec.download_attempts),
     }
     quoted = {name: shlex.quote(value) for name, value in values.items()}
     quoted["pip_requirements"] = " ".join(shlex.quote(r) for r in spec.trainer.pip_requirements)
-    return _Template(template).substitute(quoted, **files)
+    return _Template(template).substitute(
+        quoted,
+        report_py=_heredoc_body(report_py, _REPORT_DELIMITER),
+        trainer_files=_write_files(spec.trainer.files),
+    )
+
+
+def _heredoc_body(text: str, delimiter: str) -> str:
+    if delimiter in text.splitlines():
+        raise ValueError(f"a shipped file contains its here-document delimiter {delimiter}")
+    return text.rstrip("\n")
+
+
+def _write_files(files: Sequence[tuple[str, str]]) -> str:
+    """Shell lines that write each file under $WORK_DIR: quoted paths, quoted here-documents
+    (whose text the shell never expands)."""
+    lines = []
+    for number, (path, text) in enumerate(files, 1):
+        delimiter = f"TUNELAB_FILE_{number}"
+        target = '"$WORK_DIR"/' + shlex.quote(path)
+        parent = path.rpartition("/")[0]
+        if parent:
+            lines.append('  mkdir -p "$WORK_DIR"/' + shlex.quote(parent))
+        lines.append(f"  cat > {target} <<'{delimiter}'")
+        lines.append(_heredoc_body(text, delimiter))
+        lines.append(delimiter)
+    return "\n".join(lines)
 
 
 def pack(script: str) -> str:
