@@ -371,3 +371,51 @@ async def test_a_pod_rented_just_before_a_crash_is_adopted_not_rented_again(
     assert [p["id"] for p in deploy.fake.live_pods()] == [made]
     assert (await deploy.get(created.id)).pod_id == made
     await again.datasets.close()
+
+
+async def test_reports_are_checked_stored_and_end_the_run(deploy: Deploy) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    (pod,) = deploy.fake.live_pods(f"tunelab-{created.id}")
+    token = pod["env"]["TUNELAB_JOB_TOKEN"]
+    download = pod["env"]["TUNELAB_DATASET_URL"].rsplit("/", 1)[1]
+
+    async def report(**fields: Any) -> api.ReportDeploymentResponse:
+        return await deploy.stub.ReportDeployment(
+            api.ReportDeploymentRequest(
+                deployment_id=created.id, job_token=token, report=api.Report(**fields)
+            )
+        )
+
+    reply = await report(
+        phase=api.REPORT_PHASE_TRAINING,
+        progress=pb.Progress(step=3, total_steps=10, loss=float("nan"), learning_rate=0.1),
+    )
+    assert reply.state == pb.DEPLOYMENT_STATE_TRAINING
+    assert not reply.stop
+    d = await deploy.get(created.id)
+    assert d.progress.step == 3
+    assert d.progress.learning_rate == pytest.approx(0.1)
+    assert d.progress.loss == 0  # a NaN is left out, not stored
+    too_long = await rpc_error(report(phase=api.REPORT_PHASE_TRAINING, log_tail=["x"] * 101))
+    assert too_long.code() == grpc.StatusCode.INVALID_ARGUMENT
+    no_phase = await rpc_error(report())
+    assert no_phase.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    reply = await report(
+        phase=api.REPORT_PHASE_FAILED,
+        exit_code=137,
+        message="training failed",
+        log_tail=["loading", f"GET https://x/v1/dataset-downloads/{download} 403", "Killed"],
+    )
+    assert reply.state == pb.DEPLOYMENT_STATE_FAILED
+    assert reply.stop
+    d = await deploy.get(created.id)
+    assert d.error.code == "TRAINER_FAILED"
+    assert d.error.exit_code == 137
+    assert d.error.log_tail[-1] == "Killed"
+    assert download not in " ".join(d.error.log_tail)  # a token in the log is masked
+    await deploy.tick()
+    assert deploy.fake.pods[pod["id"]]["status"] == "TERMINATED"
+    dead = await rpc_error(report(phase=api.REPORT_PHASE_TRAINING))
+    assert dead.code() == grpc.StatusCode.FAILED_PRECONDITION
