@@ -58,7 +58,8 @@ def sse_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> End
 
 
 async def _events(call: Any, first: Any, service: str) -> AsyncIterator[bytes]:
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    # Bounded: a slow reader holds the stream back (gRPC flow control), not our memory.
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
 
     async def pump() -> None:
         try:

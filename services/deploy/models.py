@@ -63,10 +63,24 @@ class DeploymentRow(Base):
     job_token_hash: Mapped[str | None] = mapped_column(
         String(64), doc="SHA-256 of the pod's job token; minted when the pod is asked for."
     )
+    job_token_ciphertext: Mapped[str | None] = mapped_column(
+        Text,
+        doc="The job token, encrypted with the key-encryption key: a launch retried after a "
+        "crash hands the pod the same token, so a pod an earlier attempt made can report.",
+    )
+    provider_key_ciphertext: Mapped[str | None] = mapped_column(
+        Text,
+        doc="The provider key the pod was rented with (encrypted): the pod is watched and "
+        "terminated with it even if the owner replaces or deletes their key meanwhile. "
+        "Erased once the pod is gone.",
+    )
     pod_id: Mapped[str | None] = mapped_column(String(128), doc="The provider's pod id.")
     gpu_type: Mapped[str | None] = mapped_column(String(128), doc="The GPU type rented.")
     hourly_usd: Mapped[float] = mapped_column(Float, doc="The pod's price per hour, all GPUs.")
-    cost_usd: Mapped[float] = mapped_column(Float, doc="Accrued: hourly_usd x billed hours.")
+    cost_usd: Mapped[float] = mapped_column(Float, doc="Accrued, as of updated_at.")
+    cost_base_usd: Mapped[float] = mapped_column(
+        Float, doc="Accrued before billing_started_at (at earlier prices)."
+    )
     progress: Mapped[str] = mapped_column(Text, doc="JSON: the latest Progress reported.")
     system_info: Mapped[str] = mapped_column(Text, doc="JSON: what the pod said of itself.")
     error_code: Mapped[str | None] = mapped_column(String(32))
@@ -77,7 +91,9 @@ class DeploymentRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     billing_started_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime, doc="When the pod was rented: cost accrues from here."
+        UTCDateTime,
+        doc="When the pod was rented, or its price last changed: cost accrues at hourly_usd "
+        "from here, on top of cost_base_usd.",
     )
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, doc="Pod first running.")
     last_report_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -125,3 +141,14 @@ class ProviderKeyRow(Base):
     last4: Mapped[str] = mapped_column(String(4), doc="All that is ever shown of the key.")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LeaseRow(Base):
+    """Which replica's supervisor may act: one at a time, so that two never launch the same
+    run or race to terminate a pod."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128), doc="The replica holding it.")
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -37,6 +37,8 @@ Clock = Callable[[], datetime]
 
 KEYED_PROVIDERS = ("runpod",)
 WATCH_POLL_SECONDS = 1.0
+# A watch ends after this long even if the run goes on; clients reconnect with after_sequence.
+WATCH_MAX_SECONDS = 3600.0
 MAX_LOG_TAIL_LINES = 100
 MAX_LINE_CHARS = 1000
 _PHASE_STATE = {
@@ -100,6 +102,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
                 spec=spec,
                 dataset_sha256=outcome.dataset.sha256,
                 dataset_size=outcome.dataset.size_bytes,
+                hourly_usd=outcome.estimate.hourly_usd,
                 now=self.clock(),
             )
         except ServiceError as exc:
@@ -139,6 +142,8 @@ class DeployServicer(api_grpc.DeployServiceServicer):
     async def ListDeployments(
         self, request: api.ListDeploymentsRequest, context: Context
     ) -> api.ListDeploymentsResponse:
+        if request.state not in pb.DeploymentState.values():
+            raise invalid_argument("state", "state is not a deployment state")
         state = State.from_proto(request.state) if request.state else None
         found = await self.store.list_owned(
             require_user(), page_size(request.page_size), request.page_token, state
@@ -191,7 +196,8 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         if sequence < 0:
             raise invalid_argument("after_sequence", "after_sequence must not be negative")
         sent: tuple[object, ...] = ()
-        while True:
+        ends = asyncio.get_running_loop().time() + WATCH_MAX_SECONDS
+        while asyncio.get_running_loop().time() < ends:
             d = await self.store.get(owner, request.deployment_id)
             events = (
                 await self.store.events_after(d.id, sequence) if d.event_count > sequence else []
@@ -265,14 +271,6 @@ class DeployServicer(api_grpc.DeployServiceServicer):
     ) -> api.DeleteProviderKeyResponse:
         owner = require_user()
         provider = _keyed_provider(request.provider)
-        # Without the key the supervisor could not stop those pods: they would bill on.
-        if busy := await self.store.pods_in_use(owner, provider):
-            raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"deployments {', '.join(busy)} may still have {provider} pods, which need this "
-                "key to be watched and terminated: cancel them (or wait for them to end) first",
-                errors_pb2.ERROR_REASON_FAILED_PRECONDITION,
-            )
         if not await self.store.delete_key(owner, provider):
             raise not_found("provider key", provider)
         return api.DeleteProviderKeyResponse()

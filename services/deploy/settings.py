@@ -40,9 +40,19 @@ class DeploySettings(CommonSettings):
         "account need different prefixes.",
     )
     supervise_interval_seconds: float = Field(10.0, gt=0)
+    provision_timeout_minutes: float = Field(
+        30.0,
+        gt=0,
+        description="How long a run waits for a pod while the provider has no capacity or "
+        "rate-limits us, retrying, before it fails (its max_runtime_minutes caps it too).",
+    )
     orphan_sweep_interval_seconds: float = Field(300.0, gt=0)
     heartbeat_seconds: int = Field(
-        60, gt=0, le=600, description="How often a pod reports while it is otherwise silent."
+        60,
+        gt=0,
+        le=60,
+        description="How often a pod reports while it is otherwise silent (at most a minute: "
+        "a run's heartbeat timeout may be as short as 3 minutes).",
     )
     max_cost_per_run_usd: float = Field(
         1000.0, gt=0, description="The highest max_cost_usd a deployment may ask for."

@@ -180,10 +180,11 @@ def _limits(limits: pb.Limits) -> dict[str, Any]:
             "has cost that much",
         )
     heartbeat = limits.heartbeat_timeout_minutes or 10
-    if not 1 <= heartbeat <= 120:
+    if not 3 <= heartbeat <= 120:
         raise invalid_argument(
             "deployment.limits.heartbeat_timeout_minutes",
-            "limits.heartbeat_timeout_minutes must be between 1 and 120",
+            "limits.heartbeat_timeout_minutes must be between 3 and 120 (pods report every "
+            "minute at least)",
         )
     return {
         "max_runtime_minutes": limits.max_runtime_minutes,

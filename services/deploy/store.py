@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -24,6 +24,7 @@ from services.deploy import metrics
 from services.deploy.models import (
     DeploymentEventRow,
     DeploymentRow,
+    LeaseRow,
     MetricRow,
     ProviderKeyRow,
 )
@@ -51,10 +52,14 @@ class Deployment:
     dataset_size: int
     state: State
     job_token_hash: str | None
+    # Encrypted with the key-encryption key; never leave the service.
+    job_token_ciphertext: str | None
+    provider_key_ciphertext: str | None
     pod_id: str | None
     gpu_type: str | None
     hourly_usd: float
     cost_usd: float
+    cost_base_usd: float
     progress: dict[str, float]
     system_info: dict[str, str]
     error: RunError | None
@@ -137,6 +142,7 @@ class DeploymentStore:
         spec: Spec,
         dataset_sha256: str,
         dataset_size: int,
+        hourly_usd: float,
         now: datetime,
     ) -> Deployment:
         row = DeploymentRow(
@@ -157,8 +163,9 @@ class DeploymentStore:
             max_cost_usd=spec.max_cost_usd,
             heartbeat_timeout_minutes=spec.heartbeat_timeout_minutes,
             state=State.PENDING.value,
-            hourly_usd=0.0,
+            hourly_usd=hourly_usd,
             cost_usd=0.0,
+            cost_base_usd=0.0,
             progress="{}",
             system_info="{}",
             event_count=1,
@@ -229,20 +236,6 @@ class DeploymentStore:
         )
         async with self.db.session() as session:
             return [_deployment(r) for r in (await session.scalars(query)).all()]
-
-    async def pods_in_use(self, owner: str, provider: str) -> list[str]:
-        """The owner's deployments on `provider` whose pod may still exist (live, or finished
-        with the pod not confirmed gone)."""
-        query = select(DeploymentRow.id).where(
-            DeploymentRow.owner == owner,
-            DeploymentRow.provider == provider,
-            or_(
-                DeploymentRow.state.in_([s.value for s in LIVE]),
-                DeploymentRow.pod_released_at.is_(None) & DeploymentRow.pod_id.is_not(None),
-            ),
-        )
-        async with self.db.session() as session:
-            return list((await session.scalars(query.limit(20))).all())
 
     async def known_ids(self, deployment_ids: Sequence[str]) -> dict[str, Deployment]:
         if not deployment_ids:
@@ -400,8 +393,39 @@ class DeploymentStore:
             )
             return [(owner, ciphertext) for owner, ciphertext in rows]
 
+    async def _rotate_deployment_secrets(self, rotate: Callable[[str], str]) -> None:
+        query = select(DeploymentRow).where(
+            DeploymentRow.job_token_ciphertext.is_not(None)
+            | DeploymentRow.provider_key_ciphertext.is_not(None)
+        )
+        async with self.db.session(write=True) as session:
+            for row in await session.scalars(query.with_for_update()):
+                if row.job_token_ciphertext:
+                    row.job_token_ciphertext = rotate(row.job_token_ciphertext)
+                if row.provider_key_ciphertext:
+                    row.provider_key_ciphertext = rotate(row.provider_key_ciphertext)
+
+    async def hold_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
+        """Take or renew the lease `name` for `holder`; False while another holder has it."""
+        try:
+            async with self.db.session(write=True) as session:
+                row = await session.get(LeaseRow, name, with_for_update=True)
+                if row is None:
+                    session.add(LeaseRow(name=name, holder=holder, expires_at=now + ttl))
+                    return True
+                if row.holder != holder and row.expires_at > now:
+                    return False
+                row.holder, row.expires_at = holder, now + ttl
+                return True
+        except ServiceError as exc:
+            if exc.code == grpc.StatusCode.ABORTED:  # another replica inserted it first
+                return False
+            raise
+
     async def rotate_keys(self, rotate: Callable[[str], str], now: datetime) -> int:
-        """Re-encrypt every stored key, a batch at a time; returns how many."""
+        """Re-encrypt every stored key (and the copies live runs hold), a batch at a time;
+        returns how many keys."""
+        await self._rotate_deployment_secrets(rotate)
         done = 0
         last: tuple[str, str] = ("", "")
         while True:
@@ -481,10 +505,13 @@ def _deployment(row: DeploymentRow) -> Deployment:
         dataset_size=row.dataset_size,
         state=State(row.state),
         job_token_hash=row.job_token_hash,
+        job_token_ciphertext=row.job_token_ciphertext,
+        provider_key_ciphertext=row.provider_key_ciphertext,
         pod_id=row.pod_id,
         gpu_type=row.gpu_type,
         hourly_usd=row.hourly_usd,
         cost_usd=row.cost_usd,
+        cost_base_usd=row.cost_base_usd,
         progress=json.loads(row.progress),
         system_info=json.loads(row.system_info),
         error=error,

@@ -3,15 +3,21 @@ every pod whose run is over, and sweeps up pods named as ours that no run owns.
 
 Everything it knows is in the database, so a restarted supervisor carries on where the last one
 stopped: a pod asked for but not recorded is found again by its name (providers' create is
-idempotent by name), and a finished run whose pod is not confirmed gone is terminated again.
+idempotent by name) and adopted, with the job token it was given (kept encrypted until the pod
+is gone); a finished run whose pod is not confirmed gone is terminated again. One replica's
+supervisor acts at a time (a lease in the database), so two never launch the same run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
+import re
+import secrets
+import socket
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import asdict
 from datetime import datetime, timedelta
 
@@ -20,6 +26,7 @@ import grpc
 from services.common import bearer
 from services.deploy import metrics
 from services.deploy.datasets import DatasetsClient, describe
+from services.deploy.keys import KeyRingError
 from services.deploy.pod import render
 from services.deploy.providers.base import (
     Pod,
@@ -38,12 +45,14 @@ log = logging.getLogger(__name__)
 
 JOB_TOKENS = bearer.BearerTokens("tljb_")
 DOWNLOAD_TTL_SECONDS = 2 * 60 * 60
-# Provider errors that no retry will fix: the run fails with the provider's message.
-_FINAL = {
+LEASE = "supervisor"
+# Steps of different runs go on side by side (a slow provider must not hold up the others).
+CONCURRENT_STEPS = 16
+# Worth retrying until the provisioning deadline: capacity comes and goes, rate limits reset.
+_TRANSIENT = {
     ProviderErrorKind.NO_CAPACITY,
-    ProviderErrorKind.UNAUTHENTICATED,
     ProviderErrorKind.QUOTA,
-    ProviderErrorKind.INVALID,
+    ProviderErrorKind.UNAVAILABLE,
 }
 Clock = Callable[[], datetime]
 
@@ -68,8 +77,13 @@ class Supervisor:
         self.settings = settings
         self.trainers = trainers
         self.clock = clock
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         self._last_sweep: datetime | None = None
+        self._last_tick: datetime | None = None
+        self._gap = timedelta(seconds=settings.supervise_interval_seconds)
+        self._noted: dict[str, str] = {}  # the last provider error logged, per deployment
+        self._ours = re.compile(rf"{re.escape(settings.pod_name_prefix)}-(dep_[a-z2-7]{{26}})")
 
     def wake(self) -> None:
         self._wake.set()
@@ -80,56 +94,72 @@ class Supervisor:
                 await self.tick()
             except Exception:  # the loop must outlive any one failure
                 log.exception("supervisor pass failed; will retry")
-            with contextlib.suppress(TimeoutError):
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.supervise_interval_seconds)
             self._wake.clear()
 
     async def tick(self) -> None:
-        for deployment in await self.store.supervised():
-            try:
-                await self.step(deployment)
-            except Exception:
-                log.exception(
-                    "supervising a deployment failed", extra={"deployment": deployment.id}
-                )
         now = self.clock()
-        interval = timedelta(seconds=self.settings.orphan_sweep_interval_seconds)
-        if self._last_sweep is None or now - self._last_sweep >= interval:
+        interval = timedelta(seconds=self.settings.supervise_interval_seconds)
+        if not await self.store.hold_lease(LEASE, self.holder, now, 3 * interval):
+            return  # another replica supervises
+        # The cost limit looks one pass ahead: as far ahead as passes really are apart.
+        if self._last_tick is not None:
+            self._gap = max(interval, now - self._last_tick)
+        self._last_tick = now
+        limit = asyncio.Semaphore(CONCURRENT_STEPS)
+
+        async def guarded(d: Deployment) -> None:
+            async with limit:
+                try:
+                    await self.step(d)
+                except Exception:
+                    log.exception("supervising a deployment failed", extra={"deployment": d.id})
+
+        await asyncio.gather(*(guarded(d) for d in await self.store.supervised()))
+        sweep_every = timedelta(seconds=self.settings.orphan_sweep_interval_seconds)
+        if self._last_sweep is None or now - self._last_sweep >= sweep_every:
             self._last_sweep = now
             await self.sweep()
 
     async def step(self, d: Deployment) -> None:
-        if d.state in (State.PENDING, State.PROVISIONING) and not d.pod_id:
+        if d.state.terminal:
+            if d.pod_id and not d.pod_released_at:
+                await self.release(d)
+        elif not d.pod_id:
             await self.launch(d)
-        elif not d.state.terminal:
+        else:
             await self.watch(d)
-        elif d.pod_id and not d.pod_released_at:
-            await self.release(d)
 
     # Launching --------------------------------------------------------------------------------
 
     async def launch(self, d: Deployment) -> None:
         name = pod_name(self.settings, d.id)
         try:
-            async with self.providers.open(d.owner, d.spec.provider) as provider:
-                if d.state is State.PROVISIONING:
-                    # A pod asked for before a restart may exist: adopt it, never rent twice.
+            if d.state is not State.PENDING:
+                # Asked for before (then a restart, or an answer lost): adopt, never rent twice.
+                async with self._provider(d) as provider:
                     found = [p for p in await provider.list_pods(name) if p.name == name]
-                    if found:
-                        await self._rented(d, found[0], "found again after a restart")
-                        return
-                spec = await self._pod_spec(d, name)
-                if spec is None:
+                if found:
+                    await self._rented(d, found[0], adopted=True)
                     return
+            spec, d = await self._pod_spec(d, name)
+            if spec is None:
+                return
+            async with self._provider(d) as provider:
                 pod = await provider.create(spec)
         except ProviderError as exc:
             await self._provider_refused(d, exc)
             return
-        await self._rented(d, pod, "")
+        await self._rented(d, pod, adopted=False)
 
-    async def _pod_spec(self, d: Deployment, name: str) -> PodSpec | None:
-        """Mint the pod's credentials, record the request, and build what the provider runs;
-        None when the run cannot start (it is failed) or must wait (it stays pending)."""
+    def _provider(self, d: Deployment) -> AbstractAsyncContextManager[Provider]:
+        """The provider with the key the run's pod is (or will be) rented with."""
+        return self.providers.open(d.owner, d.spec.provider, d.provider_key_ciphertext)
+
+    async def _pod_spec(self, d: Deployment, name: str) -> tuple[PodSpec | None, Deployment]:
+        """Mint (once) the pod's credentials, record the request, and build what the provider
+        runs; None when the run cannot start (it is failed) or must wait."""
         try:
             link = await self.datasets.download_link(
                 d.owner,
@@ -144,24 +174,36 @@ class Supervisor:
                 log.warning(
                     "datasets service unavailable; launch retried", extra={"error": describe(exc)}
                 )
-            return None
-        secret = JOB_TOKENS.new_secret()
+            return None, d
+        keyring = self.providers.keyring
+        if d.job_token_ciphertext:
+            secret = keyring.decrypt(d.job_token_ciphertext)
+        else:
+            secret = JOB_TOKENS.new_secret()
+        key = d.provider_key_ciphertext or await self.providers.key_ciphertext(
+            d.owner, d.spec.provider
+        )
         now = self.clock()
 
         def request(current: Deployment) -> Change | None:
-            change = Change({"job_token_hash": bearer.digest(secret)})
+            if current.state.terminal or current.pod_id:
+                return None  # cancelled meanwhile
+            change = Change(
+                {
+                    "job_token_hash": bearer.digest(secret),
+                    "job_token_ciphertext": keyring.encrypt(secret),
+                    "provider_key_ciphertext": key,
+                }
+            )
             if current.state is State.PENDING:
                 change.become(
                     current.state, State.PROVISIONING, f"asking {d.spec.provider} for a pod"
                 )
-            elif current.state is not State.PROVISIONING or current.pod_id:
-                return None  # cancelled meanwhile, or launched by another replica
             return change
 
         d, changed = await self.store.mutate(d.id, now, request)
         if not changed:
-            return None
-        trainer = self.trainers[d.spec.provider]
+            return None, d
         config = {
             "deployment_id": d.id,
             "method": d.spec.method,
@@ -175,12 +217,12 @@ class Supervisor:
                 dataset_sha256=d.dataset_sha256,
                 dataset_size=d.dataset_size,
                 config=config,
-                trainer=trainer,
+                trainer=self.trainers[d.spec.provider],
                 heartbeat_seconds=self.settings.heartbeat_seconds,
                 download_attempts=max(1, self.settings.download_token_uses - 1),
             )
         )
-        return PodSpec(
+        spec = PodSpec(
             name=name,
             image=d.spec.image,
             gpu=d.spec.gpu,
@@ -193,17 +235,29 @@ class Supervisor:
             },
             disk_gb=self.settings.runpod_disk_gb,
         )
+        return spec, d
 
-    async def _rented(self, d: Deployment, pod: Pod, note: str) -> None:
+    async def _rented(self, d: Deployment, pod: Pod, *, adopted: bool) -> None:
         now = self.clock()
+        duplicate = False
 
-        def record(current: Deployment) -> Change:
+        def record(current: Deployment) -> Change | None:
+            nonlocal duplicate
+            if current.pod_id and current.pod_id != pod.id:
+                duplicate = True
+                return None
+            if current.pod_id == pod.id:
+                return None
+            # An adopted pod was rented at some time since the run was accepted: count from
+            # then, so that the cost limit errs on the side of stopping early.
+            started = current.created_at if adopted else now
             change = Change(
                 {
                     "pod_id": pod.id,
                     "gpu_type": pod.gpu_type or current.gpu_type,
-                    "hourly_usd": pod.hourly_usd,
-                    "billing_started_at": current.billing_started_at or now,
+                    # The catalogue price the pre-flight saw, when the provider's answer has none.
+                    "hourly_usd": pod.hourly_usd or current.hourly_usd,
+                    "billing_started_at": current.billing_started_at or started,
                 }
             )
             where = (
@@ -211,59 +265,80 @@ class Supervisor:
                 if pod.gpu_type
                 else ""
             )
-            price = f" at ${pod.hourly_usd:.2f}/h" if pod.hourly_usd else ""
-            change.log("pod_rented", f"pod {pod.id}{where}{price}{'; ' + note if note else ''}")
+            hourly = pod.hourly_usd or current.hourly_usd
+            price = f" at ${hourly:.2f}/h" if hourly else ""
+            note = "; found again after a restart" if adopted else ""
+            change.log("pod_rented", f"pod {pod.id}{where}{price}{note}")
             if current.state is State.PENDING:
                 change.become(current.state, State.PROVISIONING, "pod asked for")
             return change
 
         d, changed = await self.store.mutate(d.id, now, record)
+        self._noted.pop(d.id, None)
+        if duplicate:
+            log.warning("a second pod for one run; terminating it", extra={"pod": pod.id})
+            async with self._provider(d) as provider:
+                await provider.terminate(pod.id)
+            return
         if changed:
             metrics.PODS_RENTED.labels(d.spec.provider).inc()
         if d.state.terminal:  # cancelled while the pod was being rented
             await self.release(d)
 
     async def _provider_refused(self, d: Deployment, exc: ProviderError) -> None:
-        if exc.kind in _FINAL:
-            await self._fail(d, RunError(Stop.PROVIDER_REFUSED, exc.message))
-            return
         now = self.clock()
-        if now - d.created_at >= timedelta(minutes=d.spec.max_runtime_minutes):
+        deadline = min(
+            timedelta(minutes=self.settings.provision_timeout_minutes),
+            timedelta(minutes=d.spec.max_runtime_minutes),
+        )
+        if exc.kind not in _TRANSIENT:
+            await self._fail(d, RunError(Stop.PROVIDER_REFUSED, exc.message))
+        elif now - d.created_at >= deadline:
+            minutes = deadline.total_seconds() / 60
             await self._fail(
-                d, RunError(Stop.MAX_RUNTIME, f"no pod could be rented: {exc.message}")
+                d,
+                RunError(Stop.PROVIDER_REFUSED, f"no pod after {minutes:g} minutes: {exc.message}"),
             )
-            return
+        elif self._noted.get(d.id) != exc.message:  # log each new reason once, not every pass
+            self._noted[d.id] = exc.message
 
-        def note(current: Deployment) -> Change:
-            change = Change()
-            change.log("provider_error", f"{exc.message}; retrying")
-            return change
+            def note(current: Deployment) -> Change:
+                change = Change()
+                change.log("provider_error", f"{exc.message}; retrying")
+                return change
 
-        await self.store.mutate(d.id, now, note)
+            await self.store.mutate(d.id, now, note)
 
     # Watching ---------------------------------------------------------------------------------
 
     async def watch(self, d: Deployment) -> None:
         assert d.pod_id is not None
         try:
-            async with self.providers.open(d.owner, d.spec.provider) as provider:
+            async with self._provider(d) as provider:
                 pod = await provider.get(d.pod_id)
         except ProviderError as exc:
             log.warning("could not read the pod", extra={"deployment": d.id, "error": exc.message})
             pod = _UNKNOWN
         now = self.clock()
-        verdict = self._verdict(d, pod, now)
 
         def update(current: Deployment) -> Change | None:
             if current.state.terminal:
                 return None
-            change = Change({"cost_usd": _cost(current, now)})
-            if pod is not _UNKNOWN and pod is not None and pod.status is PodStatus.RUNNING:
+            cost = _cost(current, now)
+            change = Change({"cost_usd": cost})
+            seen = pod if pod is not _UNKNOWN else None
+            if seen and seen.hourly_usd and seen.hourly_usd != current.hourly_usd:
+                # The price the provider bills from now on (a spot price moves): what has
+                # accrued so far stays at the old one.
+                change.values.update(
+                    hourly_usd=seen.hourly_usd, billing_started_at=now, cost_base_usd=cost
+                )
+            if seen and seen.status is PodStatus.RUNNING:
                 if current.started_at is None:
                     change.values["started_at"] = now
                 if current.state is State.PROVISIONING:
                     change.become(current.state, State.STARTING, "the pod is running")
-            if verdict is not None:
+            if verdict := self._verdict(current, pod, now):
                 _end(change, current, State.FAILED, verdict)
             return change
 
@@ -283,13 +358,12 @@ class Supervisor:
             return RunError(
                 stage, f"the pod exited{code} without reporting the end of the run", pod.exit_code
             )
-        runtime = now - d.created_at
-        if runtime >= timedelta(minutes=d.spec.max_runtime_minutes):
+        if now - d.created_at >= timedelta(minutes=d.spec.max_runtime_minutes):
             return RunError(
                 Stop.MAX_RUNTIME, f"max_runtime_minutes ({d.spec.max_runtime_minutes}) reached"
             )
         # Stop before the next pass would cross the cost limit, not after.
-        ahead = d.hourly_usd * self.settings.supervise_interval_seconds / 3600
+        ahead = d.hourly_usd * self._gap.total_seconds() / 3600
         if _cost(d, now) + ahead >= d.spec.max_cost_usd:
             return RunError(Stop.MAX_COST, f"max_cost_usd ({d.spec.max_cost_usd:g}) reached")
         heard = d.last_report_at or d.started_at
@@ -322,7 +396,7 @@ class Supervisor:
         """Terminate the pod of a finished run; retried on the next pass until it is gone."""
         assert d.pod_id is not None
         try:
-            async with self.providers.open(d.owner, d.spec.provider) as provider:
+            async with self._provider(d) as provider:
                 await provider.terminate(d.pod_id)
         except ProviderError as exc:
             log.warning("pod not terminated yet", extra={"deployment": d.id, "error": exc.message})
@@ -332,7 +406,7 @@ class Supervisor:
         def released(current: Deployment) -> Change | None:
             if current.pod_released_at is not None:
                 return None
-            change = Change({"pod_released_at": now, "cost_usd": _cost(current, now)})
+            change = Change({"pod_released_at": now, "cost_usd": _cost(current, now), **_FORGET})
             change.log("pod_terminated", f"pod {current.pod_id} terminated")
             return change
 
@@ -349,34 +423,29 @@ class Supervisor:
             return change
 
         await self.store.mutate(d.id, self.clock(), fail)
+        self._noted.pop(d.id, None)
 
     # The orphan sweep -------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """Terminate pods named as ours that no deployment owns: a duplicate, the pod of a
-        finished run, or one whose deployment this database never recorded."""
-        prefix = f"{self.settings.pod_name_prefix}-"
+        """Terminate pods named as ours that no run owns: a duplicate, the pod of a finished
+        run, or one whose run this database never recorded. Pods are matched to runs by pod
+        id, whoever's key listed them, so accounts shared by several users are safe."""
         terminated = 0
-        async for owner, provider in self.providers.accounts():
+        async for _, provider in self.providers.accounts():
             try:
-                pods = await provider.list_pods(prefix)
-            except ProviderError as exc:
-                log.warning("orphan sweep could not list pods", extra={"error": exc.message})
+                pods = await provider.list_pods(f"{self.settings.pod_name_prefix}-dep_")
+            except (ProviderError, KeyRingError) as exc:
+                log.warning("orphan sweep could not list pods", extra={"error": str(exc)})
                 continue
-            known = await self.store.known_ids([p.name.removeprefix(prefix) for p in pods])
+            ours = {pod.id: match[1] for pod in pods if (match := self._ours.fullmatch(pod.name))}
+            known = await self.store.known_ids(list(set(ours.values())))
             for pod in pods:
-                d = known.get(pod.name.removeprefix(prefix))
-                if d is not None and d.owner != owner and provider.name != "local":
-                    d = None  # named like another user's run, in this user's account
-                if d is not None and not d.state.terminal and d.pod_id in (None, pod.id):
-                    continue  # its own live pod (or one being recorded right now)
-                if (
-                    d is not None
-                    and d.state.terminal
-                    and d.pod_id == pod.id
-                    and not d.pod_released_at
-                ):
-                    continue  # release() is on it
+                if pod.id not in ours:
+                    continue  # named like ours, but not one of our names
+                d = known.get(ours[pod.id])
+                if d is not None and _owns(d, pod):
+                    continue
                 terminated += await self._terminate_orphan(provider, pod, d)
         return terminated
 
@@ -400,16 +469,30 @@ class Supervisor:
 
 
 _UNKNOWN = Pod(id="", name="", status=PodStatus.RUNNING, message="unknown")
+# A run whose pod is gone needs its secrets no more.
+_FORGET = {"job_token_ciphertext": None, "provider_key_ciphertext": None}
+
+
+def _owns(d: Deployment, pod: Pod) -> bool:
+    """Whether the run still owns the pod: its recorded pod (until confirmed gone), or, while
+    the run is live and has none recorded yet, the pod being recorded right now."""
+    if d.pod_id == pod.id:
+        return not d.pod_released_at
+    return d.pod_id is None and not d.state.terminal
 
 
 def _cost(d: Deployment, now: datetime) -> float:
+    """What the pod has cost by `now`: what accrued before the current price, plus the current
+    price for the time since."""
     if d.billing_started_at is None:
         return d.cost_usd
     hours = max(0.0, (now - d.billing_started_at).total_seconds() / 3600)
-    return round(d.hourly_usd * hours, 6)
+    return round(d.cost_base_usd + d.hourly_usd * hours, 6)
 
 
 def _end(change: Change, current: Deployment, state: State, error: RunError) -> None:
     change.become(current.state, state, error.message)
     if state is not State.SUCCEEDED:
         change.values.update(error_values(error))
+    if not current.pod_id:
+        change.values.update(_FORGET)

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from services.common import bearer, ids
 from services.common.client import open_channel
 from services.common.db import Database
 from services.common.identity import USER_KEY
@@ -280,7 +281,7 @@ async def test_the_sweep_terminates_pods_no_live_run_owns(deploy: Deploy) -> Non
     await deploy.stub.CancelDeployment(
         api.CancelDeploymentRequest(deployment_id=done.id), metadata=deploy.as_()
     )
-    stray = deploy.fake.add_pod("tunelab-dep_neverrecorded", status="RUNNING")
+    stray = deploy.fake.add_pod(f"tunelab-{ids.new_id('dep')}", status="RUNNING")
     twin = deploy.fake.add_pod(f"tunelab-{live.id}", status="RUNNING")  # a duplicate
     foreign = deploy.fake.add_pod("someone-elses-pod", status="RUNNING")
     terminated = await deploy.parts.supervisor.sweep()
@@ -318,19 +319,16 @@ async def test_keys_are_masked_refused_when_wrong_and_never_logged(
     text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     assert deploy.fake.api_key not in text
     assert "rpa_" + "W" * 40 not in text
-    # Its pod needs the key to be watched and terminated: the key stays until the run ends.
-    delete = api.DeleteProviderKeyRequest(provider="runpod")
-    busy = await rpc_error(deploy.stub.DeleteProviderKey(delete, metadata=deploy.as_()))
-    assert busy.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert created.id in (busy.details() or "")
-    await deploy.stub.SetProviderKey(
-        api.SetProviderKeyRequest(provider="runpod", api_key=deploy.fake.api_key),
-        metadata=deploy.as_(),
+    # Deleting the key mid-run: the run keeps the copy its pod was rented with, so the pod
+    # can still be terminated (and stop billing).
+    await deploy.stub.DeleteProviderKey(
+        api.DeleteProviderKeyRequest(provider="runpod"), metadata=deploy.as_()
     )
+    pod_id = (await deploy.get(created.id)).pod_id
     await deploy.stub.CancelDeployment(
         api.CancelDeploymentRequest(deployment_id=created.id), metadata=deploy.as_()
     )
-    await deploy.stub.DeleteProviderKey(delete, metadata=deploy.as_())
+    assert deploy.fake.pods[pod_id]["status"] == "TERMINATED"
     error = await rpc_error(deploy.create())
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "PUT /v1/provider-keys/runpod" in (error.details() or "")
@@ -342,6 +340,9 @@ async def test_a_restarted_supervisor_carries_on_from_the_database(deploy: Deplo
     pod_id = (await deploy.get(created.id)).pod_id
     deploy.fake.set_status(pod_id, "RUNNING")
     again = deploy.restart()
+    await again.supervisor.tick()  # the first supervisor's lease still holds: nothing happens
+    assert (await again.store.get(deploy.datasets.user, created.id)).state.value == "provisioning"
+    deploy.clock.advance(31)  # the lease lapses (the old one is gone)
     await again.supervisor.tick()
     assert len(deploy.fake.live_pods()) == 1
     d = await again.store.get(deploy.datasets.user, created.id)
@@ -419,3 +420,83 @@ async def test_reports_are_checked_stored_and_end_the_run(deploy: Deploy) -> Non
     assert deploy.fake.pods[pod["id"]]["status"] == "TERMINATED"
     dead = await rpc_error(report(phase=api.REPORT_PHASE_TRAINING))
     assert dead.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_run_that_reports_before_its_pod_is_recorded_is_still_supervised(
+    deploy: Deploy,
+) -> None:
+    created = await deploy.create()
+    secret = "tljb_" + "R" * 43
+
+    def asked_for(current: Any) -> Any:
+        change = Change({"job_token_hash": bearer.digest(secret)})
+        change.become(current.state, State.PROVISIONING, "asking runpod for a pod")
+        return change
+
+    # The pod was made and reports, but its id was never recorded (the answer was lost).
+    await deploy.parts.store.mutate(created.id, deploy.clock(), asked_for)
+    made = deploy.fake.add_pod(f"tunelab-{created.id}", status="RUNNING")
+    await deploy.stub.ReportDeployment(
+        api.ReportDeploymentRequest(
+            deployment_id=created.id,
+            job_token=secret,
+            report=api.Report(phase=api.REPORT_PHASE_TRAINING),
+        )
+    )
+    await deploy.tick()
+    assert (await deploy.get(created.id)).pod_id == made
+    await deploy.tick(121 * 60)
+    assert deploy.fake.pods[made]["status"] == "TERMINATED"
+
+
+async def test_the_sweep_spares_pods_of_other_users_sharing_the_account_and_other_names(
+    deploy: Deploy,
+) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    pod_id = (await deploy.get(created.id)).pod_id
+    await deploy.stub.SetProviderKey(
+        api.SetProviderKeyRequest(provider="runpod", api_key=deploy.fake.api_key),
+        metadata=deploy.as_("bob"),
+    )
+    staging = deploy.fake.add_pod("tunelab-staging-dep_" + "a" * 26, status="RUNNING")
+    mine = deploy.fake.add_pod("tunelab-dev", status="RUNNING")
+    assert await deploy.parts.supervisor.sweep() == 0
+    assert deploy.fake.pods[staging]["status"] == "RUNNING"
+    assert deploy.fake.pods[mine]["status"] == "RUNNING"
+    assert deploy.fake.pods[pod_id]["status"] != "TERMINATED"
+
+
+async def test_a_transient_refusal_is_retried_until_the_provisioning_deadline(
+    deploy: Deploy,
+) -> None:
+    deploy.fake.set_capacity(GPU, 0)
+    created = await deploy.create()
+    await deploy.tick()
+    await deploy.tick(60)
+    d = await deploy.get(created.id)
+    assert d.state == pb.DEPLOYMENT_STATE_PROVISIONING
+    events = await deploy.stub.ListDeploymentEvents(
+        api.ListDeploymentEventsRequest(deployment_id=created.id), metadata=deploy.as_()
+    )
+    assert [e.kind for e in events.events].count("provider_error") == 1  # logged once
+    deploy.fake.set_capacity(GPU, 8)
+    await deploy.tick(60)
+    assert len(deploy.fake.live_pods(f"tunelab-{created.id}")) == 1
+    # Without capacity until the deadline, the run fails, renting nothing.
+    deploy.fake.set_capacity(GPU, 0)
+    late = await deploy.create()
+    await deploy.tick()
+    await deploy.tick(31 * 60)
+    d = await deploy.get(late.id)
+    assert d.state == pb.DEPLOYMENT_STATE_FAILED
+    assert d.error.code == "PROVIDER_REFUSED"
+    assert "no pod after 30 minutes" in d.error.message
+    assert deploy.fake.live_pods(f"tunelab-{late.id}") == []
+
+
+async def test_an_unknown_state_filter_is_invalid(deploy: Deploy) -> None:
+    error = await rpc_error(
+        deploy.stub.ListDeployments(api.ListDeploymentsRequest(state=99), metadata=deploy.as_())  # type: ignore[arg-type]
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

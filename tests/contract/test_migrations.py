@@ -45,6 +45,7 @@ async def test_deploy_up_down_up_and_no_drift(empty_db_url: str) -> None:
                     "deployment_events",
                     "deployment_metrics",
                     "provider_keys",
+                    "leases",
                     migrations.version_table,
                 }
             await migrations.downgrade(db, "base")

@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -151,10 +150,9 @@ class LocalProvider:
 
     def _release(self, pod_dir: Path) -> None:
         (pod_dir / "terminated").touch()
-        # The dataset copy goes with the pod; the logs stay for whoever investigates.
-        dataset = pod_dir / "work" / "dataset.jsonl"
-        dataset.unlink(missing_ok=True)
-        shutil.rmtree(pod_dir / "work" / "output", ignore_errors=True)
+        # The dataset copy goes with the pod; the logs and the trained model (work/output)
+        # stay, for whoever wants them.
+        (pod_dir / "work" / "dataset.jsonl").unlink(missing_ok=True)
 
     async def gpu_types(self) -> list[GpuType]:
         return []
@@ -176,23 +174,34 @@ def _read_record(pod_dir: Path) -> _Record | None:
         return None
 
 
-def _start_ticks(pid: int) -> int:
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (which may hold spaces); None where
+    there is no /proc (macOS) or no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0
-    # Fields after the command name, which is in parentheses and may hold spaces.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _start_ticks(pid: int) -> int:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else 0
 
 
 def _alive(record: _Record) -> bool:
-    try:
-        stat = Path(f"/proc/{record.pid}/stat").read_text()
-    except OSError:
+    fields = _stat(record.pid)
+    if fields is not None:
+        return fields[0] != "Z" and int(fields[19]) == record.start_ticks
+    if Path("/proc/self/stat").exists():
+        return False  # Linux: the process is gone
+    try:  # no /proc: ask the kernel; a reaped child is gone, a zombie is reaped by poll()
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
         return False
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return fields[0] != "Z" and int(fields[19]) == record.start_ticks
+    except PermissionError:
+        return True
+    return True
 
 
 def _exit_code(pod_dir: Path) -> int | None:

@@ -1,17 +1,20 @@
-"""Which provider object serves a user: the one local provider, or a RunPod client holding
-that user's own API key (decrypted for as long as the client is open)."""
+"""Which provider object serves a run: the one local provider, or a RunPod client holding a
+user's own API key (decrypted for as long as the client is open)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from services.deploy.keys import KeyRing
+from services.deploy.keys import KeyRing, KeyRingError
 from services.deploy.providers.base import Provider, ProviderError, ProviderErrorKind
 from services.deploy.providers.local import LocalProvider
 from services.deploy.providers.runpod import RunPodProvider
 from services.deploy.settings import DeploySettings
 from services.deploy.store import DeploymentStore
+
+log = logging.getLogger(__name__)
 
 RunPodFactory = Callable[[str], Provider]
 
@@ -42,15 +45,31 @@ class Providers:
     async def has_key(self, owner: str, provider: str) -> bool:
         return provider == "local" or await self.store.key_ciphertext(owner, provider) is not None
 
-    @asynccontextmanager
-    async def open(self, owner: str, provider: str) -> AsyncIterator[Provider]:
+    async def key_ciphertext(self, owner: str, provider: str) -> str | None:
+        """The owner's key for `provider`, still encrypted (None for local)."""
         if provider == "local":
-            yield self.local
-            return
+            return None
         ciphertext = await self.store.key_ciphertext(owner, provider)
         if ciphertext is None:
             raise ProviderError(ProviderErrorKind.UNAUTHENTICATED, NO_KEY)
-        client = self._runpod(self.keyring.decrypt(ciphertext))
+        return ciphertext
+
+    @asynccontextmanager
+    async def open(
+        self, owner: str, provider: str, ciphertext: str | None = None
+    ) -> AsyncIterator[Provider]:
+        """The provider, with `ciphertext`'s key (the one a run's pod was rented with) or else
+        the owner's current key."""
+        if provider == "local":
+            yield self.local
+            return
+        ciphertext = ciphertext or await self.key_ciphertext(owner, provider)
+        assert ciphertext is not None
+        try:
+            key = self.keyring.decrypt(ciphertext)
+        except KeyRingError as exc:
+            raise ProviderError(ProviderErrorKind.UNAUTHENTICATED, str(exc)) from None
+        client = self._runpod(key)
         try:
             yield client
         finally:
@@ -58,10 +77,14 @@ class Providers:
 
     async def accounts(self) -> AsyncIterator[tuple[str, Provider]]:
         """Every account pods may run in, for the orphan sweep: ("", local), then each
-        stored RunPod key's."""
+        stored RunPod key's. A key that cannot be decrypted is logged and passed over."""
         yield "", self.local
         for owner, ciphertext in await self.store.all_keys("runpod"):
-            client = self._runpod(self.keyring.decrypt(ciphertext))
+            try:
+                client = self._runpod(self.keyring.decrypt(ciphertext))
+            except KeyRingError as exc:
+                log.error("a stored key cannot be decrypted", extra={"error": str(exc)})
+                continue
             try:
                 yield owner, client
             finally:

@@ -1,4 +1,4 @@
-"""Deployments, their event log and metrics, and provider API keys.
+"""Deployments, their event log and metrics, provider API keys, the supervisor's lease.
 
 Revision ID: 0001
 Revises:
@@ -39,10 +39,13 @@ def upgrade() -> None:
         sa.Column("heartbeat_timeout_minutes", sa.Integer(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("job_token_hash", sa.String(length=64), nullable=True),
+        sa.Column("job_token_ciphertext", sa.Text(), nullable=True),
+        sa.Column("provider_key_ciphertext", sa.Text(), nullable=True),
         sa.Column("pod_id", sa.String(length=128), nullable=True),
         sa.Column("gpu_type", sa.String(length=128), nullable=True),
         sa.Column("hourly_usd", sa.Float(), nullable=False),
         sa.Column("cost_usd", sa.Float(), nullable=False),
+        sa.Column("cost_base_usd", sa.Float(), nullable=False),
         sa.Column("progress", sa.Text(), nullable=False),
         sa.Column("system_info", sa.Text(), nullable=False),
         sa.Column("error_code", sa.String(length=32), nullable=True),
@@ -71,6 +74,13 @@ def upgrade() -> None:
         )
         batch_op.create_index(batch_op.f("ix_deployments_state"), ["state"], unique=False)
 
+    op.create_table(
+        "leases",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("holder", sa.String(length=128), nullable=False),
+        sa.Column("expires_at", UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_leases")),
+    )
     op.create_table(
         "provider_keys",
         sa.Column("owner", sa.String(length=255), nullable=False),
@@ -130,6 +140,7 @@ def downgrade() -> None:
     op.drop_table("deployment_metrics")
     op.drop_table("deployment_events")
     op.drop_table("provider_keys")
+    op.drop_table("leases")
     with op.batch_alter_table("deployments", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_deployments_state"))
         batch_op.drop_index(batch_op.f("ix_deployments_owner_created_at_id"))

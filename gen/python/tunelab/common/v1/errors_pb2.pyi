@@ -65,10 +65,6 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """An idempotency key (request_id) was used before for a different request."""
     ERROR_REASON_PROVIDER_KEY_MISSING: _ErrorReason.ValueType  # 19
     """The provider API key needed is not set, or the provider refused it."""
-    ERROR_REASON_FAILED_PRECONDITION: _ErrorReason.ValueType  # 20
-    """The request is valid, but what it acts on is not in a state that allows it now; the
-    message says what to do first.
-    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable causes of errors. Every error a tunelab service returns carries a
@@ -120,8 +116,4 @@ ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 18
 """An idempotency key (request_id) was used before for a different request."""
 ERROR_REASON_PROVIDER_KEY_MISSING: ErrorReason.ValueType  # 19
 """The provider API key needed is not set, or the provider refused it."""
-ERROR_REASON_FAILED_PRECONDITION: ErrorReason.ValueType  # 20
-"""The request is valid, but what it acts on is not in a state that allows it now; the
-message says what to do first.
-"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

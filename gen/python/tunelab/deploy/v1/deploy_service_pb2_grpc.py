@@ -168,7 +168,8 @@ class DeployServiceServicer:
 
     def WatchDeployment(self, request, context):
         """The deployment now, then again each time it changes, with the events since the last
-        message; ends after the message that shows a terminal state. Over HTTP: server-sent events.
+        message; ends after the message that shows a terminal state, or after an hour (reconnect
+        with after_sequence). Over HTTP: server-sent events.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,7 +185,8 @@ class DeployServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetProviderKey(self, request, context):
-        """Stores (or replaces) the caller's API key for a provider, encrypted.
+        """Stores (or replaces) the caller's API key for a provider, encrypted. New runs use it;
+        runs in flight keep the key their pod was rented with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,7 +199,9 @@ class DeployServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteProviderKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Forgets the caller's key. Runs in flight keep the copy they were started with, to watch
+        and terminate their pod (so that it stops billing); it is erased once the pod is gone.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -60,7 +60,8 @@ class DeployServiceStub:
     """Progress reports as they arrived, oldest first."""
     WatchDeployment: _grpc.UnaryStreamMultiCallable[_deploy_service_pb2.WatchDeploymentRequest, _deploy_service_pb2.WatchDeploymentResponse]
     """The deployment now, then again each time it changes, with the events since the last
-    message; ends after the message that shows a terminal state. Over HTTP: server-sent events.
+    message; ends after the message that shows a terminal state, or after an hour (reconnect
+    with after_sequence). Over HTTP: server-sent events.
     """
     ReportDeployment: _grpc.UnaryUnaryMultiCallable[_deploy_service_pb2.ReportDeploymentRequest, _deploy_service_pb2.ReportDeploymentResponse]
     """Progress and status from the pod, authenticated by the deployment's job token (over HTTP:
@@ -68,9 +69,14 @@ class DeployServiceStub:
     FAILED_PRECONDITION once the run is terminal (the token is dead then).
     """
     SetProviderKey: _grpc.UnaryUnaryMultiCallable[_deploy_service_pb2.SetProviderKeyRequest, _deploy_service_pb2.SetProviderKeyResponse]
-    """Stores (or replaces) the caller's API key for a provider, encrypted."""
+    """Stores (or replaces) the caller's API key for a provider, encrypted. New runs use it;
+    runs in flight keep the key their pod was rented with.
+    """
     ListProviderKeys: _grpc.UnaryUnaryMultiCallable[_deploy_service_pb2.ListProviderKeysRequest, _deploy_service_pb2.ListProviderKeysResponse]
     DeleteProviderKey: _grpc.UnaryUnaryMultiCallable[_deploy_service_pb2.DeleteProviderKeyRequest, _deploy_service_pb2.DeleteProviderKeyResponse]
+    """Forgets the caller's key. Runs in flight keep the copy they were started with, to watch
+    and terminate their pod (so that it stops billing); it is erased once the pod is gone.
+    """
     ListGpuTypes: _grpc.UnaryUnaryMultiCallable[_deploy_service_pb2.ListGpuTypesRequest, _deploy_service_pb2.ListGpuTypesResponse]
     """The GPU types a provider rents, with current prices (the caller's key is used where the
     provider requires one; a built-in price list otherwise).
@@ -108,7 +114,8 @@ class DeployServiceAsyncStub(DeployServiceStub):
     """Progress reports as they arrived, oldest first."""
     WatchDeployment: _aio.UnaryStreamMultiCallable[_deploy_service_pb2.WatchDeploymentRequest, _deploy_service_pb2.WatchDeploymentResponse]  # type: ignore[assignment]
     """The deployment now, then again each time it changes, with the events since the last
-    message; ends after the message that shows a terminal state. Over HTTP: server-sent events.
+    message; ends after the message that shows a terminal state, or after an hour (reconnect
+    with after_sequence). Over HTTP: server-sent events.
     """
     ReportDeployment: _aio.UnaryUnaryMultiCallable[_deploy_service_pb2.ReportDeploymentRequest, _deploy_service_pb2.ReportDeploymentResponse]  # type: ignore[assignment]
     """Progress and status from the pod, authenticated by the deployment's job token (over HTTP:
@@ -116,9 +123,14 @@ class DeployServiceAsyncStub(DeployServiceStub):
     FAILED_PRECONDITION once the run is terminal (the token is dead then).
     """
     SetProviderKey: _aio.UnaryUnaryMultiCallable[_deploy_service_pb2.SetProviderKeyRequest, _deploy_service_pb2.SetProviderKeyResponse]  # type: ignore[assignment]
-    """Stores (or replaces) the caller's API key for a provider, encrypted."""
+    """Stores (or replaces) the caller's API key for a provider, encrypted. New runs use it;
+    runs in flight keep the key their pod was rented with.
+    """
     ListProviderKeys: _aio.UnaryUnaryMultiCallable[_deploy_service_pb2.ListProviderKeysRequest, _deploy_service_pb2.ListProviderKeysResponse]  # type: ignore[assignment]
     DeleteProviderKey: _aio.UnaryUnaryMultiCallable[_deploy_service_pb2.DeleteProviderKeyRequest, _deploy_service_pb2.DeleteProviderKeyResponse]  # type: ignore[assignment]
+    """Forgets the caller's key. Runs in flight keep the copy they were started with, to watch
+    and terminate their pod (so that it stops billing); it is erased once the pod is gone.
+    """
     ListGpuTypes: _aio.UnaryUnaryMultiCallable[_deploy_service_pb2.ListGpuTypesRequest, _deploy_service_pb2.ListGpuTypesResponse]  # type: ignore[assignment]
     """The GPU types a provider rents, with current prices (the caller's key is used where the
     provider requires one; a built-in price list otherwise).
@@ -201,7 +213,8 @@ class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_deploy_service_pb2.WatchDeploymentResponse], _abc.AsyncIterator[_deploy_service_pb2.WatchDeploymentResponse]]:
         """The deployment now, then again each time it changes, with the events since the last
-        message; ends after the message that shows a terminal state. Over HTTP: server-sent events.
+        message; ends after the message that shows a terminal state, or after an hour (reconnect
+        with after_sequence). Over HTTP: server-sent events.
         """
 
     @_abc_1.abstractmethod
@@ -221,7 +234,9 @@ class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _deploy_service_pb2.SetProviderKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_deploy_service_pb2.SetProviderKeyResponse, _abc.Awaitable[_deploy_service_pb2.SetProviderKeyResponse]]:
-        """Stores (or replaces) the caller's API key for a provider, encrypted."""
+        """Stores (or replaces) the caller's API key for a provider, encrypted. New runs use it;
+        runs in flight keep the key their pod was rented with.
+        """
 
     @_abc_1.abstractmethod
     def ListProviderKeys(
@@ -235,7 +250,10 @@ class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _deploy_service_pb2.DeleteProviderKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_deploy_service_pb2.DeleteProviderKeyResponse, _abc.Awaitable[_deploy_service_pb2.DeleteProviderKeyResponse]]: ...
+    ) -> _typing.Union[_deploy_service_pb2.DeleteProviderKeyResponse, _abc.Awaitable[_deploy_service_pb2.DeleteProviderKeyResponse]]:
+        """Forgets the caller's key. Runs in flight keep the copy they were started with, to watch
+        and terminate their pod (so that it stops billing); it is erased once the pod is gone.
+        """
 
     @_abc_1.abstractmethod
     def ListGpuTypes(

@@ -363,7 +363,7 @@ class Limits(_message.Message):
     max_cost_usd: _builtins.float
     """The pod is terminated once the accrued cost reaches this. Required, above 0."""
     heartbeat_timeout_minutes: _builtins.int
-    """The pod is terminated when it has sent no report for this long; default 10, 1 to 120."""
+    """The pod is terminated when it has sent no report for this long; default 10, 3 to 120."""
     def __init__(
         self,
         *,
