@@ -359,6 +359,6 @@ def register(commands: Any) -> None:
         ("delete", cmd_keys_delete, "forget a key"),
     ):
         one = actions.add_parser(name, help=text)
-        one.add_argument("provider", choices=["runpod"])
+        one.add_argument("provider", choices=["runpod", "huggingface"])
         one.set_defaults(func=func)
     actions.add_parser("list", help="the keys set, masked").set_defaults(func=cmd_keys_list)

@@ -15,7 +15,7 @@ import grpc
 
 from services.deploy.datasets import DatasetFacts, DatasetsClient, describe
 from services.deploy.providers.base import GpuType, ProviderError
-from services.deploy.providers.registry import NO_KEY, Providers
+from services.deploy.providers.registry import HUGGING_FACE, NO_KEY, Providers
 from services.deploy.spec import LOCAL_MODEL, Spec
 from tunelab.datasets.v1 import datasets_pb2 as ds
 
@@ -150,7 +150,17 @@ class Preflight:
             ], None
         key = Check("provider_key", Status.PASS, "a RunPod key is set and RunPod accepts it")
         gpu, price = _gpu_check(spec, catalogue)
-        return [key, gpu], price
+        return [key, gpu, await self._hf_token(owner)], price
+
+    async def _hf_token(self, owner: str) -> Check:
+        if await self.providers.has_key(owner, HUGGING_FACE):
+            return Check("huggingface_token", Status.PASS, "pods get your Hugging Face token")
+        return Check(
+            "huggingface_token",
+            Status.WARN,
+            "no Hugging Face token: a gated base model (Llama, Gemma ...) will fail to download; "
+            "set one with PUT /v1/provider-keys/huggingface if yours is gated",
+        )
 
     async def _callback(self, spec: Spec) -> Check:
         url = urlsplit(self.public_url)
@@ -270,19 +280,25 @@ def _gpu_check(spec: Spec, catalogue: dict[str, GpuType]) -> tuple[Check, float 
             f"RunPod has no GPU type {', '.join(map(repr, unknown))}: GET /v1/gpu-types lists "
             "them (for example 'NVIDIA RTX A4000')",
         ), None
-    price = catalogue[spec.gpu.type].price(spec.gpu.cloud, spec.gpu.spot)
-    if not price:
+    types = [spec.gpu.type, *spec.gpu.fallback_types]
+    prices = {t: p for t in types if (p := catalogue[t].price(spec.gpu.cloud, spec.gpu.spot))}
+    if not prices:
         return Check(
             "gpu_type",
             Status.FAIL,
-            f"RunPod offers no {kind} {spec.gpu.type} now; try another cloud or type, or add "
-            "fallback_types",
+            f"RunPod offers no {kind} {' or '.join(types)} now; try another cloud or type, or "
+            "add fallback_types",
         ), None
     if spec.gpu.spot and spec.gpu.bid_per_gpu_usd:
-        price = spec.gpu.bid_per_gpu_usd
-    hourly = price * spec.gpu.count
+        prices = dict.fromkeys(prices, spec.gpu.bid_per_gpu_usd)
+    # The estimate assumes the dearest type that may be rented: a limit must hold for all.
+    dearest = max(prices, key=lambda t: prices[t])
+    hourly = prices[dearest] * spec.gpu.count
+    offered = ", ".join(f"{t} ${prices[t] * spec.gpu.count:.2f}/h" for t in prices)
+    missing = [t for t in types if t not in prices]
+    note = f"; none offered now: {', '.join(missing)}" if missing else ""
     return Check(
-        "gpu_type", Status.PASS, f"{spec.gpu.count} x {spec.gpu.type}, {kind}, ${hourly:.2f}/h"
+        "gpu_type", Status.PASS, f"{spec.gpu.count} x GPU, {kind}: {offered}{note}"
     ), hourly
 
 

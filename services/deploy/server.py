@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[object, object]
 Clock = Callable[[], datetime]
 
-KEYED_PROVIDERS = ("runpod",)
+# "huggingface": a token pods get as HF_TOKEN, for gated base models.
+KEYED_PROVIDERS = ("runpod", "huggingface")
 WATCH_POLL_SECONDS = 1.0
 # A watch ends after this long even if the run goes on; clients reconnect with after_sequence.
 WATCH_MAX_SECONDS = 3600.0
@@ -282,7 +283,8 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         provider = request.provider or "runpod"
         if provider == "local":
             return api.ListGpuTypesResponse()
-        _keyed_provider(provider)
+        if provider != "runpod":
+            raise invalid_argument("provider", "GPU types come from provider runpod (or local)")
         if not 0 <= request.gpu_count <= 8:
             raise invalid_argument("gpu_count", "gpu_count must be between 1 and 8")
         try:

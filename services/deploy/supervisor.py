@@ -222,17 +222,20 @@ class Supervisor:
                 download_attempts=max(1, self.settings.download_token_uses - 1),
             )
         )
+        env = {
+            render.PACKED_ENV: render.pack(script),
+            "TUNELAB_JOB_TOKEN": secret,
+            "TUNELAB_DATASET_URL": link.url,
+            "TUNELAB_DEPLOYMENT_ID": d.id,
+        }
+        if d.spec.provider != "local" and (hf := await self.providers.hugging_face_token(d.owner)):
+            env["HF_TOKEN"] = hf
         spec = PodSpec(
             name=name,
             image=d.spec.image,
             gpu=d.spec.gpu,
             command=render.launch_command(),
-            env={
-                render.PACKED_ENV: render.pack(script),
-                "TUNELAB_JOB_TOKEN": secret,
-                "TUNELAB_DATASET_URL": link.url,
-                "TUNELAB_DEPLOYMENT_ID": d.id,
-            },
+            env=env,
             disk_gb=self.settings.runpod_disk_gb,
         )
         return spec, d

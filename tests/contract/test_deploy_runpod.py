@@ -500,3 +500,26 @@ async def test_an_unknown_state_filter_is_invalid(deploy: Deploy) -> None:
         deploy.stub.ListDeployments(api.ListDeploymentsRequest(state=99), metadata=deploy.as_())  # type: ignore[arg-type]
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_hugging_face_token_reaches_the_pod_and_only_the_pod(
+    deploy: Deploy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    check = await deploy.stub.PreflightDeployment(
+        api.PreflightDeploymentRequest(deployment=deploy.spec()), metadata=deploy.as_()
+    )
+    status = {c.name: c.status for c in check.checks}
+    assert status["huggingface_token"] == pb.CHECK_STATUS_WARN
+    assert check.ok  # a warning does not stop the run
+    token = "hf_" + "T0k3n" * 8
+    await deploy.stub.SetProviderKey(
+        api.SetProviderKeyRequest(provider="huggingface", api_key=token), metadata=deploy.as_()
+    )
+    created = await deploy.create()
+    await deploy.tick()
+    (pod,) = deploy.fake.live_pods(f"tunelab-{created.id}")
+    assert pod["env"]["HF_TOKEN"] == token
+    keys = await deploy.stub.ListProviderKeys(api.ListProviderKeysRequest(), metadata=deploy.as_())
+    assert {k.provider: k.last4 for k in keys.provider_keys}["huggingface"] == token[-4:]
+    assert token not in caplog.text + str(keys)

@@ -17,6 +17,8 @@ from services.deploy.store import DeploymentStore
 log = logging.getLogger(__name__)
 
 RunPodFactory = Callable[[str], Provider]
+# Not a GPU provider: a token pods get as HF_TOKEN, to download gated models.
+HUGGING_FACE = "huggingface"
 
 NO_KEY = (
     "no RunPod API key is set for you: create one in RunPod's console (Settings, API Keys) and "
@@ -44,6 +46,15 @@ class Providers:
 
     async def has_key(self, owner: str, provider: str) -> bool:
         return provider == "local" or await self.store.key_ciphertext(owner, provider) is not None
+
+    async def hugging_face_token(self, owner: str) -> str | None:
+        ciphertext = await self.store.key_ciphertext(owner, HUGGING_FACE)
+        if ciphertext is None:
+            return None
+        try:
+            return self.keyring.decrypt(ciphertext)
+        except KeyRingError as exc:
+            raise ProviderError(ProviderErrorKind.UNAUTHENTICATED, str(exc)) from None
 
     async def key_ciphertext(self, owner: str, provider: str) -> str | None:
         """The owner's key for `provider`, still encrypted (None for local)."""

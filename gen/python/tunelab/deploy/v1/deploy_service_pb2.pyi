@@ -587,7 +587,7 @@ class SetProviderKeyRequest(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     API_KEY_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
-    """"runpod"."""
+    """"runpod", or "huggingface": a token RunPod pods get as HF_TOKEN, for gated base models."""
     api_key: _builtins.str
     def __init__(
         self,
