@@ -29,6 +29,8 @@ from gateway.downloads import Downloads
 from gateway.errors import error_response
 from gateway.events import sse_endpoint
 from gateway.observe import ROUTE_KEY, Observe
+from gateway.outputs import ROUTE as OUTPUT_ROUTE
+from gateway.outputs import Outputs
 from gateway.rules import HttpRule, http_rules
 from gateway.settings import GatewaySettings
 from gateway.transcode import BEARER_FIELDS, Endpoint, unary_endpoint
@@ -37,7 +39,7 @@ from services.common import context, redact
 from services.common.blobstore import LocalBlobStore
 from services.common.client import open_channel
 from tunelab.datasets.v1 import datasets_service_pb2, datasets_service_pb2_grpc
-from tunelab.deploy.v1 import deploy_service_pb2
+from tunelab.deploy.v1 import deploy_service_pb2, deploy_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ UPSTREAMS = {
 }
 
 # Methods whose routes stream and are served by hand-written endpoints.
-STREAMING = {"UploadDataset", "RedeemDownloadToken"}
+STREAMING = {"UploadDataset", "RedeemDownloadToken", "UploadOutput", "DownloadOutput"}
 DOWNLOAD_ROUTE = "/v1/dataset-downloads/{token}"
 IDEMPOTENT = [("tunelab.datasets.v1.DatasetsService", "FinishDownload")]
 # Bearer tokens, not cookies: no credentials mode, so no CSRF surface.
@@ -97,6 +99,11 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
     datasets = datasets_service_pb2_grpc.DatasetsServiceStub(channels["datasets"])
     downloads = Downloads(
         datasets, LocalBlobStore(settings.datasets_storage_dir), settings.download_chunk_bytes
+    )
+    outputs = Outputs(
+        deploy_service_pb2_grpc.DeployServiceStub(channels["deploy"]),
+        settings.upload_timeout_seconds,
+        settings.max_output_bytes,
     )
 
     def private(template: str, endpoint: Endpoint) -> Endpoint:
@@ -160,6 +167,9 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
             public(DOWNLOAD_ROUTE, downloads),
             methods=["GET", "HEAD"],
         ),
+        # The pod sends its output with its job token; its owner downloads it.
+        Route(OUTPUT_ROUTE, public(OUTPUT_ROUTE, outputs.upload), methods=["PUT"]),
+        Route(OUTPUT_ROUTE, private(OUTPUT_ROUTE, outputs.download), methods=["GET"]),
         Route(
             "/v1/datasets",
             private(

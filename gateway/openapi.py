@@ -14,6 +14,7 @@ from gateway import enums
 from gateway.rules import HttpRule
 from gateway.transcode import BEARER_FIELDS, IDEMPOTENCY_FIELD, query_fields, success_status
 from tunelab.datasets.v1 import datasets_pb2
+from tunelab.deploy.v1 import deployments_pb2
 
 JSON = "application/json"
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
@@ -344,6 +345,41 @@ def _hand_written(paths: dict[str, dict[str, Any]], schemas: Schemas) -> None:
             **download,
             "operationId": "CheckDownload",
             "summary": "Check a download token and see the file's headers; counts no use",
+        },
+    }
+    output = schemas.ref(deployments_pb2.Output.DESCRIPTOR)
+    gzip = {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}
+    deployment_id = {"name": "deployment_id", "in": "path", "required": True}
+    paths["/v1/deployments/{deployment_id}/output"] = {
+        "put": {
+            "operationId": "UploadOutput",
+            "tags": ["DeployService"],
+            "summary": "The pod sends what the run trained (a .tar.gz), with its job token",
+            "description": "The raw request body is the file; sending it again replaces it. "
+            "Only while the run is live, and only with that run's job token.",
+            "security": [{"jobToken": []}],
+            "parameters": [{**deployment_id, "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": gzip},
+            "responses": {
+                "201": {"description": "Stored.", "content": {JSON: {"schema": output}}},
+                "401": _error("Not this run's job token."),
+                "413": _error("Larger than the deploy service's output limit."),
+                "default": _error("An error."),
+            },
+        },
+        "get": {
+            "operationId": "DownloadOutput",
+            "tags": ["DeployService"],
+            "summary": "Download what the run trained: the pod's output directory, .tar.gz",
+            "parameters": [{**deployment_id, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {
+                    "description": "The file; ETag and X-Checksum-Sha256 carry its SHA-256.",
+                    "content": gzip,
+                },
+                "404": _error("No such run, or it has no output (yet)."),
+                "default": _error("An error."),
+            },
         },
     }
     probe = {"security": [], "tags": ["Operations"]}

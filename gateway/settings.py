@@ -47,6 +47,12 @@ class GatewaySettings(CommonSettings):
         description="The datasets service's limit, checked here too so that an oversized body "
         "is refused before it is sent on.",
     )
+    max_output_bytes: int = Field(
+        50 * 1024**3,
+        gt=0,
+        validation_alias=shared("deploy_max_output_bytes"),
+        description="The deploy service's limit on a run's output, checked here too.",
+    )
     download_chunk_bytes: int = Field(1 << 20, ge=4096)
     cors_origins: list[str] = Field(
         default_factory=list,

@@ -68,12 +68,7 @@ class Uploads:
         except grpc.aio.AioRpcError as exc:
             return from_rpc_error(exc, "datasets")
         except asyncio.CancelledError:
-            # The client left mid-upload: gRPC cancelled the call (the service discards the
-            # partial file). Nobody is there to answer; cancellation of this task itself, as
-            # on shutdown, still propagates.
-            task = asyncio.current_task()
-            if gone.is_set() and task is not None and not task.cancelling():
-                log.info("client went away during an upload")
+            if client_left(gone):
                 return Response(status_code=499)
             raise
         return JSONResponse(
@@ -86,22 +81,43 @@ class Uploads:
         self, name: str, body: AsyncIterator[bytes], gone: asyncio.Event
     ) -> AsyncIterator[api.UploadDatasetRequest]:
         yield api.UploadDatasetRequest(name=name)
-        pending = bytearray()
-        sent = 0
-        while True:
-            try:
-                piece = await anext(body)
-            except StopAsyncIteration:
-                break
-            except ClientDisconnect:
-                gone.set()
-                raise
-            pending += piece
-            if len(pending) >= MESSAGE_BYTES:
-                yield api.UploadDatasetRequest(chunk=bytes(pending))
-                sent += len(pending)
-                pending.clear()
-                if sent > self._max:
-                    return  # the service has seen enough to refuse it
-        if pending:
-            yield api.UploadDatasetRequest(chunk=bytes(pending))
+        async for chunk in body_chunks(body, gone, self._max):
+            yield api.UploadDatasetRequest(chunk=chunk)
+
+
+async def body_chunks(
+    body: AsyncIterator[bytes], gone: asyncio.Event, max_bytes: int
+) -> AsyncIterator[bytes]:
+    """A request body re-cut into messages of about MESSAGE_BYTES; it stops once past
+    `max_bytes` (the service has seen enough to refuse it), and sets `gone` if the client
+    disconnects."""
+    pending = bytearray()
+    sent = 0
+    while True:
+        try:
+            piece = await anext(body)
+        except StopAsyncIteration:
+            break
+        except ClientDisconnect:
+            gone.set()
+            raise
+        pending += piece
+        if len(pending) >= MESSAGE_BYTES:
+            yield bytes(pending)
+            sent += len(pending)
+            pending.clear()
+            if sent > max_bytes:
+                return
+    if pending:
+        yield bytes(pending)
+
+
+def client_left(gone: asyncio.Event) -> bool:
+    """For an upload call that was cancelled: whether the client left mid-upload (gRPC
+    cancelled the call; the service discards the partial file), so that a 499 nobody reads is
+    the answer. Otherwise this task itself was cancelled (shutdown), and that must propagate."""
+    task = asyncio.current_task()
+    if gone.is_set() and task is not None and not task.cancelling():
+        log.info("client went away during an upload")
+        return True
+    return False

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import json
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -289,6 +291,35 @@ def cmd_events(args: argparse.Namespace) -> None:
                 return
 
 
+def cmd_output(args: argparse.Namespace) -> None:
+    """Download what the run trained, checking its SHA-256; written next to nothing else."""
+    target = Path(args.output or f"{args.id}-output.tar.gz")
+    partial = target.with_name(target.name + ".part")
+    with (
+        api_client(args) as client,
+        client.stream("GET", f"/v1/deployments/{args.id}/output") as reply,
+    ):
+        if reply.status_code >= 400:
+            reply.read()
+            checked(reply)
+        expected = reply.headers.get("x-checksum-sha256", "")
+        total = int(reply.headers.get("content-length", 0)) or None
+        digest = hashlib.sha256()
+        with (
+            partial.open("wb") as out,
+            tqdm(total=total, unit="B", unit_scale=True, desc=target.name, file=sys.stderr) as bar,
+        ):
+            for chunk in reply.iter_bytes():
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+    if expected and digest.hexdigest() != expected:
+        partial.unlink()
+        raise CliError(f"the download's sha256 is {digest.hexdigest()}, expected {expected}")
+    partial.replace(target)
+    print(target)
+
+
 def cmd_keys_set(args: argparse.Namespace) -> None:
     # Never from the command line: argv ends up in shell history and in `ps`.
     if sys.stdin.isatty():
@@ -351,6 +382,10 @@ def register(commands: Any) -> None:
         one = sub.add_parser(name, help=text)
         one.add_argument("id")
         one.set_defaults(func=func)
+    output = sub.add_parser("output", help="download what a run trained (.tar.gz)")
+    output.add_argument("id")
+    output.add_argument("-o", "--output", help="file to write (default: ID-output.tar.gz)")
+    output.set_defaults(func=cmd_output)
 
     keys = commands.add_parser("keys", help="your GPU provider API keys (stored encrypted)")
     actions = keys.add_subparsers(dest="action", required=True)

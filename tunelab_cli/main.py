@@ -6,7 +6,7 @@
     tunelab datasets list | get ID | delete ID
     tunelab datasets link ID [--ttl S] [--max-uses N]   mint a download URL
     tunelab deploy create DATASET_ID [--watch] [--dry-run] ...   check, then launch a run
-    tunelab deploy watch ID | list | get ID | cancel ID | events ID
+    tunelab deploy watch ID | list | get ID | cancel ID | events ID | output ID [-o FILE]
     tunelab keys set runpod | list | delete runpod      GPU provider keys (read from stdin)
 
 Credentials: --token or TUNELAB_TOKEN; otherwise, where the development signing key is at hand

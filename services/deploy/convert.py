@@ -7,7 +7,7 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.deploy.preflight import Check, Estimate, Status
-from services.deploy.store import Deployment, Event, MetricPoint, ProviderKey
+from services.deploy.store import Deployment, Event, MetricPoint, Output, ProviderKey
 from tunelab.deploy.v1 import deployments_pb2 as pb
 
 _CHECK_STATUS = {
@@ -75,6 +75,8 @@ def deployment(d: Deployment) -> pb.Deployment:
                 bid_per_gpu_usd=spec.gpu.bid_per_gpu_usd or 0.0,
             )
         )
+    if d.output is not None:
+        message.output.CopyFrom(output(d.output))
     if d.error is not None:
         message.error.CopyFrom(
             pb.DeploymentError(
@@ -85,6 +87,10 @@ def deployment(d: Deployment) -> pb.Deployment:
             )
         )
     return message
+
+
+def output(o: Output) -> pb.Output:
+    return pb.Output(size_bytes=o.size_bytes, sha256=o.sha256, created_at=timestamp(o.created_at))
 
 
 def progress(values: dict[str, float]) -> pb.Progress:

@@ -88,6 +88,12 @@ class DeploymentRow(Base):
     error_exit_code: Mapped[int | None] = mapped_column(Integer)
     error_log_tail: Mapped[str | None] = mapped_column(Text, doc="JSON list of lines.")
     event_count: Mapped[int] = mapped_column(Integer, doc="Sequence of the latest event.")
+    output_blob_key: Mapped[str | None] = mapped_column(
+        String(32), doc="The trained output (.tar.gz) in the output store, once sent."
+    )
+    output_size: Mapped[int | None] = mapped_column(BigInteger)
+    output_sha256: Mapped[str | None] = mapped_column(String(64))
+    output_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     billing_started_at: Mapped[datetime | None] = mapped_column(

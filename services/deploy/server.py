@@ -12,9 +12,17 @@ from datetime import datetime
 import grpc
 
 from services.common import redact
-from services.common.errors import ServiceError, invalid_argument, not_found, unauthenticated
+from services.common.blobstore import BlobError, LocalBlobStore, read_range
+from services.common.errors import (
+    ServiceError,
+    invalid_argument,
+    not_found,
+    storage_unavailable,
+    unauthenticated,
+)
 from services.common.identity import require_user
 from services.common.pagination import page_size
+from services.common.receive import receive
 from services.deploy import convert, keys
 from services.deploy.changes import Changes
 from services.deploy.preflight import Outcome, Preflight
@@ -23,7 +31,15 @@ from services.deploy.providers.registry import Providers
 from services.deploy.settings import DeploySettings
 from services.deploy.spec import Spec, check_request_id, parse
 from services.deploy.states import State, Stop
-from services.deploy.store import Change, Deployment, DeploymentStore, RunError, error_values
+from services.deploy.store import (
+    Change,
+    Deployment,
+    DeploymentStore,
+    Output,
+    RunError,
+    error_values,
+    output_values,
+)
 from services.deploy.supervisor import JOB_TOKENS, Supervisor
 from tunelab.common.v1 import errors_pb2
 from tunelab.deploy.v1 import deploy_service_pb2 as api
@@ -53,6 +69,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
     def __init__(
         self,
         store: DeploymentStore,
+        outputs: LocalBlobStore,
         preflight: Preflight,
         providers: Providers,
         supervisor: Supervisor,
@@ -61,6 +78,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         clock: Clock,
     ) -> None:
         self.store = store
+        self.outputs = outputs
         self.preflight = preflight
         self.providers = providers
         self.supervisor = supervisor
@@ -220,10 +238,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
     ) -> api.ReportDeploymentResponse:
         d = await self.store.get_any(request.deployment_id) if request.deployment_id else None
         if d is None or not JOB_TOKENS.matches(request.job_token, d.job_token_hash):
-            raise unauthenticated(
-                "this is not the job token of that deployment: reports need the token the "
-                "deployment's pod was given"
-            )
+            raise _not_the_job_token()
         report = request.report
         if report.phase == api.REPORT_PHASE_UNSPECIFIED:
             raise invalid_argument("report.phase", "report.phase is required")
@@ -244,6 +259,73 @@ class DeployServicer(api_grpc.DeployServiceServicer):
             self._releases.add(task)
             task.add_done_callback(self._releases.discard)
         return api.ReportDeploymentResponse(state=d.state.to_proto(), stop=d.state.terminal)
+
+    async def UploadOutput(
+        self, request_iterator: AsyncIterator[api.UploadOutputRequest], context: Context
+    ) -> api.UploadOutputResponse:
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            raise invalid_argument("deployment_id", "the stream is empty") from None
+        d = await self.store.get_any(first.deployment_id) if first.deployment_id else None
+        try:
+            if d is None or not JOB_TOKENS.matches(first.job_token, d.job_token_hash):
+                raise _not_the_job_token()
+            if d.state.terminal:
+                raise _finished(d)
+            stored = await receive(
+                _chunks(request_iterator),
+                self.outputs,
+                max_bytes=self.settings.max_output_bytes,
+            )
+        except ServiceError:
+            # Refused while the pod is still sending: read the rest first (a gRPC client whose
+            # send fails reports that, not our status), up to the size limit.
+            await _drain(request_iterator, self.settings.max_output_bytes)
+            raise
+        now = self.clock()
+        output = Output(stored.blob_key, stored.size_bytes, stored.sha256, now)
+
+        def attach(current: Deployment) -> Change:
+            if current.state.terminal:
+                raise _finished(current)
+            change = Change(output_values(output))
+            change.log("output_received", f"{stored.size_bytes} bytes, sha256 {stored.sha256}")
+            return change
+
+        try:
+            after, _ = await self.store.mutate(d.id, now, attach)
+        except BaseException:
+            await asyncio.to_thread(self.outputs.delete, stored.blob_key)
+            raise
+        if d.output is not None and d.output.blob_key != stored.blob_key:
+            await asyncio.to_thread(self.outputs.delete, d.output.blob_key)  # replaced
+        log.info("output stored", extra={"deployment": d.id, "size_bytes": stored.size_bytes})
+        assert after.output is not None
+        return api.UploadOutputResponse(output=convert.output(after.output))
+
+    async def DownloadOutput(
+        self, request: api.DownloadOutputRequest, context: Context
+    ) -> AsyncIterator[api.DownloadOutputResponse]:
+        d = await self.store.get(require_user(), request.deployment_id)
+        if d.output is None:
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND,
+                f"deployment {d.id} has no output (yet): its pod sends it when training succeeds",
+                errors_pb2.ERROR_REASON_NOT_FOUND,
+                {"kind": "output"},
+            )
+        try:
+            blob = await asyncio.to_thread(self.outputs.open, d.output.blob_key)
+        except BlobError as exc:
+            log.error("output blob unreadable", extra={"deployment": d.id, "error": str(exc)})
+            raise storage_unavailable() from None
+        try:
+            yield api.DownloadOutputResponse(output=convert.output(d.output))
+            async for chunk in read_range(blob, 0, blob.size):
+                yield api.DownloadOutputResponse(chunk=chunk)
+        finally:
+            blob.close()
 
     async def SetProviderKey(
         self, request: api.SetProviderKeyRequest, context: Context
@@ -343,6 +425,25 @@ def _provider_error(exc: ProviderError) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.UNAVAILABLE, exc.message, errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE
     )
+
+
+def _not_the_job_token() -> ServiceError:
+    return unauthenticated(
+        "this is not the job token of that deployment: only the token its pod was given works"
+    )
+
+
+async def _chunks(messages: AsyncIterator[api.UploadOutputRequest]) -> AsyncIterator[bytes]:
+    async for message in messages:
+        if message.chunk:
+            yield message.chunk
+
+
+async def _drain(messages: AsyncIterator[api.UploadOutputRequest], budget: int) -> None:
+    async for message in messages:
+        budget -= len(message.chunk)
+        if budget < 0:
+            break
 
 
 def _finished(d: Deployment) -> ServiceError:

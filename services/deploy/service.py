@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.common.blobstore import LocalBlobStore
 from services.common.db import Database
 from services.common.migrations import Migrations
 from services.common.server import ServerSpec
@@ -79,7 +80,11 @@ def assemble(
         public_url=settings.public_url,
         max_cost_per_run_usd=settings.max_cost_per_run_usd,
     )
-    servicer = DeployServicer(store, preflight, providers, supervisor, changes, settings, clock)
+    outputs = LocalBlobStore(settings.output_dir)
+    outputs.ensure_layout()
+    servicer = DeployServicer(
+        store, outputs, preflight, providers, supervisor, changes, settings, clock
+    )
     return Parts(servicer, supervisor, store, datasets)
 
 

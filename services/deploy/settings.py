@@ -60,6 +60,14 @@ class DeploySettings(CommonSettings):
     download_token_uses: int = Field(
         5, ge=1, le=100, description="Downloads a pod may start: retries and resumes included."
     )
+    output_dir: Path = Field(
+        Path("var/outputs"), description="Where runs' trained outputs (.tar.gz) are kept."
+    )
+    max_output_bytes: int = Field(
+        50 * 1024**3,
+        gt=0,
+        description="Largest output a pod may send (a full fine-tune's weights included).",
+    )
     # The local provider: pods are processes on this machine.
     local_work_dir: Path = Path("var/pods")
     local_python: str = Field(

@@ -43,6 +43,14 @@ class RunError:
 
 
 @dataclass(frozen=True)
+class Output:
+    blob_key: str
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class Deployment:
     id: str
     owner: str
@@ -63,6 +71,7 @@ class Deployment:
     progress: dict[str, float]
     system_info: dict[str, str]
     error: RunError | None
+    output: Output | None
     event_count: int
     created_at: datetime
     updated_at: datetime
@@ -515,6 +524,7 @@ def _deployment(row: DeploymentRow) -> Deployment:
         progress=json.loads(row.progress),
         system_info=json.loads(row.system_info),
         error=error,
+        output=_output(row),
         event_count=row.event_count,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -524,6 +534,28 @@ def _deployment(row: DeploymentRow) -> Deployment:
         finished_at=row.finished_at,
         pod_released_at=row.pod_released_at,
     )
+
+
+def _output(row: DeploymentRow) -> Output | None:
+    if row.output_blob_key is None:
+        return None
+    # The four columns are written together (output_values).
+    return Output(
+        row.output_blob_key,
+        row.output_size or 0,
+        row.output_sha256 or "",
+        row.output_at or row.updated_at,
+    )
+
+
+def output_values(output: Output | None) -> dict[str, Any]:
+    """The columns that record a run's output."""
+    return {
+        "output_blob_key": output.blob_key if output else None,
+        "output_size": output.size_bytes if output else None,
+        "output_sha256": output.sha256 if output else None,
+        "output_at": output.created_at if output else None,
+    }
 
 
 def _event(row: DeploymentEventRow) -> Event:

@@ -4,6 +4,7 @@ the servicer over real gRPC, the supervisor driven pass by pass with a controlle
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -98,6 +99,8 @@ async def deploy(
         public_url="https://1.1.1.1",
         datasets_address=datasets.address,
         local_work_dir=tmp_path / "pods",
+        output_dir=tmp_path / "outputs",
+        max_output_bytes=1 << 20,
         supervise_interval_seconds=10,
     )
     db = Database(settings.database_url)
@@ -523,3 +526,51 @@ async def test_a_hugging_face_token_reaches_the_pod_and_only_the_pod(
     keys = await deploy.stub.ListProviderKeys(api.ListProviderKeysRequest(), metadata=deploy.as_())
     assert {k.provider: k.last4 for k in keys.provider_keys}["huggingface"] == token[-4:]
     assert token not in caplog.text + str(keys)
+
+
+async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_resend(
+    deploy: Deploy,
+) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    (pod,) = deploy.fake.live_pods(f"tunelab-{created.id}")
+    token = pod["env"]["TUNELAB_JOB_TOKEN"]
+
+    async def send(data: bytes, job_token: str = token) -> api.UploadOutputResponse:
+        async def messages() -> AsyncIterator[api.UploadOutputRequest]:
+            yield api.UploadOutputRequest(deployment_id=created.id, job_token=job_token)
+            for start_at in range(0, len(data), 65536):
+                yield api.UploadOutputRequest(chunk=data[start_at : start_at + 65536])
+
+        return await deploy.stub.UploadOutput(messages())
+
+    first = await send(b"first model" * 1000)
+    assert first.output.size_bytes == 11000
+    second = await send(b"second model")
+    assert second.output.sha256 == hashlib.sha256(b"second model").hexdigest()
+    stored = sorted((deploy.parts.servicer.outputs.root / "objects").rglob("*"))
+    assert len([p for p in stored if p.is_file()]) == 1  # the first one is gone
+    chunks = [
+        m
+        async for m in deploy.stub.DownloadOutput(
+            api.DownloadOutputRequest(deployment_id=created.id), metadata=deploy.as_()
+        )
+    ]
+    assert chunks[0].output.size_bytes == len(b"second model")
+    assert b"".join(m.chunk for m in chunks[1:]) == b"second model"
+    other = await rpc_error(
+        deploy.stub.GetDeployment(
+            api.GetDeploymentRequest(deployment_id=created.id), metadata=deploy.as_("eve")
+        )
+    )
+    assert other.code() == grpc.StatusCode.NOT_FOUND
+
+    too_big = await rpc_error(send(b"x" * ((1 << 20) + 1)))
+    assert too_big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    forged = await rpc_error(send(b"model", "tljb_" + "F" * 43))
+    assert forged.code() == grpc.StatusCode.UNAUTHENTICATED
+    await deploy.stub.CancelDeployment(
+        api.CancelDeploymentRequest(deployment_id=created.id), metadata=deploy.as_()
+    )
+    late = await rpc_error(send(b"late model"))
+    assert late.code() == grpc.StatusCode.FAILED_PRECONDITION

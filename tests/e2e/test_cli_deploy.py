@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -39,7 +41,7 @@ def test_keys_are_read_from_stdin_and_shown_masked(suite: Suite) -> None:
     assert "runpod" not in cli(suite, "keys", "list").stdout
 
 
-def test_create_watch_succeeds_with_progress(suite: Suite) -> None:
+def test_create_watch_succeeds_with_progress(suite: Suite, tmp_path: Path) -> None:
     dataset_id = upload(suite.client("alice"), "cli.jsonl", chat_rows(40))
     done = cli(suite, "deploy", "create", dataset_id, "--max-steps", "4", "--watch")
     output = done.stdout + done.stderr
@@ -50,6 +52,12 @@ def test_create_watch_succeeds_with_progress(suite: Suite) -> None:
     assert f"{deployment_id} succeeded" in done.stderr
     assert "loss=" in done.stderr
     assert "state_changed" in done.stderr  # event lines above the bar
+
+    saved = tmp_path / "model.tar.gz"
+    fetched = cli(suite, "deploy", "output", deployment_id, "-o", str(saved))
+    assert fetched.returncode == 0, fetched.stderr
+    with tarfile.open(saved) as archive:
+        assert "./model.npz" in archive.getnames()
 
     got = cli(suite, "deploy", "get", deployment_id)
     assert got.returncode == 0

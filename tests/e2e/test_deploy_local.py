@@ -4,8 +4,11 @@ group) that downloads the dataset through the gateway and reports with its job t
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +132,27 @@ def test_a_run_trains_reports_and_leaves_nothing_running(suite: Suite) -> None:
     granted = [e for e in downloads["download_events"] if e["outcome"] == "granted"]
     assert len(granted) == 1
     assert granted[0]["bytes_sent"] == granted[0]["bytes_granted"]
+
+    # What it trained came back before the pod went: a .tar.gz of the output directory.
+    output = alice.get(f"/v1/deployments/{deployment['id']}/output")
+    assert output.status_code == 200, output.text
+    assert output.headers["x-checksum-sha256"] == hashlib.sha256(output.content).hexdigest()
+    assert done["output"]["size_bytes"] == str(len(output.content))
+    with tarfile.open(fileobj=io.BytesIO(output.content)) as archive:
+        names = archive.getnames()
+        assert "./model.npz" in names
+        metrics_json = archive.extractfile("./metrics.json")
+        assert metrics_json is not None
+        assert json.load(metrics_json)["steps"] == done["progress"]["total_steps"]
+    mallory = suite.client("mallory")
+    assert mallory.get(f"/v1/deployments/{deployment['id']}/output").status_code == 404
+    forged = httpx.put(
+        f"{suite.url}/v1/deployments/{deployment['id']}/output",
+        content=b"not a model",
+        headers={"Authorization": "Bearer tljb_" + "B" * 43},
+    )
+    assert forged.status_code == 401
+    assert alice.get(f"/v1/deployments/{deployment['id']}/output").content == output.content
 
     # The job token is dead now, and never reached a log.
     pod_env = (pod_dir(suite, deployment["id"]) / "pod.log").read_text()

@@ -154,6 +154,28 @@ train() {
     | "$PYTHON" -u "$WORK_DIR/report.py" relay --log "$LOG"
 }
 
+# What the run trained goes to the control plane before success is reported: the pod is
+# terminated right after, and its disk with it.
+upload_output() {
+  STAGE="uploading the output"
+  local archive="$WORK_DIR/output.tar.gz" attempt=1
+  tar -czf "$archive" -C "$WORK_DIR/output" .
+  log "uploading the output: $(stat -c %s "$archive") bytes"
+  while ((attempt <= 3)); do
+    if printf 'header = "Authorization: Bearer %s"\n' "$TUNELAB_JOB_TOKEN" \
+      | curl --config - --fail --silent --show-error --connect-timeout 20 \
+        --upload-file "$archive" --header "Content-Type: application/gzip" \
+        "${API_URL%/}/v1/deployments/${DEPLOYMENT_ID}/output" > /dev/null; then
+      log "output uploaded"
+      return 0
+    fi
+    log "output upload attempt $attempt failed"
+    sleep $((attempt * 5))
+    attempt=$((attempt + 1))
+  done
+  return 5
+}
+
 main() {
   : > "$LOG"
   write_files
@@ -163,6 +185,7 @@ main() {
   HEARTBEAT_PID=$!
   download
   train
+  upload_output
   SUCCEEDED=1
   log "training finished"
   report succeeded --message "training finished" --log "$LOG"

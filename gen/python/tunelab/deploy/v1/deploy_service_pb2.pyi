@@ -581,6 +581,100 @@ class ReportDeploymentResponse(_message.Message):
 Global___ReportDeploymentResponse: _TypeAlias = ReportDeploymentResponse  # noqa: Y015
 
 @_typing.final
+class UploadOutputRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    JOB_TOKEN_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    """First message only: which run, and its job token."""
+    job_token: _builtins.str
+    chunk: _builtins.bytes
+    """Every later message: the next bytes of the .tar.gz, at most 4 MiB each."""
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        job_token: _builtins.str = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "deployment_id", b"deployment_id", "job_token", b"job_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadOutputRequest: _TypeAlias = UploadOutputRequest  # noqa: Y015
+
+@_typing.final
+class UploadOutputResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def output(self) -> _deployments_pb2.Output: ...
+    def __init__(
+        self,
+        *,
+        output: _deployments_pb2.Output | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadOutputResponse: _TypeAlias = UploadOutputResponse  # noqa: Y015
+
+@_typing.final
+class DownloadOutputRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadOutputRequest: _TypeAlias = DownloadOutputRequest  # noqa: Y015
+
+@_typing.final
+class DownloadOutputResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """Every later message: the next bytes."""
+    @_builtins.property
+    def output(self) -> _deployments_pb2.Output:
+        """First message only."""
+
+    def __init__(
+        self,
+        *,
+        output: _deployments_pb2.Output | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "output", b"output", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "output", b"output", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["output", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___DownloadOutputResponse: _TypeAlias = DownloadOutputResponse  # noqa: Y015
+
+@_typing.final
 class SetProviderKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

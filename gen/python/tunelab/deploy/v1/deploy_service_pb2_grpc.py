@@ -84,6 +84,16 @@ class DeployServiceStub:
                 request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentRequest.SerializeToString,
                 response_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentResponse.FromString,
                 _registered_method=True)
+        self.UploadOutput = channel.stream_unary(
+                '/tunelab.deploy.v1.DeployService/UploadOutput',
+                request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.UploadOutputRequest.SerializeToString,
+                response_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.UploadOutputResponse.FromString,
+                _registered_method=True)
+        self.DownloadOutput = channel.unary_stream(
+                '/tunelab.deploy.v1.DeployService/DownloadOutput',
+                request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputRequest.SerializeToString,
+                response_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputResponse.FromString,
+                _registered_method=True)
         self.SetProviderKey = channel.unary_unary(
                 '/tunelab.deploy.v1.DeployService/SetProviderKey',
                 request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.SetProviderKeyRequest.SerializeToString,
@@ -184,6 +194,24 @@ class DeployServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadOutput(self, request_iterator, context):
+        """The pod sends what the run trained (the model or adapter, as a .tar.gz) before it reports
+        success. The first message names the deployment and carries its job token; every later
+        one a chunk. Sending it again replaces it. Over HTTP: PUT, the raw body is the file and
+        the job token is the bearer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadOutput(self, request, context):
+        """What the run trained, streamed: first a message with what it is, then its bytes.
+        NOT_FOUND until the pod has sent it. Over HTTP: the .tar.gz itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetProviderKey(self, request, context):
         """Stores (or replaces) the caller's API key for a provider, encrypted. New runs use it;
         runs in flight keep the key their pod was rented with.
@@ -261,6 +289,16 @@ def add_DeployServiceServicer_to_server(servicer, server):
                     servicer.ReportDeployment,
                     request_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentRequest.FromString,
                     response_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentResponse.SerializeToString,
+            ),
+            'UploadOutput': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadOutput,
+                    request_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.UploadOutputRequest.FromString,
+                    response_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.UploadOutputResponse.SerializeToString,
+            ),
+            'DownloadOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadOutput,
+                    request_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputRequest.FromString,
+                    response_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputResponse.SerializeToString,
             ),
             'SetProviderKey': grpc.unary_unary_rpc_method_handler(
                     servicer.SetProviderKey,
@@ -531,6 +569,60 @@ class DeployService:
             '/tunelab.deploy.v1.DeployService/ReportDeployment',
             tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentRequest.SerializeToString,
             tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadOutput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tunelab.deploy.v1.DeployService/UploadOutput',
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.UploadOutputRequest.SerializeToString,
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.UploadOutputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tunelab.deploy.v1.DeployService/DownloadOutput',
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputRequest.SerializeToString,
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,16 @@ class DeployServiceStub:
     the bearer token). UNAUTHENTICATED for a token that is not this deployment's,
     FAILED_PRECONDITION once the run is terminal (the token is dead then).
     """
+    UploadOutput: _grpc.StreamUnaryMultiCallable[_deploy_service_pb2.UploadOutputRequest, _deploy_service_pb2.UploadOutputResponse]
+    """The pod sends what the run trained (the model or adapter, as a .tar.gz) before it reports
+    success. The first message names the deployment and carries its job token; every later
+    one a chunk. Sending it again replaces it. Over HTTP: PUT, the raw body is the file and
+    the job token is the bearer.
+    """
+    DownloadOutput: _grpc.UnaryStreamMultiCallable[_deploy_service_pb2.DownloadOutputRequest, _deploy_service_pb2.DownloadOutputResponse]
+    """What the run trained, streamed: first a message with what it is, then its bytes.
+    NOT_FOUND until the pod has sent it. Over HTTP: the .tar.gz itself.
+    """
     SetProviderKey: _grpc.UnaryUnaryMultiCallable[_deploy_service_pb2.SetProviderKeyRequest, _deploy_service_pb2.SetProviderKeyResponse]
     """Stores (or replaces) the caller's API key for a provider, encrypted. New runs use it;
     runs in flight keep the key their pod was rented with.
@@ -121,6 +131,16 @@ class DeployServiceAsyncStub(DeployServiceStub):
     """Progress and status from the pod, authenticated by the deployment's job token (over HTTP:
     the bearer token). UNAUTHENTICATED for a token that is not this deployment's,
     FAILED_PRECONDITION once the run is terminal (the token is dead then).
+    """
+    UploadOutput: _aio.StreamUnaryMultiCallable[_deploy_service_pb2.UploadOutputRequest, _deploy_service_pb2.UploadOutputResponse]  # type: ignore[assignment]
+    """The pod sends what the run trained (the model or adapter, as a .tar.gz) before it reports
+    success. The first message names the deployment and carries its job token; every later
+    one a chunk. Sending it again replaces it. Over HTTP: PUT, the raw body is the file and
+    the job token is the bearer.
+    """
+    DownloadOutput: _aio.UnaryStreamMultiCallable[_deploy_service_pb2.DownloadOutputRequest, _deploy_service_pb2.DownloadOutputResponse]  # type: ignore[assignment]
+    """What the run trained, streamed: first a message with what it is, then its bytes.
+    NOT_FOUND until the pod has sent it. Over HTTP: the .tar.gz itself.
     """
     SetProviderKey: _aio.UnaryUnaryMultiCallable[_deploy_service_pb2.SetProviderKeyRequest, _deploy_service_pb2.SetProviderKeyResponse]  # type: ignore[assignment]
     """Stores (or replaces) the caller's API key for a provider, encrypted. New runs use it;
@@ -226,6 +246,28 @@ class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
         """Progress and status from the pod, authenticated by the deployment's job token (over HTTP:
         the bearer token). UNAUTHENTICATED for a token that is not this deployment's,
         FAILED_PRECONDITION once the run is terminal (the token is dead then).
+        """
+
+    @_abc_1.abstractmethod
+    def UploadOutput(
+        self,
+        request_iterator: _MaybeAsyncIterator[_deploy_service_pb2.UploadOutputRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_deploy_service_pb2.UploadOutputResponse, _abc.Awaitable[_deploy_service_pb2.UploadOutputResponse]]:
+        """The pod sends what the run trained (the model or adapter, as a .tar.gz) before it reports
+        success. The first message names the deployment and carries its job token; every later
+        one a chunk. Sending it again replaces it. Over HTTP: PUT, the raw body is the file and
+        the job token is the bearer.
+        """
+
+    @_abc_1.abstractmethod
+    def DownloadOutput(
+        self,
+        request: _deploy_service_pb2.DownloadOutputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_deploy_service_pb2.DownloadOutputResponse], _abc.AsyncIterator[_deploy_service_pb2.DownloadOutputResponse]]:
+        """What the run trained, streamed: first a message with what it is, then its bytes.
+        NOT_FOUND until the pod has sent it. Over HTTP: the .tar.gz itself.
         """
 
     @_abc_1.abstractmethod

@@ -168,6 +168,7 @@ class Deployment(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     LAST_REPORT_AT_FIELD_NUMBER: _builtins.int
     SYSTEM_INFO_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """"dep_" and 26 characters; the pod is named "tunelab-<id>"."""
     state: Global___DeploymentState.ValueType
@@ -220,6 +221,10 @@ class Deployment(_message.Message):
     def system_info(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """What the pod reported of its machine at start: GPU, CUDA, disk."""
 
+    @_builtins.property
+    def output(self) -> Global___Output:
+        """What the run trained, once the pod has sent it (GET .../output downloads it)."""
+
     def __init__(
         self,
         *,
@@ -245,14 +250,43 @@ class Deployment(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         last_report_at: _timestamp_pb2.Timestamp | None = ...,
         system_info: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        output: Global___Output | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "gpu", b"gpu", "hyperparameters", b"hyperparameters", "last_report_at", b"last_report_at", "limits", b"limits", "progress", b"progress", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "gpu", b"gpu", "hyperparameters", b"hyperparameters", "last_report_at", b"last_report_at", "limits", b"limits", "output", b"output", "progress", b"progress", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "cost_usd", b"cost_usd", "created_at", b"created_at", "dataset_id", b"dataset_id", "error", b"error", "finished_at", b"finished_at", "gpu", b"gpu", "gpu_type", b"gpu_type", "hourly_usd", b"hourly_usd", "hyperparameters", b"hyperparameters", "id", b"id", "image", b"image", "last_report_at", b"last_report_at", "limits", b"limits", "method", b"method", "pod_id", b"pod_id", "progress", b"progress", "provider", b"provider", "started_at", b"started_at", "state", b"state", "system_info", b"system_info", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "cost_usd", b"cost_usd", "created_at", b"created_at", "dataset_id", b"dataset_id", "error", b"error", "finished_at", b"finished_at", "gpu", b"gpu", "gpu_type", b"gpu_type", "hourly_usd", b"hourly_usd", "hyperparameters", b"hyperparameters", "id", b"id", "image", b"image", "last_report_at", b"last_report_at", "limits", b"limits", "method", b"method", "output", b"output", "pod_id", b"pod_id", "progress", b"progress", "provider", b"provider", "started_at", b"started_at", "state", b"state", "system_info", b"system_info", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
+
+@_typing.final
+class Output(_message.Message):
+    """A run's trained model or adapter: the pod's output directory as a .tar.gz."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    size_bytes: _builtins.int
+    sha256: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Output: _TypeAlias = Output  # noqa: Y015
 
 @_typing.final
 class Hyperparameters(_message.Message):
