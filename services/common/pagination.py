@@ -85,6 +85,11 @@ class Page(Generic[T]):
     items: list[T]
     next_cursor: Cursor | None
 
+    @property
+    def next_page_token(self) -> str:
+        """What a list response carries: empty on the last page."""
+        return self.next_cursor.encode() if self.next_cursor else ""
+
 
 def newest_first(
     query: Q,
@@ -106,3 +111,20 @@ def page(items: Sequence[T], size: int, scope: str, when: Callable[[T], datetime
         return Page(list(items), None)
     last = items[size - 1]
     return Page(list(items[:size]), Cursor(when(last), last.id, scope))
+
+
+def oldest_first(query: Q, key: InstrumentedAttribute[int], after: Cursor | None, size: int) -> Q:
+    """Keyset pagination over an increasing integer key (a sequence, an autoincrement id),
+    oldest first; the cursor's id holds the last key served."""
+    if after is not None:
+        try:
+            last = int(after.id)
+        except ValueError:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "page_token is not one this list returned",
+                errors_pb2.ERROR_REASON_INVALID_PAGE_TOKEN,
+                {"field": "page_token"},
+            ) from None
+        query = query.where(key > last)
+    return query.order_by(key).limit(size + 1)

@@ -119,7 +119,7 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
         )
         return api.ListDatasetsResponse(
             datasets=[convert.dataset(d) for d in page.items],
-            next_page_token=page.next_cursor.encode() if page.next_cursor else "",
+            next_page_token=page.next_page_token,
         )
 
     async def DeleteDataset(
@@ -178,7 +178,7 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
         now = self.clock()
         return api.ListDownloadTokensResponse(
             download_tokens=[convert.download_token(t, now) for t in page.items],
-            next_page_token=page.next_cursor.encode() if page.next_cursor else "",
+            next_page_token=page.next_page_token,
         )
 
     async def RevokeDownloadToken(
@@ -201,7 +201,7 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
         )
         return api.ListDownloadEventsResponse(
             download_events=[convert.download_event(e) for e in page.items],
-            next_page_token=page.next_cursor.encode() if page.next_cursor else "",
+            next_page_token=page.next_page_token,
         )
 
     async def RedeemDownloadToken(

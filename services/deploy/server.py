@@ -169,7 +169,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         )
         return api.ListDeploymentsResponse(
             deployments=[convert.deployment(d) for d in found.items],
-            next_page_token=found.next_cursor.encode() if found.next_cursor else "",
+            next_page_token=found.next_page_token,
         )
 
     async def CancelDeployment(
@@ -190,7 +190,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         )
         return api.ListDeploymentEventsResponse(
             events=[convert.event(e) for e in found.items],
-            next_page_token=found.next_cursor.encode() if found.next_cursor else "",
+            next_page_token=found.next_page_token,
         )
 
     async def ListDeploymentMetrics(
@@ -204,7 +204,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         )
         return api.ListDeploymentMetricsResponse(
             metrics=[convert.metric(m) for m in found.items],
-            next_page_token=found.next_cursor.encode() if found.next_cursor else "",
+            next_page_token=found.next_page_token,
         )
 
     async def WatchDeployment(

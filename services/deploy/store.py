@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.common import ids
 from services.common.db import Database
 from services.common.errors import ServiceError, not_found
-from services.common.pagination import Cursor, Page, newest_first, page
+from services.common.pagination import Cursor, Page, newest_first, oldest_first, page
 from services.deploy import metrics
 from services.deploy.models import (
     DeploymentEventRow,
@@ -31,7 +31,6 @@ from services.deploy.models import (
 from services.deploy.providers.base import GpuRequest
 from services.deploy.spec import Hyperparameters, Spec
 from services.deploy.states import LIVE, State
-from tunelab.common.v1 import errors_pb2
 
 
 @dataclass(frozen=True)
@@ -300,11 +299,12 @@ class DeploymentStore:
         self, owner: str, deployment_id: str, size: int, page_token: str
     ) -> Page[Event]:
         scope = f"events:{deployment_id}"
-        after = Cursor.decode(page_token, scope)
-        query = select(DeploymentEventRow).where(DeploymentEventRow.deployment_id == deployment_id)
-        if after is not None:
-            query = query.where(DeploymentEventRow.sequence > _int(after.id))
-        query = query.order_by(DeploymentEventRow.sequence).limit(size + 1)
+        query = oldest_first(
+            select(DeploymentEventRow).where(DeploymentEventRow.deployment_id == deployment_id),
+            DeploymentEventRow.sequence,
+            Cursor.decode(page_token, scope),
+            size,
+        )
         async with self.db.session() as session:
             await _owned(session, owner, deployment_id)
             rows = (await session.scalars(query)).all()
@@ -337,11 +337,12 @@ class DeploymentStore:
         self, owner: str, deployment_id: str, size: int, page_token: str
     ) -> Page[MetricPoint]:
         scope = f"metrics:{deployment_id}"
-        after = Cursor.decode(page_token, scope)
-        query = select(MetricRow).where(MetricRow.deployment_id == deployment_id)
-        if after is not None:
-            query = query.where(MetricRow.id > _int(after.id))
-        query = query.order_by(MetricRow.id).limit(size + 1)
+        query = oldest_first(
+            select(MetricRow).where(MetricRow.deployment_id == deployment_id),
+            MetricRow.id,
+            Cursor.decode(page_token, scope),
+            size,
+        )
         async with self.db.session() as session:
             await _owned(session, owner, deployment_id)
             rows = (await session.scalars(query)).all()
@@ -468,18 +469,6 @@ async def _owned(session: AsyncSession, owner: str, deployment_id: str) -> Deplo
     if row is None or row.owner != owner:
         raise not_found("deployment", deployment_id)
     return row
-
-
-def _int(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "page_token is not one this list returned",
-            errors_pb2.ERROR_REASON_INVALID_PAGE_TOKEN,
-            {"field": "page_token"},
-        ) from None
 
 
 def _deployment(row: DeploymentRow) -> Deployment:
