@@ -87,6 +87,7 @@ def run(*, log_format: str = "text") -> int:
     env.setdefault("TUNELAB_DATASETS_STORAGE_DIR", str(var_dir() / "datasets"))
     env.setdefault("TUNELAB_DEPLOY_DATABASE_URL", f"sqlite:///{var_dir() / 'deploy.db'}")
     env.setdefault("TUNELAB_DEPLOY_LOCAL_WORK_DIR", str(var_dir() / "pods"))
+    env.setdefault("TUNELAB_DEPLOY_OUTPUT_DIR", str(var_dir() / "outputs"))
     gateway = (
         f"{env.get('TUNELAB_GATEWAY_HOST', '127.0.0.1')}:{env.get('TUNELAB_GATEWAY_PORT', '8080')}"
     )

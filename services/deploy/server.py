@@ -240,8 +240,11 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         if d is None or not JOB_TOKENS.matches(request.job_token, d.job_token_hash):
             raise _not_the_job_token()
         report = request.report
-        if report.phase == api.REPORT_PHASE_UNSPECIFIED:
-            raise invalid_argument("report.phase", "report.phase is required")
+        if report.phase not in api.ReportPhase.values() or not report.phase:
+            raise invalid_argument(
+                "report.phase",
+                "report.phase is required: starting, downloading, training, succeeded or failed",
+            )
         _check_report(report)
         now = self.clock()
 

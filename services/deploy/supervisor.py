@@ -143,6 +143,11 @@ class Supervisor:
                 if found:
                     await self._rented(d, found[0], adopted=True)
                     return
+                if d.state is not State.PROVISIONING:
+                    # It reported from a pod we never recorded, and that pod is gone: renting
+                    # another would start the run over, at a price nobody agreed to.
+                    await self._fail(d, RunError(Stop.POD_VANISHED, "the pod is gone"))
+                    return
             spec, d = await self._pod_spec(d, name)
             if spec is None:
                 return

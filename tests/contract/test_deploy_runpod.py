@@ -405,6 +405,9 @@ async def test_reports_are_checked_stored_and_end_the_run(deploy: Deploy) -> Non
     assert too_long.code() == grpc.StatusCode.INVALID_ARGUMENT
     no_phase = await rpc_error(report())
     assert no_phase.code() == grpc.StatusCode.INVALID_ARGUMENT
+    unknown = await rpc_error(report(phase=42))
+    assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await deploy.get(created.id)).state == pb.DEPLOYMENT_STATE_TRAINING
 
     reply = await report(
         phase=api.REPORT_PHASE_FAILED,

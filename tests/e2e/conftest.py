@@ -104,6 +104,7 @@ def start_suite(var: Path, database_url: str, deploy_database_url: str, **extra_
         "TUNELAB_DEPLOY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         "TUNELAB_DEPLOY_KEYS_KEK": KEK,
         "TUNELAB_DEPLOY_LOCAL_WORK_DIR": str(var / "pods"),
+        "TUNELAB_DEPLOY_OUTPUT_DIR": str(var / "outputs"),
         "TUNELAB_DEPLOY_SUPERVISE_INTERVAL_SECONDS": "0.5",
         "TUNELAB_DEPLOY_ORPHAN_SWEEP_INTERVAL_SECONDS": "2",
         "TUNELAB_DEPLOY_HEARTBEAT_SECONDS": "2",
