@@ -346,7 +346,11 @@ class Supervisor:
                     change.values["started_at"] = now
                 if current.state is State.PROVISIONING:
                     change.become(current.state, State.STARTING, "the pod is running")
-            if verdict := self._verdict(current, pod, now):
+            if seen and _finished_quietly(current, seen):
+                # Its final report was lost, but the pod exited cleanly after sending its output.
+                message = "the pod exited with status 0 after sending its output"
+                _end(change, current, State.SUCCEEDED, RunError("", message))
+            elif verdict := self._verdict(current, pod, now):
                 _end(change, current, State.FAILED, verdict)
             return change
 
@@ -479,6 +483,10 @@ class Supervisor:
 _UNKNOWN = Pod(id="", name="", status=PodStatus.RUNNING, message="unknown")
 # A run whose pod is gone needs its secrets no more.
 _FORGET = {"job_token_ciphertext": None, "provider_key_ciphertext": None}
+
+
+def _finished_quietly(d: Deployment, pod: Pod) -> bool:
+    return pod.status is PodStatus.EXITED and pod.exit_code == 0 and d.output is not None
 
 
 def _owns(d: Deployment, pod: Pod) -> bool:

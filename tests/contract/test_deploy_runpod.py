@@ -577,3 +577,23 @@ async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_rese
     )
     late = await rpc_error(send(b"late model"))
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_pod_that_sent_its_output_and_exited_cleanly_succeeded(deploy: Deploy) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    (pod,) = deploy.fake.live_pods(f"tunelab-{created.id}")
+
+    async def messages() -> AsyncIterator[api.UploadOutputRequest]:
+        yield api.UploadOutputRequest(
+            deployment_id=created.id, job_token=pod["env"]["TUNELAB_JOB_TOKEN"]
+        )
+        yield api.UploadOutputRequest(chunk=b"adapter")
+
+    await deploy.stub.UploadOutput(messages())
+    deploy.fake.exit(pod["id"], 0)  # and its "succeeded" report never arrived
+    await deploy.tick(5)
+    d = await deploy.get(created.id)
+    assert d.state == pb.DEPLOYMENT_STATE_SUCCEEDED
+    assert not d.HasField("error")
+    assert deploy.fake.pods[pod["id"]]["status"] == "TERMINATED"
