@@ -69,6 +69,23 @@ class Suite:
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.var.glob("*.log")))
 
+    def restart(self, name: str, module: str) -> None:
+        """Stop one process (SIGTERM, as Kubernetes does) and start it again, appending to its
+        log; returns once the gateway reports every service ready again."""
+        old = self.processes[name]
+        old.terminate()
+        old.wait(timeout=30)
+        self.processes[name] = _spawn(self.var, name, module, self.env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{name} did not come back:\n{self.logs()[-3000:]}")
+
     def stop(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:
@@ -126,10 +143,7 @@ def start_suite(var: Path, database_url: str, deploy_database_url: str, **extra_
         ("deploy", "services.deploy"),
         ("gateway", "gateway"),
     ):
-        log = (var / f"{name}.log").open("wb")
-        processes[name] = subprocess.Popen(
-            [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        processes[name] = _spawn(var, name, module, env)
     suite = Suite(f"http://127.0.0.1:{gateway_port}", env, var, database_url, processes)
     suite.secrets_seen |= {env["TUNELAB_INTERNAL_TOKEN"], JWT_SECRET, KEK}
     deadline = time.monotonic() + 30
@@ -146,6 +160,13 @@ def start_suite(var: Path, database_url: str, deploy_database_url: str, **extra_
         time.sleep(0.1)
     suite.stop()
     raise AssertionError(f"the suite did not become ready:\n{suite.logs()[-3000:]}")
+
+
+def _spawn(var: Path, name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with (var / f"{name}.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -190,6 +190,23 @@ def test_cancel_stops_the_pod(suite: Suite) -> None:
     assert again.json()["state"] == "cancelled"
 
 
+def test_a_restarted_deploy_service_takes_over_the_runs_of_the_last_one(suite: Suite) -> None:
+    alice = suite.client("alice")
+    dataset_id = upload(alice, "restart.jsonl", chat_rows(50))
+    created = alice.post("/v1/deployments", json=request(dataset_id, max_steps=10_000_000))
+    deployment_id = created.json()["id"]
+    wait_until(alice, deployment_id, {"training"})
+    suite.restart("deploy", "services.deploy")
+    # The pod trained on meanwhile, and the new process knows it and can stop it.
+    assert alice.get(f"/v1/deployments/{deployment_id}").json()["state"] == "training"
+    steps = alice.get(f"/v1/deployments/{deployment_id}").json()["progress"]["step"]
+    time.sleep(2.5)
+    assert alice.get(f"/v1/deployments/{deployment_id}").json()["progress"]["step"] > steps
+    cancelled = alice.post(f"/v1/deployments/{deployment_id}/cancel", json={})
+    assert cancelled.json()["state"] == "cancelled"
+    assert pod_processes_gone(suite, deployment_id)
+
+
 def test_another_users_deployment_and_dataset_are_not_found(suite: Suite) -> None:
     alice, mallory = suite.client("alice"), suite.client("mallory")
     dataset_id = upload(alice, "mine.jsonl", chat_rows(10))
