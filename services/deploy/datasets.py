@@ -69,6 +69,18 @@ class DatasetsClient:
             context.caller.reset(token)
         return DownloadLink(reply.url, reply.token_id)
 
+    async def revoke(self, owner: str, dataset_id: str, token_id: str) -> None:
+        """Revoke a link no pod will use (best effort: it expires on its own anyway)."""
+        token = context.caller.set(owner)
+        try:
+            await self.stub.RevokeDownloadToken(
+                api.RevokeDownloadTokenRequest(dataset_id=dataset_id, token_id=token_id)
+            )
+        except grpc.aio.AioRpcError:
+            pass
+        finally:
+            context.caller.reset(token)
+
     async def close(self) -> None:
         await self.channel.close()
 

@@ -57,6 +57,7 @@ WATCH_POLL_SECONDS = 1.0
 # A watch ends after this long even if the run goes on; clients reconnect with after_sequence.
 WATCH_MAX_SECONDS = 3600.0
 MAX_LOG_TAIL_LINES = 100
+AUTH_DRAIN_BYTES = 64 * 1024**2
 MAX_LINE_CHARS = 1000
 _PHASE_STATE = {
     api.REPORT_PHASE_STARTING: State.STARTING,
@@ -271,27 +272,33 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         except StopAsyncIteration:
             raise invalid_argument("deployment_id", "the stream is empty") from None
         d = await self.store.get_any(first.deployment_id) if first.deployment_id else None
+        # A stranger's upload is read on only this far before the refusal (see below).
+        budget = AUTH_DRAIN_BYTES
         try:
             if d is None or not JOB_TOKENS.matches(first.job_token, d.job_token_hash):
                 raise _not_the_job_token()
             if d.state.terminal:
                 raise _finished(d)
-            stored = await receive(
-                _chunks(request_iterator),
-                self.outputs,
-                max_bytes=self.settings.max_output_bytes,
-            )
+            if first.chunk:
+                raise invalid_argument(
+                    "chunk", "the first message names the run; the file starts in the second"
+                )
+            budget = self.settings.max_output_bytes
+            stored = await receive(_chunks(request_iterator), self.outputs, max_bytes=budget)
         except ServiceError:
             # Refused while the pod is still sending: read the rest first (a gRPC client whose
-            # send fails reports that, not our status), up to the size limit.
-            await _drain(request_iterator, self.settings.max_output_bytes)
+            # send fails reports that, not our status).
+            await _drain(request_iterator, budget)
             raise
         now = self.clock()
         output = Output(stored.blob_key, stored.size_bytes, stored.sha256, now)
+        replaced: Output | None = None
 
         def attach(current: Deployment) -> Change:
+            nonlocal replaced
             if current.state.terminal:
                 raise _finished(current)
+            replaced = current.output
             change = Change(output_values(output))
             change.log("output_received", f"{stored.size_bytes} bytes, sha256 {stored.sha256}")
             return change
@@ -301,8 +308,8 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         except BaseException:
             await asyncio.to_thread(self.outputs.delete, stored.blob_key)
             raise
-        if d.output is not None and d.output.blob_key != stored.blob_key:
-            await asyncio.to_thread(self.outputs.delete, d.output.blob_key)  # replaced
+        if replaced is not None:
+            await asyncio.to_thread(self.outputs.delete, replaced.blob_key)
         log.info("output stored", extra={"deployment": d.id, "size_bytes": stored.size_bytes})
         assert after.output is not None
         return api.UploadOutputResponse(output=convert.output(after.output))

@@ -234,12 +234,15 @@ class DeploymentStore:
         return page([_deployment(r) for r in rows], size, scope, lambda d: d.created_at)
 
     async def supervised(self) -> list[Deployment]:
-        """Every deployment the supervisor must look after: the live ones, and the finished
-        ones whose pod is not confirmed gone yet."""
+        """Every deployment the supervisor must look after: the live ones, the finished ones
+        whose pod is not confirmed gone yet, and finished ones that still hold secrets (a pod
+        may have been asked for and never recorded: it is looked for by name first)."""
         query = select(DeploymentRow).where(
             or_(
                 DeploymentRow.state.in_([s.value for s in LIVE]),
                 DeploymentRow.pod_released_at.is_(None) & DeploymentRow.pod_id.is_not(None),
+                DeploymentRow.provider_key_ciphertext.is_not(None),
+                DeploymentRow.job_token_ciphertext.is_not(None),
             )
         )
         async with self.db.session() as session:

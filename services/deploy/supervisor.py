@@ -25,7 +25,7 @@ import grpc
 
 from services.common import bearer
 from services.deploy import metrics
-from services.deploy.datasets import DatasetsClient, describe
+from services.deploy.datasets import DatasetsClient, DownloadLink, describe
 from services.deploy.keys import KeyRingError
 from services.deploy.pod import render
 from services.deploy.providers.base import (
@@ -101,11 +101,13 @@ class Supervisor:
     async def tick(self) -> None:
         now = self.clock()
         interval = timedelta(seconds=self.settings.supervise_interval_seconds)
-        if not await self.store.hold_lease(LEASE, self.holder, now, 3 * interval):
-            return  # another replica supervises
-        # The cost limit looks one pass ahead: as far ahead as passes really are apart.
+        if not await self._leader():
+            self._last_tick = None  # passes resume from scratch when the lease comes back
+            return
+        # The cost limit looks one pass ahead: as far ahead as passes really are apart (at
+        # most a lease's length: a longer gap was an outage, not the pace).
         if self._last_tick is not None:
-            self._gap = max(interval, now - self._last_tick)
+            self._gap = min(max(interval, now - self._last_tick), 3 * interval)
         self._last_tick = now
         limit = asyncio.Semaphore(CONCURRENT_STEPS)
 
@@ -118,14 +120,24 @@ class Supervisor:
 
         await asyncio.gather(*(guarded(d) for d in await self.store.supervised()))
         sweep_every = timedelta(seconds=self.settings.orphan_sweep_interval_seconds)
-        if self._last_sweep is None or now - self._last_sweep >= sweep_every:
+        due = self._last_sweep is None or now - self._last_sweep >= sweep_every
+        if due and await self._leader():  # a long pass may have lost the lease
             self._last_sweep = now
             await self.sweep()
+
+    async def _leader(self) -> bool:
+        """Take or renew the lease; False while another replica holds it."""
+        ttl = timedelta(seconds=3 * self.settings.supervise_interval_seconds)
+        return await self.store.hold_lease(LEASE, self.holder, self.clock(), ttl)
 
     async def step(self, d: Deployment) -> None:
         if d.state.terminal:
             if d.pod_id and not d.pod_released_at:
                 await self.release(d)
+            elif not d.pod_id:
+                await self._settle_unrecorded(d)
+            else:
+                await self._forget(d, "")
         elif not d.pod_id:
             await self.launch(d)
         else:
@@ -134,7 +146,10 @@ class Supervisor:
     # Launching --------------------------------------------------------------------------------
 
     async def launch(self, d: Deployment) -> None:
+        if not await self._leader():
+            return
         name = pod_name(self.settings, d.id)
+        link: DownloadLink | None = None
         try:
             if d.state is not State.PENDING:
                 # Asked for before (then a restart, or an answer lost): adopt, never rent twice.
@@ -148,12 +163,14 @@ class Supervisor:
                     # another would start the run over, at a price nobody agreed to.
                     await self._fail(d, RunError(Stop.POD_VANISHED, "the pod is gone"))
                     return
-            spec, d = await self._pod_spec(d, name)
+            spec, link, d = await self._pod_spec(d, name)
             if spec is None:
                 return
             async with self._provider(d) as provider:
                 pod = await provider.create(spec)
         except ProviderError as exc:
+            if link is not None:  # no pod got it: it must not pile up in the owner's list
+                await self.datasets.revoke(d.owner, d.spec.dataset_id, link.token_id)
             await self._provider_refused(d, exc)
             return
         await self._rented(d, pod, adopted=False)
@@ -162,9 +179,11 @@ class Supervisor:
         """The provider with the key the run's pod is (or will be) rented with."""
         return self.providers.open(d.owner, d.spec.provider, d.provider_key_ciphertext)
 
-    async def _pod_spec(self, d: Deployment, name: str) -> tuple[PodSpec | None, Deployment]:
+    async def _pod_spec(
+        self, d: Deployment, name: str
+    ) -> tuple[PodSpec | None, DownloadLink | None, Deployment]:
         """Mint (once) the pod's credentials, record the request, and build what the provider
-        runs; None when the run cannot start (it is failed) or must wait."""
+        runs; no spec when the run cannot start (it is failed) or must wait."""
         try:
             link = await self.datasets.download_link(
                 d.owner,
@@ -174,17 +193,26 @@ class Supervisor:
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-                await self._fail(d, RunError("DATASET_UNAVAILABLE", describe(exc)))
+                await self._fail(d, RunError(Stop.DATASET_UNAVAILABLE, describe(exc)))
+            elif self.clock() - d.created_at >= self._provision_deadline(d):
+                message = f"the datasets service could not be reached ({describe(exc)})"
+                await self._fail(d, RunError(Stop.DATASET_UNAVAILABLE, message))
             else:
                 log.warning(
                     "datasets service unavailable; launch retried", extra={"error": describe(exc)}
                 )
-            return None, d
+            return None, None, d
         keyring = self.providers.keyring
-        if d.job_token_ciphertext:
-            secret = keyring.decrypt(d.job_token_ciphertext)
-        else:
-            secret = JOB_TOKENS.new_secret()
+        try:
+            secret = (
+                keyring.decrypt(d.job_token_ciphertext)
+                if d.job_token_ciphertext
+                else JOB_TOKENS.new_secret()
+            )
+        except KeyRingError as exc:
+            await self.datasets.revoke(d.owner, d.spec.dataset_id, link.token_id)
+            await self._fail(d, RunError(Stop.PROVIDER_REFUSED, str(exc)))
+            return None, None, d
         key = d.provider_key_ciphertext or await self.providers.key_ciphertext(
             d.owner, d.spec.provider
         )
@@ -208,7 +236,8 @@ class Supervisor:
 
         d, changed = await self.store.mutate(d.id, now, request)
         if not changed:
-            return None, d
+            await self.datasets.revoke(d.owner, d.spec.dataset_id, link.token_id)
+            return None, None, d
         config = {
             "deployment_id": d.id,
             "method": d.spec.method,
@@ -243,7 +272,7 @@ class Supervisor:
             env=env,
             disk_gb=self.settings.runpod_disk_gb,
         )
-        return spec, d
+        return spec, link, d
 
     async def _rented(self, d: Deployment, pod: Pod, *, adopted: bool) -> None:
         now = self.clock()
@@ -293,12 +322,15 @@ class Supervisor:
         if d.state.terminal:  # cancelled while the pod was being rented
             await self.release(d)
 
-    async def _provider_refused(self, d: Deployment, exc: ProviderError) -> None:
-        now = self.clock()
-        deadline = min(
+    def _provision_deadline(self, d: Deployment) -> timedelta:
+        return min(
             timedelta(minutes=self.settings.provision_timeout_minutes),
             timedelta(minutes=d.spec.max_runtime_minutes),
         )
+
+    async def _provider_refused(self, d: Deployment, exc: ProviderError) -> None:
+        now = self.clock()
+        deadline = self._provision_deadline(d)
         if exc.kind not in _TRANSIENT:
             await self._fail(d, RunError(Stop.PROVIDER_REFUSED, exc.message))
         elif now - d.created_at >= deadline:
@@ -426,6 +458,33 @@ class Supervisor:
         if changed:
             metrics.PODS_TERMINATED.labels(d.spec.provider).inc()
 
+    async def _settle_unrecorded(self, d: Deployment) -> None:
+        """A run that ended with no pod recorded may still have one (asked for, then the answer
+        lost, or cancelled meanwhile): look for it by name, terminate it, then forget the
+        run's secrets."""
+        name = pod_name(self.settings, d.id)
+        try:
+            async with self._provider(d) as provider:
+                found = [p for p in await provider.list_pods(name) if p.name == name]
+                for pod in found:
+                    await provider.terminate(pod.id)
+        except ProviderError as exc:
+            if exc.kind is not ProviderErrorKind.UNAUTHENTICATED:
+                log.warning("could not look for the pod yet", extra={"deployment": d.id})
+                return
+            found = []  # the key is refused: nothing can be looked at or done with it
+        note = f"terminated pod {', '.join(p.id for p in found)}, asked for before the run ended"
+        await self._forget(d, note if found else "")
+
+    async def _forget(self, d: Deployment, note: str) -> None:
+        def forget(current: Deployment) -> Change:
+            change = Change(dict(_FORGET))
+            if note:
+                change.log("pod_terminated", note)
+            return change
+
+        await self.store.mutate(d.id, self.clock(), forget)
+
     async def _fail(self, d: Deployment, error: RunError) -> None:
         def fail(current: Deployment) -> Change | None:
             if current.state.terminal:
@@ -486,7 +545,9 @@ _FORGET = {"job_token_ciphertext": None, "provider_key_ciphertext": None}
 
 
 def _finished_quietly(d: Deployment, pod: Pod) -> bool:
-    return pod.status is PodStatus.EXITED and pod.exit_code == 0 and d.output is not None
+    """Exited, not with a failure status, after sending its output: the pod sends the output
+    only once training has succeeded (RunPod may not tell the exit status at all)."""
+    return pod.status is PodStatus.EXITED and pod.exit_code in (0, None) and d.output is not None
 
 
 def _owns(d: Deployment, pod: Pod) -> bool:
@@ -510,5 +571,5 @@ def _end(change: Change, current: Deployment, state: State, error: RunError) -> 
     change.become(current.state, state, error.message)
     if state is not State.SUCCEEDED:
         change.values.update(error_values(error))
-    if not current.pod_id:
+    if current.state is State.PENDING:  # no pod was ever asked for: no secret is needed more
         change.values.update(_FORGET)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -10,7 +11,10 @@ from cryptography.fernet import Fernet
 from services.common.db import Database
 from services.deploy.keys import KeyRing, KeyRingError
 from services.deploy.service import MIGRATIONS
-from services.deploy.store import DeploymentStore
+from services.deploy.spec import parse
+from services.deploy.store import Change, DeploymentStore
+from tunelab.deploy.v1 import deploy_service_pb2 as api
+from tunelab.deploy.v1 import deployments_pb2 as pb
 
 
 async def test_rotation_re_encrypts_every_key_for_the_new_kek(empty_db_url: str) -> None:
@@ -34,6 +38,48 @@ async def test_rotation_re_encrypts_every_key_for_the_new_kek(empty_db_url: str)
             assert only_new.decrypt(ciphertext) == secrets[owner]
         with pytest.raises(KeyRingError, match="cannot be decrypted"):
             KeyRing(old).decrypt(ciphertext)
+    finally:
+        await db.close()
+
+
+async def test_rotation_covers_the_copies_live_runs_hold(empty_db_url: str) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    db = Database(empty_db_url)
+    try:
+        await MIGRATIONS.upgrade(db)
+        store = DeploymentStore(db)
+        now = datetime.now(UTC)
+        spec = parse(
+            api.DeploymentSpec(
+                provider="local",
+                dataset_id="ds_x",
+                method=pb.TRAINING_METHOD_SFT,
+                limits=pb.Limits(max_runtime_minutes=5, max_cost_usd=1),
+            ),
+            default_image="img",
+        )
+        run = await store.create(
+            owner="alice",
+            request_id=None,
+            spec=spec,
+            dataset_sha256="0" * 64,
+            dataset_size=1,
+            hourly_usd=0,
+            now=now,
+        )
+        ring = KeyRing(old)
+        secrets = {"job_token_ciphertext": "tljb_secret", "provider_key_ciphertext": "rpa_key"}
+
+        def hold(current: Any) -> Change:
+            return Change({name: ring.encrypt(value) for name, value in secrets.items()})
+
+        await store.mutate(run.id, now, hold)
+        await store.rotate_keys(KeyRing(f"{new},{old}").rotate, now)
+        after = await store.get_any(run.id)
+        assert after is not None
+        only_new = KeyRing(new)
+        assert only_new.decrypt(after.job_token_ciphertext or "") == "tljb_secret"
+        assert only_new.decrypt(after.provider_key_ciphertext or "") == "rpa_key"
     finally:
         await db.close()
 

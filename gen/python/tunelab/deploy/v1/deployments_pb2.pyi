@@ -464,7 +464,8 @@ class DeploymentError(_message.Message):
     LOG_TAIL_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """What stopped the run, one of: TRAINER_FAILED, BOOTSTRAP_FAILED, MAX_RUNTIME, MAX_COST,
-    HEARTBEAT_TIMEOUT, POD_FAILED, POD_VANISHED, PROVIDER_REFUSED, CANCELLED.
+    HEARTBEAT_TIMEOUT, POD_FAILED, POD_VANISHED, PROVIDER_REFUSED (no pod could be rented),
+    START_TIMEOUT (a pod was rented but never ran), DATASET_UNAVAILABLE, CANCELLED.
     """
     message: _builtins.str
     exit_code: _builtins.int
