@@ -10,9 +10,9 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from gateway import enums
 from gateway.rules import HttpRule
 from gateway.transcode import BEARER_FIELDS, IDEMPOTENCY_FIELD, query_fields, success_status
+from services.common import enum_names as enums
 from tunelab.datasets.v1 import datasets_pb2
 from tunelab.deploy.v1 import deployments_pb2
 

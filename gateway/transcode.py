@@ -18,9 +18,9 @@ from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway import enums
 from gateway.errors import error_response, from_rpc_error
 from gateway.rules import HttpRule
+from services.common import enum_names as enums
 
 MAX_JSON_BODY = 1 << 20
 # Request fields filled from headers, never from the query string (a token in a URL ends up in

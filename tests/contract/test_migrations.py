@@ -18,6 +18,8 @@ from services.datasets.service import MIGRATIONS
 from services.datasets.store import DatasetStore
 from services.deploy import models as deploy_models
 from services.deploy import service as deploy_service
+from services.tracing import models as tracing_models
+from services.tracing import service as tracing_service
 
 
 def tables(conn: Connection) -> set[str]:
@@ -31,8 +33,21 @@ def drift(conn: Connection, migrations: Migrations = MIGRATIONS, base: Any = Bas
     return list(compare_metadata(context, base.metadata))
 
 
-async def test_deploy_up_down_up_and_no_drift(empty_db_url: str) -> None:
-    migrations, base = deploy_service.MIGRATIONS, deploy_models.Base
+@pytest.mark.parametrize(
+    ("migrations", "base", "expected"),
+    [
+        (
+            deploy_service.MIGRATIONS,
+            deploy_models.Base,
+            {"deployments", "deployment_events", "deployment_metrics", "provider_keys", "leases"},
+        ),
+        (tracing_service.MIGRATIONS, tracing_models.Base, {"spans", "span_tags"}),
+    ],
+    ids=["deploy", "tracing"],
+)
+async def test_other_services_up_down_up_and_no_drift(
+    empty_db_url: str, migrations: Migrations, base: Any, expected: set[str]
+) -> None:
     db = Database(empty_db_url)
     try:
         for _ in range(2):
@@ -40,14 +55,7 @@ async def test_deploy_up_down_up_and_no_drift(empty_db_url: str) -> None:
             assert await migrations.current(db) == migrations.head()
             async with db.engine.connect() as conn:
                 assert await conn.run_sync(drift, migrations, base) == []
-                assert await conn.run_sync(tables) == {
-                    "deployments",
-                    "deployment_events",
-                    "deployment_metrics",
-                    "provider_keys",
-                    "leases",
-                    migrations.version_table,
-                }
+                assert await conn.run_sync(tables) == {*expected, migrations.version_table}
             await migrations.downgrade(db, "base")
             async with db.engine.connect() as conn:
                 assert await conn.run_sync(tables) <= {migrations.version_table}

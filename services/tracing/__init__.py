@@ -1,0 +1,1 @@
+"""The tracing service: rich, sanitized traces of every LLM call."""

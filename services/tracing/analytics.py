@@ -1,0 +1,122 @@
+"""Analytics computed in the database: one aggregate query and one percentile query per call,
+whatever the number of spans, on PostgreSQL and SQLite alike.
+
+Percentiles are nearest-rank (the value at rank ceil(p * n) of the sorted values, as
+PostgreSQL's percentile_disc): numbered with a window function, so SQLite, which has no
+percentile aggregate, computes them in SQL too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, case, func, literal, select
+from sqlalchemy.orm import InstrumentedAttribute
+
+from services.common.db import Database
+from services.tracing.models import SpanRow
+from services.tracing.store import conditions
+from tunelab.tracing.v1 import spans_pb2 as pb
+from tunelab.tracing.v1 import tracing_service_pb2 as api
+
+PERCENTILES = (50, 95, 99)
+
+
+@dataclass
+class Row:
+    group: str
+    count: int = 0
+    error_rate: float = 0.0
+    latency: dict[int, float] = field(default_factory=dict)
+    ttft: dict[int, float] = field(default_factory=dict)
+    mean_tokens_per_second: float = 0.0
+    total_cost_usd: float = 0.0
+    mean_cost_usd: float = 0.0
+    cache_hit_ratio: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+async def analytics(
+    db: Database, owner: str, where: api.SpanFilter, group_by: api.AnalyticsGroup.ValueType
+) -> list[Row]:
+    group = _group(db, group_by)
+    conds = conditions(owner, where)
+    errors = func.sum(case((SpanRow.status == pb.SPAN_STATUS_ERROR, 1), else_=0))
+    totals = (
+        select(
+            group.label("grp"),
+            func.count().label("n"),
+            errors.label("errors"),
+            func.avg(SpanRow.tokens_per_second).label("tps"),
+            func.coalesce(func.sum(SpanRow.cost_usd), 0.0).label("cost"),
+            func.avg(SpanRow.cost_usd).label("mean_cost"),
+            func.coalesce(func.sum(SpanRow.input_tokens), 0).label("input"),
+            func.coalesce(func.sum(SpanRow.output_tokens), 0).label("output"),
+            func.coalesce(func.sum(SpanRow.cache_read_tokens), 0).label("cached"),
+        )
+        .where(*conds)
+        .group_by(group)
+        .order_by(group)
+    )
+    async with db.session() as session:
+        rows: dict[str, Row] = {}
+        for r in await session.execute(totals):
+            rows[r.grp or ""] = Row(
+                group=r.grp or "",
+                count=r.n,
+                error_rate=(r.errors or 0) / r.n if r.n else 0.0,
+                mean_tokens_per_second=float(r.tps or 0.0),
+                total_cost_usd=float(r.cost or 0.0),
+                mean_cost_usd=float(r.mean_cost or 0.0),
+                cache_hit_ratio=(r.cached / r.input) if r.input else 0.0,
+                input_tokens=int(r.input),
+                output_tokens=int(r.output),
+            )
+        for column, target in ((SpanRow.duration_ms, "latency"), (SpanRow.ttft_ms, "ttft")):
+            for r in await session.execute(_percentiles(group, conds, column)):
+                if (row := rows.get(r.grp or "")) is not None:
+                    getattr(row, target).update(
+                        {p: float(getattr(r, f"p{p}") or 0.0) for p in PERCENTILES}
+                    )
+    return list(rows.values())
+
+
+def _percentiles(
+    group: ColumnElement[Any],
+    conds: list[ColumnElement[bool]],
+    column: InstrumentedAttribute[float | None],
+) -> Select[Any]:
+    ranked = (
+        select(
+            group.label("grp"),
+            column.label("v"),
+            func.row_number().over(partition_by=group, order_by=column).label("rn"),
+            func.count().over(partition_by=group).label("n"),
+        )
+        .where(*conds, column.is_not(None))
+        .subquery()
+    )
+    # Nearest rank, in integers: ceil(p * n / 100) = (p * n + 99) / 100.
+    picks = [
+        func.max(case((ranked.c.rn == (p * ranked.c.n + 99) // 100, ranked.c.v))).label(f"p{p}")
+        for p in PERCENTILES
+    ]
+    return select(ranked.c.grp, *picks).group_by(ranked.c.grp)
+
+
+def _group(db: Database, group_by: api.AnalyticsGroup.ValueType) -> ColumnElement[Any]:
+    if group_by == api.ANALYTICS_GROUP_MODEL:
+        return SpanRow.model.expression
+    if group_by == api.ANALYTICS_GROUP_PROVIDER:
+        return SpanRow.provider.expression
+    if group_by in (api.ANALYTICS_GROUP_HOUR, api.ANALYTICS_GROUP_DAY):
+        hourly = group_by == api.ANALYTICS_GROUP_HOUR
+        if db.is_sqlite:  # stored as naive UTC text
+            pattern = "%Y-%m-%dT%H:00:00Z" if hourly else "%Y-%m-%dT00:00:00Z"
+            return func.strftime(pattern, SpanRow.start_time)
+        unit = "hour" if hourly else "day"
+        utc = func.timezone("UTC", SpanRow.start_time)
+        return func.to_char(func.date_trunc(unit, utc), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+    return literal("")

@@ -1,0 +1,170 @@
+"""Spans out as CSV, JSON or JSONL, streamed: read from the database a page at a time (keyset,
+oldest first) and written out in chunks, so memory stays flat however many spans match.
+
+JSON and JSONL hold each span as the API returns it (enum values as short names). CSV has one
+flat row per span; the structured parts (input, output, metadata) are JSON in their cells.
+Text cells that a spreadsheet would run as a formula (starting with = + - @, a tab or a carriage
+return) get a leading apostrophe, as OWASP advises for CSV files opened in Excel.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf import json_format
+from sqlalchemy import select, tuple_
+
+from services.common import enum_names
+from services.common.db import Database
+from services.tracing import spans
+from services.tracing.models import SpanRow
+from services.tracing.store import conditions
+from tunelab.tracing.v1 import spans_pb2 as pb
+from tunelab.tracing.v1 import tracing_service_pb2 as api
+
+PAGE_ROWS = 500
+CHUNK_BYTES = 256 * 1024
+CSV_COLUMNS = [
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "kind",
+    "status",
+    "status_message",
+    "model",
+    "provider",
+    "start_time",
+    "end_time",
+    "duration_ms",
+    "time_to_first_token_ms",
+    "tokens_per_second",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "total_tokens",
+    "cost_usd",
+    "error_category",
+    "retry_count",
+    "streaming",
+    "session_id",
+    "message_position",
+    "groundedness_score",
+    "warnings",
+    "tags",
+    "input",
+    "output",
+    "metadata",
+]
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+async def export(
+    db: Database, owner: str, where: api.SpanFilter, fmt: api.ExportFormat.ValueType
+) -> AsyncIterator[bytes]:
+    fmt = fmt or api.EXPORT_FORMAT_JSONL
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    first = True
+    if fmt == api.EXPORT_FORMAT_CSV:
+        writer.writerow(CSV_COLUMNS)
+    elif fmt == api.EXPORT_FORMAT_JSON:
+        buffer.write("[")
+    async for span in _spans(db, owner, where):
+        if fmt == api.EXPORT_FORMAT_CSV:
+            writer.writerow(_csv_row(span))
+        else:
+            text = json.dumps(_as_json(span), separators=(",", ":"), ensure_ascii=False)
+            if fmt == api.EXPORT_FORMAT_JSON:
+                buffer.write("\n" if first else ",\n")
+            buffer.write(text)
+            if fmt == api.EXPORT_FORMAT_JSONL:
+                buffer.write("\n")
+        first = False
+        if buffer.tell() >= CHUNK_BYTES:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+    if fmt == api.EXPORT_FORMAT_JSON:
+        buffer.write("\n]\n" if not first else "]\n")
+    if buffer.tell():
+        yield buffer.getvalue().encode()
+
+
+async def _spans(db: Database, owner: str, where: api.SpanFilter) -> AsyncIterator[pb.Span]:
+    """Every matching span, oldest first, a page at a time (no transaction held between)."""
+    conds = conditions(owner, where)
+    last: tuple[Any, int] | None = None
+    while True:
+        query = select(SpanRow.id, SpanRow.start_time, SpanRow.body).where(*conds)
+        if last is not None:
+            query = query.where(tuple_(SpanRow.start_time, SpanRow.id) > last)
+        query = query.order_by(SpanRow.start_time, SpanRow.id).limit(PAGE_ROWS)
+        async with db.session() as session:
+            rows = (await session.execute(query)).all()
+        for row in rows:
+            yield spans.parse_body(row.body)
+        if len(rows) < PAGE_ROWS:
+            return
+        last = (rows[-1].start_time, rows[-1].id)
+
+
+def _as_json(span: pb.Span) -> dict[str, Any]:
+    data = json_format.MessageToDict(span, preserving_proto_field_name=True)
+    return enum_names.shorten(pb.Span.DESCRIPTOR, data)
+
+
+def _csv_row(span: pb.Span) -> list[str]:
+    t, u = span.timing, span.usage
+
+    def number(holder: Any, name: str) -> str:
+        return repr(getattr(holder, name)) if holder.HasField(name) else ""
+
+    def structured(value: Any) -> str:
+        if not value.ListFields():
+            return ""
+        return json.dumps(json_format.MessageToDict(value), ensure_ascii=False)
+
+    cells = [
+        span.trace_id,
+        span.span_id,
+        span.parent_span_id,
+        span.name,
+        enum_names.short(pb.SpanKind.DESCRIPTOR, pb.SpanKind.Name(span.kind)),
+        enum_names.short(pb.SpanStatus.DESCRIPTOR, pb.SpanStatus.Name(span.status)),
+        span.status_message,
+        span.model,
+        span.provider,
+        t.start_time.ToJsonString() if t.HasField("start_time") else "",
+        t.end_time.ToJsonString() if t.HasField("end_time") else "",
+        number(t, "duration_ms"),
+        number(t, "time_to_first_token_ms"),
+        number(t, "tokens_per_second"),
+        number(u, "input_tokens"),
+        number(u, "output_tokens"),
+        number(u, "cache_read_input_tokens"),
+        number(u, "cache_creation_input_tokens"),
+        number(u, "total_tokens"),
+        number(span.cost, "total_usd"),
+        span.error_category,
+        number(span.retries, "count"),
+        number(span.streaming, "enabled"),
+        span.session.session_id,
+        number(span.session, "message_position"),
+        number(span.evaluation, "groundedness_score"),
+        ";".join(span.flags.warnings),
+        ";".join(span.tags),
+        structured(span.input),
+        structured(span.output),
+        structured(span.metadata),
+    ]
+    return [_defused(cell) for cell in cells]
+
+
+def _defused(cell: str) -> str:
+    return "'" + cell if cell.startswith(_FORMULA) else cell

@@ -1,0 +1,26 @@
+"""Settings of the tracing service (environment variables TUNELAB_TRACING_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import CommonSettings
+
+
+class TracingSettings(CommonSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TUNELAB_TRACING_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    database_url: str = "sqlite:///var/tracing.db"
+    grpc_address: str = "127.0.0.1:50053"
+    metrics_address: str = "127.0.0.1:9153"
+    prices_file: Path | None = Field(
+        None,
+        description='JSON {"model-prefix": {"input": 2.5, "output": 10, "cache_read": 1.25}} in '
+        "dollars per million tokens: added to (or overriding) the built-in price table.",
+    )
+    max_batch_spans: int = Field(1000, gt=0, le=10_000)

@@ -1,0 +1,275 @@
+"""A span on its way in: checked field by field, merged with what is stored, completed with
+what the producer left out, and sanitized before anything is kept.
+
+`received` fields (what producers sent, merged part by part) are kept apart from `computed` ones
+(listed in Span.computed), so a later part that brings, say, the end time recomputes the
+duration instead of keeping the one computed from nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from services.tracing.prices import PriceTable
+from services.tracing.sanitize import sanitize_headers, sanitize_url, sanitize_value
+from tunelab.tracing.v1 import spans_pb2 as pb
+
+MAX_SPAN_BYTES = 1024**2
+MAX_TAGS = 32
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+# (field path, longest) for the short texts the columns hold.
+_TEXT_LIMITS = [
+    ("name", 255),
+    ("model", 255),
+    ("provider", 64),
+    ("error_category", 64),
+    ("session.session_id", 255),
+    ("session.end_user_id", 255),
+    ("retries.reason", 255),
+    ("request.api_endpoint", 2048),
+    ("request.base_url", 2048),
+    ("request.provider_request_id", 255),
+]
+# Numbers that must be finite and not negative, by path.
+_AMOUNTS = [
+    "timing.duration_ms",
+    "timing.queue_time_ms",
+    "timing.inference_time_ms",
+    "timing.network_time_ms",
+    "timing.time_to_first_token_ms",
+    "timing.tokens_per_second",
+    "usage.input_tokens",
+    "usage.output_tokens",
+    "usage.cache_creation_input_tokens",
+    "usage.cache_read_input_tokens",
+    "usage.total_tokens",
+    "cost.total_usd",
+    "cost.input_usd",
+    "cost.output_usd",
+    "retries.count",
+    "streaming.chunk_count",
+    "rag.retrieval_latency_ms",
+    "rag.context_tokens",
+    "rag.chunks_retrieved",
+    "rag.chunks_used",
+    "rag.chunks_deduplicated",
+    "rag.rerank_latency_ms",
+    "rag.cache_hits",
+]
+
+
+class Invalid(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+def check_part(span: pb.Span, now: datetime) -> None:
+    """What can be checked of one part on its own; Invalid names the first problem."""
+    if not _ID.fullmatch(span.trace_id):
+        raise Invalid("trace_id", "trace_id must be 1 to 64 characters of A-Z a-z 0-9 . _ : -")
+    if not _ID.fullmatch(span.span_id):
+        raise Invalid("span_id", "span_id must be 1 to 64 characters of A-Z a-z 0-9 . _ : -")
+    if span.parent_span_id and not _ID.fullmatch(span.parent_span_id):
+        raise Invalid("parent_span_id", "parent_span_id must look like a span_id, or be empty")
+    if span.parent_span_id == span.span_id:
+        raise Invalid("parent_span_id", "a span cannot be its own parent")
+    for path, longest in _TEXT_LIMITS:
+        if len(_get(span, path)) > longest:
+            raise Invalid(path, f"{path} is longer than {longest} characters")
+    for path in _AMOUNTS:
+        owner, _, name = path.rpartition(".")
+        holder = _get(span, owner)
+        if holder.HasField(name):
+            value = getattr(holder, name)
+            if not math.isfinite(value) or value < 0:
+                raise Invalid(path, f"{path} must be a finite number, 0 or more")
+    if len(span.tags) > MAX_TAGS or any(not 0 < len(tag) <= 128 for tag in span.tags):
+        raise Invalid("tags", f"at most {MAX_TAGS} tags, each 1 to 128 characters")
+    if span.session.HasField("message_position") and span.session.message_position < 1:
+        raise Invalid("session.message_position", "message_position counts from 1")
+    evaluation = span.evaluation
+    if evaluation.HasField("groundedness_score") and not 0 <= evaluation.groundedness_score <= 1:
+        raise Invalid("evaluation.groundedness_score", "groundedness_score must be 0 to 1")
+    for name, score in evaluation.scores.items():
+        if not 0 <= score <= 1:
+            raise Invalid(f"evaluation.scores.{name}", "scores must be 0 to 1")
+    for which in ("start_time", "end_time"):
+        if span.timing.HasField(which):
+            when = getattr(span.timing, which).ToDatetime(tzinfo=UTC)
+            if not _EARLIEST <= when <= now + timedelta(days=1):
+                raise Invalid(f"timing.{which}", f"timing.{which} is not a plausible time")
+    if span.ByteSize() > MAX_SPAN_BYTES:
+        raise Invalid("", f"the span is larger than {MAX_SPAN_BYTES} bytes; trim its input/output")
+
+
+def check_whole(span: pb.Span) -> None:
+    """What must hold of the merged span before it is stored."""
+    if not span.timing.HasField("start_time"):
+        raise Invalid("timing.start_time", "timing.start_time is required")
+    if span.timing.HasField("end_time") and (
+        span.timing.end_time.ToNanoseconds() < span.timing.start_time.ToNanoseconds()
+    ):
+        raise Invalid("timing.end_time", "timing.end_time is before timing.start_time")
+
+
+def received(stored: pb.Span) -> pb.Span:
+    """The stored span without what the service computed: what producers sent."""
+    span = pb.Span()
+    span.CopyFrom(stored)
+    for path in stored.computed:
+        owner, _, name = path.rpartition(".")
+        _get(span, owner).ClearField(name)
+    del span.computed[:]
+    span.ClearField("received_at")
+    return span
+
+
+def merge(earlier: pb.Span, later: pb.Span) -> pb.Span:
+    """A span sent in parts: the later part's fields win; lists are united, in order."""
+    merged = pb.Span()
+    merged.CopyFrom(earlier)
+    merged.MergeFrom(later)
+    _unique(merged.tags)
+    _unique(merged.flags.warnings)
+    return merged
+
+
+def complete(span: pb.Span, prices: PriceTable) -> None:
+    """Fill in what the producer left out and can be derived; list it in span.computed."""
+    done: list[str] = []
+    timing, usage = span.timing, span.usage
+    if (
+        not timing.HasField("duration_ms")
+        and timing.HasField("start_time")
+        and timing.HasField("end_time")
+    ):
+        nanos = timing.end_time.ToNanoseconds() - timing.start_time.ToNanoseconds()
+        timing.duration_ms = nanos / 1e6
+        done.append("timing.duration_ms")
+    if (
+        not usage.HasField("total_tokens")
+        and usage.HasField("input_tokens")
+        and usage.HasField("output_tokens")
+    ):
+        usage.total_tokens = usage.input_tokens + usage.output_tokens
+        done.append("usage.total_tokens")
+    if (
+        not timing.HasField("tokens_per_second")
+        and usage.HasField("output_tokens")
+        and timing.HasField("duration_ms")
+    ):
+        # Generation time: from the first token when it is known.
+        seconds = (timing.duration_ms - timing.time_to_first_token_ms) / 1000
+        if seconds > 0 and usage.output_tokens > 0:
+            timing.tokens_per_second = usage.output_tokens / seconds
+            done.append("timing.tokens_per_second")
+    if not span.cost.HasField("total_usd") and span.model and usage.HasField("input_tokens"):
+        priced = prices.cost(
+            span.model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_input_tokens,
+            cache_write_tokens=usage.cache_creation_input_tokens,
+        )
+        if priced is not None:
+            span.cost.total_usd = round(priced[0] + priced[1], 10)
+            done.append("cost.total_usd")
+            if not span.cost.HasField("input_usd"):
+                span.cost.input_usd = round(priced[0], 10)
+                done.append("cost.input_usd")
+            if not span.cost.HasField("output_usd"):
+                span.cost.output_usd = round(priced[1], 10)
+                done.append("cost.output_usd")
+    span.computed.extend(done)
+
+
+def clean(span: pb.Span) -> pb.Span:
+    """The span with every credential masked: headers, the URL, and every text and value."""
+    data: dict[str, Any] = json_format.MessageToDict(span, preserving_proto_field_name=True)
+    request = data.get("request", {})
+    if "headers" in request:
+        request["headers"] = sanitize_headers(request["headers"])
+    if "base_url" in request:
+        request["base_url"] = sanitize_url(request["base_url"])
+    if "api_endpoint" in request:
+        request["api_endpoint"] = sanitize_url(request["api_endpoint"])
+    data = sanitize_value(data)
+    result = pb.Span()
+    json_format.ParseDict(data, result)
+    return result
+
+
+@dataclass(frozen=True)
+class Columns:
+    """What a stored span's columns hold, derived from the span."""
+
+    values: dict[str, Any]
+    tags: list[str]
+
+
+def columns(span: pb.Span) -> Columns:
+    timing, usage = span.timing, span.usage
+
+    def opt(holder: Message, name: str) -> Any:
+        return getattr(holder, name) if holder.HasField(name) else None
+
+    return Columns(
+        {
+            "trace_id": span.trace_id,
+            "span_id": span.span_id,
+            "parent_span_id": span.parent_span_id,
+            "is_root": not span.parent_span_id,
+            "name": span.name,
+            "kind": span.kind,
+            "status": span.status,
+            "model": span.model,
+            "provider": span.provider,
+            "error_category": span.error_category,
+            "session_id": span.session.session_id,
+            "start_time": timing.start_time.ToDatetime(tzinfo=UTC),
+            "end_time": timing.end_time.ToDatetime(tzinfo=UTC)
+            if timing.HasField("end_time")
+            else None,
+            "duration_ms": opt(timing, "duration_ms"),
+            "ttft_ms": opt(timing, "time_to_first_token_ms"),
+            "tokens_per_second": opt(timing, "tokens_per_second"),
+            "input_tokens": opt(usage, "input_tokens"),
+            "output_tokens": opt(usage, "output_tokens"),
+            "cache_read_tokens": opt(usage, "cache_read_input_tokens"),
+            "cost_usd": opt(span.cost, "total_usd"),
+            "streaming": opt(span.streaming, "enabled"),
+            "has_warnings": bool(span.flags.warnings),
+            "groundedness": opt(span.evaluation, "groundedness_score"),
+            "body": json_format.MessageToJson(span, preserving_proto_field_name=True, indent=None),
+        },
+        list(span.tags),
+    )
+
+
+def parse_body(body: str) -> pb.Span:
+    return json_format.Parse(body, pb.Span())
+
+
+def _get(message: Any, path: str) -> Any:
+    for part in path.split(".") if path else ():
+        message = getattr(message, part)
+    return message
+
+
+def _unique(items: Any) -> None:
+    seen: list[str] = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    del items[:]
+    items.extend(seen)

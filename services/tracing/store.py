@@ -1,0 +1,268 @@
+"""The tracing service's persistence: every query scoped to its owner.
+
+Ingest reads the stored versions of a batch's spans in one query, merges and completes them in
+memory, and writes the batch back with one bulk insert and one bulk update, so that a batch of a
+thousand spans costs a handful of statements, not thousands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from sqlalchemy import ColumnElement, delete, exists, insert, select, tuple_, update
+
+from services.common.db import Database
+from services.common.errors import ServiceError, not_found
+from services.common.pagination import Cursor, Page, page
+from services.tracing import spans
+from services.tracing.models import SpanRow, SpanTagRow
+from services.tracing.prices import PriceTable
+from tunelab.common.v1 import errors_pb2
+from tunelab.tracing.v1 import spans_pb2 as pb
+from tunelab.tracing.v1 import tracing_service_pb2 as api
+
+MAX_TRACE_SPANS = 10_000
+DELETE_BATCH = 5_000
+
+
+@dataclass(frozen=True)
+class Rejected:
+    index: int
+    trace_id: str
+    span_id: str
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A span as listed: its row id (the list's cursor) and the span itself."""
+
+    id: str
+    start_time: datetime
+    span: pb.Span
+
+
+class SpanStore:
+    def __init__(self, db: Database, prices: PriceTable) -> None:
+        self.db = db
+        self.prices = prices
+
+    async def ingest(
+        self, owner: str, parts: Sequence[tuple[int, pb.Span]], now: datetime
+    ) -> list[Rejected]:
+        """Store checked parts (index in the batch, span); returns the spans refused whole."""
+        for attempt in range(2):
+            try:
+                return await self._ingest(owner, parts, now)
+            except ServiceError as exc:
+                # Two batches added the same new span at once: the loser merges on a retry.
+                if exc.code != grpc.StatusCode.ABORTED or attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _ingest(
+        self, owner: str, parts: Sequence[tuple[int, pb.Span]], now: datetime
+    ) -> list[Rejected]:
+        by_key: dict[tuple[str, str], list[tuple[int, pb.Span]]] = {}
+        for index, part in parts:
+            by_key.setdefault((part.trace_id, part.span_id), []).append((index, part))
+        rejected: list[Rejected] = []
+        async with self.db.session(write=True) as session:
+            found = {
+                (row.trace_id, row.span_id): row
+                for row in await session.execute(
+                    select(
+                        SpanRow.id,
+                        SpanRow.trace_id,
+                        SpanRow.span_id,
+                        SpanRow.body,
+                        SpanRow.received_at,
+                    ).where(
+                        SpanRow.owner == owner,
+                        tuple_(SpanRow.trace_id, SpanRow.span_id).in_(list(by_key)),
+                    )
+                )
+            }
+            inserts: list[dict[str, object]] = []
+            insert_tags: list[list[str]] = []
+            updates: list[dict[str, object]] = []
+            update_tags: dict[int, list[str]] = {}
+            for key, key_parts in by_key.items():
+                existing = found.get(key)
+                span = spans.received(spans.parse_body(existing.body)) if existing else None
+                for _, part in key_parts:
+                    span = part if span is None else spans.merge(span, part)
+                assert span is not None
+                try:
+                    spans.check_whole(span)
+                except spans.Invalid as exc:
+                    rejected.extend(
+                        Rejected(i, key[0], key[1], exc.field, exc.reason) for i, _ in key_parts
+                    )
+                    continue
+                spans.complete(span, self.prices)
+                span.received_at.FromDatetime(existing.received_at if existing else now)
+                cols = spans.columns(spans.clean(span))
+                values = {**cols.values, "owner": owner, "updated_at": now}
+                if existing is None:
+                    inserts.append({**values, "received_at": now})
+                    insert_tags.append(cols.tags)
+                else:
+                    updates.append({**values, "id": existing.id})
+                    update_tags[existing.id] = cols.tags
+            if inserts:
+                ids = (
+                    await session.scalars(
+                        insert(SpanRow).returning(SpanRow.id, sort_by_parameter_order=True),
+                        inserts,
+                    )
+                ).all()
+                tag_rows = [
+                    {"span_row_id": row_id, "tag": tag, "owner": owner}
+                    for row_id, tags in zip(ids, insert_tags, strict=True)
+                    for tag in tags
+                ]
+                if tag_rows:
+                    await session.execute(insert(SpanTagRow), tag_rows)
+            if updates:
+                await session.execute(update(SpanRow), updates)
+                await session.execute(
+                    delete(SpanTagRow).where(SpanTagRow.span_row_id.in_(list(update_tags)))
+                )
+                tag_rows = [
+                    {"span_row_id": row_id, "tag": tag, "owner": owner}
+                    for row_id, tags in update_tags.items()
+                    for tag in tags
+                ]
+                if tag_rows:
+                    await session.execute(insert(SpanTagRow), tag_rows)
+        return rejected
+
+    async def trace(self, owner: str, trace_id: str) -> list[pb.Span]:
+        query = (
+            select(SpanRow.body)
+            .where(SpanRow.owner == owner, SpanRow.trace_id == trace_id)
+            .order_by(SpanRow.start_time, SpanRow.id)
+            .limit(MAX_TRACE_SPANS)
+        )
+        async with self.db.session() as session:
+            bodies = (await session.scalars(query)).all()
+        if not bodies:
+            raise not_found("trace", trace_id)
+        return [spans.parse_body(body) for body in bodies]
+
+    async def list_spans(
+        self, owner: str, where: api.SpanFilter, size: int, page_token: str
+    ) -> Page[Stored]:
+        scope = f"spans:{owner}:{where.SerializeToString(deterministic=True).hex()}"
+        after = Cursor.decode(page_token, scope)
+        query = select(SpanRow.id, SpanRow.start_time, SpanRow.body).where(
+            *conditions(owner, where)
+        )
+        if after is not None:
+            query = query.where(
+                tuple_(SpanRow.start_time, SpanRow.id) < (after.created_at, _row_id(after.id))
+            )
+        query = query.order_by(SpanRow.start_time.desc(), SpanRow.id.desc()).limit(size + 1)
+        async with self.db.session() as session:
+            rows = (await session.execute(query)).all()
+        found = [Stored(str(r.id), r.start_time, spans.parse_body(r.body)) for r in rows]
+        return page(found, size, scope, lambda s: s.start_time)
+
+    async def annotate(
+        self, owner: str, trace_id: str, span_id: str, evaluation: pb.Evaluation, now: datetime
+    ) -> pb.Span:
+        async with self.db.session(write=True) as session:
+            row = await session.scalar(
+                select(SpanRow)
+                .where(
+                    SpanRow.owner == owner,
+                    SpanRow.trace_id == trace_id,
+                    SpanRow.span_id == span_id,
+                )
+                .with_for_update()
+            )
+            if row is None:
+                raise not_found("span", f"{trace_id}/{span_id}")
+            span = spans.received(spans.parse_body(row.body))
+            span.evaluation.MergeFrom(evaluation)
+            if not evaluation.HasField("evaluated_at"):
+                span.evaluation.evaluated_at.FromDatetime(now)
+            spans.complete(span, self.prices)
+            span.received_at.FromDatetime(row.received_at)
+            cols = spans.columns(spans.clean(span))
+            for name, value in cols.values.items():
+                setattr(row, name, value)
+            row.updated_at = now
+            return spans.parse_body(row.body)
+
+    async def delete_before(self, owner: str, before: datetime) -> int:
+        """Delete the owner's spans that started before `before`, a batch at a time."""
+        deleted = 0
+        while True:
+            async with self.db.session(write=True) as session:
+                ids = (
+                    await session.scalars(
+                        select(SpanRow.id)
+                        .where(SpanRow.owner == owner, SpanRow.start_time < before)
+                        .limit(DELETE_BATCH)
+                    )
+                ).all()
+                if not ids:
+                    return deleted
+                await session.execute(delete(SpanTagRow).where(SpanTagRow.span_row_id.in_(ids)))
+                await session.execute(delete(SpanRow).where(SpanRow.id.in_(ids)))
+            deleted += len(ids)
+
+
+def conditions(owner: str, where: api.SpanFilter) -> list[ColumnElement[bool]]:
+    """The filter as SQL conditions, the owner's scope first."""
+    found: list[ColumnElement[bool]] = [SpanRow.owner == owner]
+    if where.HasField("start_time_from"):
+        found.append(SpanRow.start_time >= where.start_time_from.ToDatetime(tzinfo=UTC))
+    if where.HasField("start_time_to"):
+        found.append(SpanRow.start_time < where.start_time_to.ToDatetime(tzinfo=UTC))
+    for name in ("model", "provider", "error_category", "session_id", "trace_id"):
+        if value := getattr(where, name):
+            found.append(getattr(SpanRow, name) == value)
+    if where.status:
+        found.append(SpanRow.status == where.status)
+    if where.kind:
+        found.append(SpanRow.kind == where.kind)
+    for tag in where.tags:
+        found.append(
+            exists().where(
+                SpanTagRow.span_row_id == SpanRow.id,
+                SpanTagRow.owner == owner,
+                SpanTagRow.tag == tag,
+            )
+        )
+    if where.HasField("min_duration_ms"):
+        found.append(SpanRow.duration_ms >= where.min_duration_ms)
+    if where.HasField("min_cost_usd"):
+        found.append(SpanRow.cost_usd >= where.min_cost_usd)
+    if where.HasField("has_warnings"):
+        found.append(SpanRow.has_warnings == where.has_warnings)
+    if where.HasField("streaming"):
+        found.append(SpanRow.streaming == where.streaming)
+    if where.HasField("groundedness_below"):
+        found.append(SpanRow.groundedness < where.groundedness_below)
+    if where.roots_only:
+        found.append(SpanRow.is_root.is_(True))
+    return found
+
+
+def _row_id(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token is not one this list returned",
+            errors_pb2.ERROR_REASON_INVALID_PAGE_TOKEN,
+            {"field": "page_token"},
+        ) from None
