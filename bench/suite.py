@@ -85,6 +85,8 @@ class Suite:
             "TUNELAB_DATASETS_METRICS_ADDRESS": "",
             "TUNELAB_DEPLOY_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
             "TUNELAB_DEPLOY_METRICS_ADDRESS": "",
+            "TUNELAB_TRACING_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+            "TUNELAB_TRACING_METRICS_ADDRESS": "",
             "TUNELAB_PUBLIC_URL": self.url,
             "TUNELAB_LOG_LEVEL": "WARNING",
         }

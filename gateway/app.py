@@ -28,18 +28,20 @@ from gateway.auth import Authenticator, AuthError, KeysUnavailable
 from gateway.downloads import Downloads
 from gateway.errors import error_response
 from gateway.events import sse_endpoint
+from gateway.exports import export_endpoint
 from gateway.observe import ROUTE_KEY, Observe
 from gateway.outputs import ROUTE as OUTPUT_ROUTE
 from gateway.outputs import Outputs
 from gateway.rules import HttpRule, http_rules
 from gateway.settings import GatewaySettings
-from gateway.transcode import BEARER_FIELDS, Endpoint, unary_endpoint
+from gateway.transcode import BEARER_FIELDS, BYTE_STREAMS, Endpoint, unary_endpoint
 from gateway.uploads import Uploads
 from services.common import context, redact
 from services.common.blobstore import LocalBlobStore
 from services.common.client import open_channel
 from tunelab.datasets.v1 import datasets_service_pb2, datasets_service_pb2_grpc
 from tunelab.deploy.v1 import deploy_service_pb2, deploy_service_pb2_grpc
+from tunelab.tracing.v1 import tracing_service_pb2
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,17 @@ log = logging.getLogger(__name__)
 UPSTREAMS = {
     "datasets": datasets_service_pb2.DESCRIPTOR,
     "deploy": deploy_service_pb2.DESCRIPTOR,
+    "tracing": tracing_service_pb2.DESCRIPTOR,
 }
 
 # Methods whose routes stream and are served by hand-written endpoints.
 STREAMING = {"UploadDataset", "RedeemDownloadToken", "UploadOutput", "DownloadOutput"}
 DOWNLOAD_ROUTE = "/v1/dataset-downloads/{token}"
-IDEMPOTENT = [("tunelab.datasets.v1.DatasetsService", "FinishDownload")]
+IDEMPOTENT = [
+    ("tunelab.datasets.v1.DatasetsService", "FinishDownload"),
+    # Idempotent on (trace_id, span_id): a retried batch adds nothing.
+    ("tunelab.tracing.v1.TracingService", "IngestSpans"),
+]
 # Bearer tokens, not cookies: no credentials mode, so no CSRF surface.
 CORS_REQUEST_HEADERS = [
     "Authorization",
@@ -91,7 +98,11 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
             raise SystemExit(f"gateway: {exc}") from exc
     token = settings.require_internal_token()
     rules = {name: http_rules(file) for name, file in UPSTREAMS.items()}
-    addresses = {"datasets": settings.datasets_address, "deploy": settings.deploy_address}
+    addresses = {
+        "datasets": settings.datasets_address,
+        "deploy": settings.deploy_address,
+        "tracing": settings.tracing_address,
+    }
     channels = {
         name: open_channel(address, token, retry=_idempotent(rules[name]))
         for name, address in addresses.items()
@@ -183,7 +194,9 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
         for rule in group:
             if rule.method.name in STREAMING:
                 continue
-            if rule.server_streaming:
+            if rule.method.name in BYTE_STREAMS:
+                endpoint = export_endpoint(rule, channels[service], service)
+            elif rule.server_streaming:
                 endpoint = sse_endpoint(rule, channels[service], service)
             else:
                 endpoint = unary_endpoint(rule, channels[service], service)

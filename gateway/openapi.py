@@ -11,7 +11,13 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from gateway.rules import HttpRule
-from gateway.transcode import BEARER_FIELDS, IDEMPOTENCY_FIELD, query_fields, success_status
+from gateway.transcode import (
+    BEARER_FIELDS,
+    BYTE_STREAMS,
+    IDEMPOTENCY_FIELD,
+    query_fields,
+    success_status,
+)
 from services.common import enum_names as enums
 from tunelab.datasets.v1 import datasets_pb2
 from tunelab.deploy.v1 import deployments_pb2
@@ -211,7 +217,14 @@ def _operation(rule: HttpRule, schemas: Schemas, comments: Comments) -> dict[str
     if rule.response_body:
         reply = method.output_type.fields_by_name[rule.response_body].message_type or reply
     success: dict[str, Any] = {"description": "Success."}
-    if rule.server_streaming:
+    if method.name in BYTE_STREAMS:
+        binary = {"type": "string", "format": "binary"}
+        success["description"] = "The file, streamed (format=csv, json or jsonl)."
+        success["content"] = {
+            media.split(";")[0]: {"schema": binary}
+            for media in ("text/csv", "application/json", "application/x-ndjson")
+        }
+    elif rule.server_streaming:
         success["description"] = (
             "Server-sent events: each `message` event's data is one JSON object as below; a "
             "failure after the stream started is a final `error` event with the error body."

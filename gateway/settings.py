@@ -21,6 +21,12 @@ class GatewaySettings(CommonSettings):
             "TUNELAB_GATEWAY_DATASETS_ADDRESS", "TUNELAB_DATASETS_GRPC_ADDRESS"
         ),
     )
+    tracing_address: str = Field(
+        "127.0.0.1:50053",
+        validation_alias=AliasChoices(
+            "TUNELAB_GATEWAY_TRACING_ADDRESS", "TUNELAB_TRACING_GRPC_ADDRESS"
+        ),
+    )
     deploy_address: str = Field(
         "127.0.0.1:50052",
         validation_alias=AliasChoices(

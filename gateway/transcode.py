@@ -28,6 +28,11 @@ MAX_JSON_BODY = 1 << 20
 # (the pod's job token) the Authorization header's bearer token.
 IDEMPOTENCY_FIELD = "request_id"
 BEARER_FIELDS = {"ReportDeployment": "job_token"}
+# A request message field whose own fields are query parameters of their own (?model=x rather
+# than ?filter.model=x): list filters.
+FLATTENED = "filter"
+# Server streams whose messages are the bytes of a file: the HTTP body is that file.
+BYTE_STREAMS = {"ExportSpans"}
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -92,16 +97,29 @@ def unary_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> E
 
 
 def query_fields(rule: HttpRule) -> dict[str, FieldDescriptor]:
-    """Scalar request fields that the path and the body leave to the query string."""
+    """Scalar request fields (timestamps included) that the path and the body leave to the
+    query string; the fields of a `filter` message are query parameters of their own."""
     if rule.body == "*":
         return {}
     taken = {*rule.path_params, rule.body, IDEMPOTENCY_FIELD}
     taken.add(BEARER_FIELDS.get(rule.method.name, ""))
-    return {
-        f.name: f
-        for f in rule.method.input_type.fields
-        if f.name not in taken and f.type != FieldDescriptor.TYPE_MESSAGE
-    }
+    found: dict[str, FieldDescriptor] = {}
+    for field in rule.method.input_type.fields:
+        if field.name in taken:
+            continue
+        if _query_scalar(field):
+            found[field.name] = field
+        elif field.name == FLATTENED and field.message_type is not None:
+            found.update({f.name: f for f in field.message_type.fields if _query_scalar(f)})
+    return found
+
+
+def _query_scalar(field: FieldDescriptor) -> bool:
+    if field.type != FieldDescriptor.TYPE_MESSAGE:
+        return True
+    return field.message_type is not None and (
+        field.message_type.full_name == "google.protobuf.Timestamp"
+    )
 
 
 async def read_json_body(request: Request) -> Any:
@@ -116,6 +134,14 @@ async def read_json_body(request: Request) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc.msg} at character {exc.pos}") from exc
+
+
+def _boolean(key: str, value: str) -> bool:
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise BadRequest(f"query parameter {key!r} is true or false, not {value!r}", key)
 
 
 def _by_json_name(rule: HttpRule, key: str) -> FieldDescriptor | None:
@@ -151,13 +177,20 @@ async def build_request(
         if field is None:
             allowed = ", ".join(sorted(query)) or "none"
             raise BadRequest(f"unknown query parameter {key!r}; this route takes: {allowed}", key)
-        values = request.query_params.getlist(key)
+        values: list[Any] = request.query_params.getlist(key)
+        if field.type == FieldDescriptor.TYPE_BOOL:
+            values = [_boolean(key, value) for value in values]
+        into = data
+        if field.containing_type is not None and (
+            field.containing_type.full_name != rule.method.input_type.full_name
+        ):
+            into = data.setdefault(FLATTENED, {})
         if field.is_repeated:
-            data[key] = values
+            into[key] = values
         elif len(values) > 1:
             raise BadRequest(f"query parameter {key!r} is given more than once", key)
         else:
-            data[key] = values[0]
+            into[key] = values[0]
     for name in rule.path_params:
         data[name] = request.path_params[name]
     fields = rule.method.input_type.fields_by_name

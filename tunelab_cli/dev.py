@@ -22,7 +22,11 @@ from pathlib import Path
 import httpx
 
 # (name, module) of each service, in start order; the gateway comes last.
-SERVICES = [("datasets", "services.datasets"), ("deploy", "services.deploy")]
+SERVICES = [
+    ("datasets", "services.datasets"),
+    ("deploy", "services.deploy"),
+    ("tracing", "services.tracing"),
+]
 SECRETS = {
     "internal-token": "TUNELAB_INTERNAL_TOKEN",
     "jwt-secret": "TUNELAB_JWT_SECRET",
@@ -34,6 +38,8 @@ LISTENS = [
     ("TUNELAB_DATASETS_METRICS_ADDRESS", "127.0.0.1:9151"),
     ("TUNELAB_DEPLOY_GRPC_ADDRESS", "127.0.0.1:50052"),
     ("TUNELAB_DEPLOY_METRICS_ADDRESS", "127.0.0.1:9152"),
+    ("TUNELAB_TRACING_GRPC_ADDRESS", "127.0.0.1:50053"),
+    ("TUNELAB_TRACING_METRICS_ADDRESS", "127.0.0.1:9153"),
 ]
 
 # For children to die with us (see _die_with_parent): prctl, looked up here in the parent.
@@ -88,6 +94,7 @@ def run(*, log_format: str = "text") -> int:
     env.setdefault("TUNELAB_DEPLOY_DATABASE_URL", f"sqlite:///{var_dir() / 'deploy.db'}")
     env.setdefault("TUNELAB_DEPLOY_LOCAL_WORK_DIR", str(var_dir() / "pods"))
     env.setdefault("TUNELAB_DEPLOY_OUTPUT_DIR", str(var_dir() / "outputs"))
+    env.setdefault("TUNELAB_TRACING_DATABASE_URL", f"sqlite:///{var_dir() / 'tracing.db'}")
     gateway = (
         f"{env.get('TUNELAB_GATEWAY_HOST', '127.0.0.1')}:{env.get('TUNELAB_GATEWAY_PORT', '8080')}"
     )

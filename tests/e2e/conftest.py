@@ -97,7 +97,13 @@ class Suite:
                 process.kill()
 
 
-def start_suite(var: Path, database_url: str, deploy_database_url: str, **extra_env: str) -> Suite:
+def start_suite(
+    var: Path,
+    database_url: str,
+    deploy_database_url: str,
+    tracing_database_url: str,
+    **extra_env: str,
+) -> Suite:
     gateway_port = free_port()
     grpc_address = f"127.0.0.1:{free_port()}"
     deploy_address = f"127.0.0.1:{free_port()}"
@@ -127,9 +133,12 @@ def start_suite(var: Path, database_url: str, deploy_database_url: str, **extra_
         "TUNELAB_DEPLOY_HEARTBEAT_SECONDS": "2",
         "TUNELAB_DEPLOY_LOCAL_KILL_GRACE_SECONDS": "2",
         "TUNELAB_GATEWAY_DEPLOY_ADDRESS": deploy_address,
+        "TUNELAB_TRACING_DATABASE_URL": tracing_database_url,
+        "TUNELAB_TRACING_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TUNELAB_TRACING_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         **extra_env,
     }
-    for service in ("services.datasets", "services.deploy"):
+    for service in ("services.datasets", "services.deploy", "services.tracing"):
         migrate = subprocess.run(
             [sys.executable, "-m", service, "migrate", "upgrade"],
             env=env,
@@ -141,6 +150,7 @@ def start_suite(var: Path, database_url: str, deploy_database_url: str, **extra_
     for name, module in (
         ("datasets", "services.datasets"),
         ("deploy", "services.deploy"),
+        ("tracing", "services.tracing"),
         ("gateway", "gateway"),
     ):
         processes[name] = _spawn(var, name, module, env)
@@ -175,10 +185,10 @@ def suite(
 ) -> Iterator[Suite]:
     var = tmp_path_factory.mktemp(f"var-{request.param}")
     if request.param == "postgresql":
-        url, deploy_url = pg.fresh(None), pg.fresh(None)
+        urls = [pg.fresh(None) for _ in range(3)]
     else:
-        url, deploy_url = f"sqlite:///{var / 'datasets.db'}", f"sqlite:///{var / 'deploy.db'}"
-    running = start_suite(var, url, deploy_url)
+        urls = [f"sqlite:///{var / name}.db" for name in ("datasets", "deploy", "tracing")]
+    running = start_suite(var, *urls)
     try:
         yield running
     finally:

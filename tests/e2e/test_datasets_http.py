@@ -389,7 +389,10 @@ def test_list_get_delete(suite: Suite, data: Path) -> None:
 def test_probes_metrics_and_openapi(suite: Suite) -> None:
     assert httpx.get(f"{suite.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{suite.url}/readyz").json()
-    assert ready == {"status": "ready", "checks": {"datasets": "SERVING", "deploy": "SERVING"}}
+    assert ready == {
+        "status": "ready",
+        "checks": {"datasets": "SERVING", "deploy": "SERVING", "tracing": "SERVING"},
+    }
     metrics = httpx.get(f"{suite.url}/metrics").text
     assert 'route="/v1/dataset-downloads/{token}"' in metrics
     assert "tldl_" not in metrics
