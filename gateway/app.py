@@ -30,6 +30,8 @@ from gateway.errors import error_response
 from gateway.events import sse_endpoint
 from gateway.exports import export_endpoint
 from gateway.observe import ROUTE_KEY, Observe
+from gateway.otlp import ROUTE as OTLP_ROUTE
+from gateway.otlp import Otlp
 from gateway.outputs import ROUTE as OUTPUT_ROUTE
 from gateway.outputs import Outputs
 from gateway.rules import HttpRule, http_rules
@@ -59,6 +61,7 @@ IDEMPOTENT = [
     ("tunelab.datasets.v1.DatasetsService", "FinishDownload"),
     # Idempotent on (trace_id, span_id): a retried batch adds nothing.
     ("tunelab.tracing.v1.TracingService", "IngestSpans"),
+    ("opentelemetry.proto.collector.trace.v1.TraceService", "Export"),
 ]
 # Bearer tokens, not cookies: no credentials mode, so no CSRF surface.
 CORS_REQUEST_HEADERS = [
@@ -178,6 +181,7 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
             public(DOWNLOAD_ROUTE, downloads),
             methods=["GET", "HEAD"],
         ),
+        Route(OTLP_ROUTE, private(OTLP_ROUTE, Otlp(channels["tracing"])), methods=["POST"]),
         # The pod sends its output with its job token; its owner downloads it.
         Route(OUTPUT_ROUTE, public(OUTPUT_ROUTE, outputs.upload), methods=["PUT"]),
         Route(OUTPUT_ROUTE, private(OUTPUT_ROUTE, outputs.download), methods=["GET"]),

@@ -395,6 +395,30 @@ def _hand_written(paths: dict[str, dict[str, Any]], schemas: Schemas) -> None:
             },
         },
     }
+    otlp = {"type": "string", "format": "binary"}
+    paths.setdefault("/v1/traces", {})["post"] = {
+        "operationId": "ExportOtlpTraces",
+        "tags": ["TracingService"],
+        "summary": "OTLP/HTTP trace export, as OpenTelemetry exporters send it",
+        "description": "An ExportTraceServiceRequest as application/x-protobuf or OTLP JSON "
+        "(ids in hex), optionally gzip-compressed; the answer is an "
+        "ExportTraceServiceResponse in the same encoding, with partial_success counting the "
+        "spans that were rejected. Point an exporter at "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=<gateway>/v1/traces with the Authorization header.",
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-protobuf": {"schema": otlp}, "application/json": {}},
+        },
+        "responses": {
+            "200": {
+                "description": "Stored (see partial_success).",
+                "content": {"application/x-protobuf": {"schema": otlp}, "application/json": {}},
+            },
+            "400": _error("Not an OTLP trace export, or too large."),
+            "415": _error("Neither protobuf nor JSON."),
+            "default": _error("An error."),
+        },
+    }
     probe = {"security": [], "tags": ["Operations"]}
     paths["/healthz"] = {
         "get": {

@@ -6,9 +6,12 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import grpc
+
 from services.common.db import Database
 from services.common.migrations import Migrations
 from services.common.server import ServerSpec
+from services.tracing import otlp
 from services.tracing.prices import PriceTable
 from services.tracing.server import TracingServicer, utc_now
 from services.tracing.settings import TracingSettings
@@ -32,13 +35,18 @@ def server_spec(
     except (OSError, ValueError, TypeError) as exc:
         raise SystemExit(f"tracing: TUNELAB_TRACING_PRICES_FILE is unusable: {exc}") from None
     servicer = TracingServicer(SpanStore(db, prices), settings, clock)
+    otlp_servicer = otlp.OtlpTraceServicer(servicer)
+
+    def register(server: grpc.aio.Server) -> None:
+        tracing_service_pb2_grpc.add_TracingServiceServicer_to_server(servicer, server)
+        otlp.add_to_server(otlp_servicer, server)
+
     return ServerSpec(
         name="tracing",
         domain=DOMAIN,
         address=address or settings.grpc_address,
         internal_token=settings.require_internal_token(),
-        register=lambda server: tracing_service_pb2_grpc.add_TracingServiceServicer_to_server(
-            servicer, server
-        ),
-        service_names=[SERVICE_NAME],
+        register=register,
+        # The OpenTelemetry collector's TraceService too: OTLP exporters send here directly.
+        service_names=[SERVICE_NAME, otlp.SERVICE_NAME],
     )

@@ -98,3 +98,105 @@ def test_ingest_list_tree_analytics_export(suite: Suite) -> None:
     ).json()
     assert gone["deleted"] == "3"
     assert alice.get("/v1/traces").json()["spans"] == []
+
+
+def test_opentelemetry_sdk_exports_through_the_gateway(suite: Suite) -> None:
+    """An app instrumented with the OpenTelemetry SDK and the GenAI conventions, exporting
+    OTLP/HTTP (protobuf) to the gateway with nothing but an Authorization header."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    exporter = OTLPSpanExporter(
+        endpoint=f"{suite.url}/v1/traces",
+        headers={"Authorization": f"Bearer {suite.token('otel-user')}"},
+    )
+    provider = TracerProvider(resource=Resource.create({"service.name": "chat-app"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("e2e")
+    with tracer.start_as_current_span("invoke_agent support") as agent:
+        agent.set_attribute("gen_ai.operation.name", "invoke_agent")
+        with tracer.start_as_current_span("chat gpt-4o") as chat:
+            chat.set_attribute("gen_ai.operation.name", "chat")
+            chat.set_attribute("gen_ai.provider.name", "openai")
+            chat.set_attribute("gen_ai.request.model", "gpt-4o")
+            chat.set_attribute("gen_ai.usage.input_tokens", 800)
+            chat.set_attribute("gen_ai.usage.output_tokens", 120)
+            chat.set_attribute(
+                "gen_ai.input.messages", json.dumps([{"role": "user", "content": KEY}])
+            )
+    provider.force_flush()
+    provider.shutdown()
+
+    client = suite.client("otel-user")
+    listed = client.get("/v1/traces", params={"model": "gpt-4o"}).json()["spans"]
+    assert len(listed) == 1
+    chat_span_ = listed[0]
+    assert chat_span_["kind"] == "llm"
+    assert chat_span_["provider"] == "openai"
+    assert chat_span_["usage"]["total_tokens"] == "920"
+    assert chat_span_["cost"]["total_usd"] > 0
+    assert chat_span_["metadata"]["service.name"] == "chat-app"
+    assert KEY not in json.dumps(listed)
+    tree = client.get(f"/v1/traces/{chat_span_['trace_id']}").json()
+    assert tree["roots"][0]["span"]["kind"] == "agent"
+    assert tree["roots"][0]["children"][0]["span"]["span_id"] == chat_span_["span_id"]
+
+
+def test_otlp_json_with_hex_ids(suite: Suite) -> None:
+    client = suite.client("otlp-json")
+    body = {
+        "resourceSpans": [
+            {
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": "5b8efff798038103d269b633813fc60c",
+                                "spanId": "eee19b7ec3c1b174",
+                                "name": "embeddings",
+                                "startTimeUnixNano": "1764324000000000000",
+                                "endTimeUnixNano": "1764324000250000000",
+                                "attributes": [
+                                    {
+                                        "key": "gen_ai.operation.name",
+                                        "value": {"stringValue": "embeddings"},
+                                    },
+                                    {
+                                        "key": "gen_ai.request.model",
+                                        "value": {"stringValue": "text-embedding-3-small"},
+                                    },
+                                ],
+                            },
+                            {
+                                "traceId": "00000000000000000000000000000000",
+                                "spanId": "0000000000000001",
+                                "name": "bad",
+                            },
+                        ]
+                    }
+                ]
+            }
+        ]
+    }
+    reply = client.post(
+        "/v1/traces", content=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["partialSuccess"]["rejectedSpans"] == "1"
+    (stored,) = client.get("/v1/traces").json()["spans"]
+    assert stored["trace_id"] == "5b8efff798038103d269b633813fc60c"
+    assert stored["kind"] == "embedding"
+    assert stored["timing"]["duration_ms"] == 250
+    bad_ids = client.post(
+        "/v1/traces",
+        content=json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}),
+        headers={"Content-Type": "application/json"},
+    )
+    assert bad_ids.status_code == 400
+    assert "hex" in bad_ids.json()["error"]["message"]
+    assert (
+        client.post("/v1/traces", content=b"x", headers={"Content-Type": "text/plain"}).status_code
+        == 415
+    )
