@@ -23,6 +23,8 @@ from gateway.rules import HttpRule
 from services.common import enum_names as enums
 
 MAX_JSON_BODY = 1 << 20
+# Bodies that are batches of data, not requests: as large as a gRPC message may be.
+LARGE_BODIES = {"IngestSpans": 16 << 20}
 # Request fields filled from headers, never from the query string (a token in a URL ends up in
 # logs): the idempotency key, and for routes whose credential is a token of the service's own
 # (the pod's job token) the Authorization header's bearer token.
@@ -122,12 +124,12 @@ def _query_scalar(field: FieldDescriptor) -> bool:
     )
 
 
-async def read_json_body(request: Request) -> Any:
+async def read_json_body(request: Request, limit: int = MAX_JSON_BODY) -> Any:
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_JSON_BODY:
-            raise BadRequest(f"the JSON body is larger than {MAX_JSON_BODY} bytes")
+        if len(raw) > limit:
+            raise BadRequest(f"the JSON body is larger than {limit} bytes: send less at once")
     if not raw.strip():
         return {}
     try:
@@ -158,7 +160,7 @@ async def build_request(
 ) -> Message:
     data: dict[str, Any] = {}
     if rule.body:
-        body = await read_json_body(request)
+        body = await read_json_body(request, LARGE_BODIES.get(rule.method.name, MAX_JSON_BODY))
         if rule.body == "*":
             if not isinstance(body, dict):
                 raise BadRequest("the body must be a JSON object")

@@ -423,3 +423,9 @@ def _timestamp(when: datetime) -> Any:
     stamp = pb.Timing().start_time
     stamp.FromDatetime(when)
     return stamp
+
+
+async def test_page_tokens_stay_short_whatever_the_filter(tracing: Tracing) -> None:
+    long_tags = [f"{i:02d}" + "t" * 126 for i in range(30)]
+    await tracing.ingest(*[span("tl", f"s{i}", start_ms=i, tags=long_tags) for i in range(9)])
+    assert len(await tracing.listed(tags=long_tags)) == 9  # two pages of at most 7
