@@ -14,27 +14,27 @@ from typing import Any
 
 import grpc
 import orjson
-from google.protobuf import message_factory
 from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.errors import from_rpc_error
 from gateway.rules import HttpRule
-from gateway.transcode import BadRequest, Endpoint, build_request, query_fields, to_json
+from gateway.transcode import (
+    BadRequest,
+    Endpoint,
+    build_request,
+    query_fields,
+    server_stream,
+    to_json,
+)
 
 KEEPALIVE_SECONDS = 15.0
 _DONE = object()
 
 
 def sse_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> Endpoint:
-    request_type = message_factory.GetMessageClass(rule.method.input_type)
-    response_type = message_factory.GetMessageClass(rule.method.output_type)
-    call_kind = channel.unary_stream(
-        rule.rpc_path,
-        request_serializer=request_type.SerializeToString,
-        response_deserializer=response_type.FromString,
-    )
+    request_type, call_kind = server_stream(rule, channel)
     query = query_fields(rule)
 
     async def endpoint(request: Request) -> Response:

@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import message_factory
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.errors import from_rpc_error
 from gateway.rules import HttpRule
-from gateway.transcode import BadRequest, Endpoint, build_request, query_fields
+from gateway.transcode import BadRequest, Endpoint, build_request, query_fields, server_stream
 
 # ExportFormat number: (media type, file extension); 0 is the default, JSONL.
 FORMATS = {
@@ -30,13 +29,7 @@ FORMATS = {
 
 
 def export_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> Endpoint:
-    request_type = message_factory.GetMessageClass(rule.method.input_type)
-    response_type = message_factory.GetMessageClass(rule.method.output_type)
-    call_kind = channel.unary_stream(
-        rule.rpc_path,
-        request_serializer=request_type.SerializeToString,
-        response_deserializer=response_type.FromString,
-    )
+    request_type, call_kind = server_stream(rule, channel)
     query = query_fields(rule)
 
     async def endpoint(request: Request) -> Response:

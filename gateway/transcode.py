@@ -98,6 +98,20 @@ def unary_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> E
     return endpoint
 
 
+def server_stream(
+    rule: HttpRule, channel: grpc.aio.Channel
+) -> tuple[type[Message], grpc.aio.UnaryStreamMultiCallable[Any, Any]]:
+    """A server-streaming method's request class and its call, for the hand-made routes."""
+    request_type = message_factory.GetMessageClass(rule.method.input_type)
+    response_type = message_factory.GetMessageClass(rule.method.output_type)
+    call = channel.unary_stream(
+        rule.rpc_path,
+        request_serializer=request_type.SerializeToString,
+        response_deserializer=response_type.FromString,
+    )
+    return request_type, call
+
+
 def query_fields(rule: HttpRule) -> dict[str, FieldDescriptor]:
     """Scalar request fields (timestamps included) that the path and the body leave to the
     query string; the fields of a `filter` message are query parameters of their own."""

@@ -117,14 +117,18 @@ def oldest_first(query: Q, key: InstrumentedAttribute[int], after: Cursor | None
     """Keyset pagination over an increasing integer key (a sequence, an autoincrement id),
     oldest first; the cursor's id holds the last key served."""
     if after is not None:
-        try:
-            last = int(after.id)
-        except ValueError:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "page_token is not one this list returned",
-                errors_pb2.ERROR_REASON_INVALID_PAGE_TOKEN,
-                {"field": "page_token"},
-            ) from None
-        query = query.where(key > last)
+        query = query.where(key > int_key(after))
     return query.order_by(key).limit(size + 1)
+
+
+def int_key(cursor: Cursor) -> int:
+    """The cursor's id as the integer key it holds (a token forged with another is refused)."""
+    try:
+        return int(cursor.id)
+    except ValueError:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token is not one this list returned",
+            errors_pb2.ERROR_REASON_INVALID_PAGE_TOKEN,
+            {"field": "page_token"},
+        ) from None

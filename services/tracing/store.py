@@ -17,11 +17,10 @@ from sqlalchemy import ColumnElement, delete, exists, insert, select, tuple_, up
 
 from services.common.db import Database
 from services.common.errors import ServiceError, not_found
-from services.common.pagination import Cursor, Page, page
+from services.common.pagination import Cursor, Page, int_key, page
 from services.tracing import spans
 from services.tracing.models import SpanRow, SpanTagRow
 from services.tracing.prices import PriceTable
-from tunelab.common.v1 import errors_pb2
 from tunelab.tracing.v1 import spans_pb2 as pb
 from tunelab.tracing.v1 import tracing_service_pb2 as api
 
@@ -169,7 +168,7 @@ class SpanStore:
         )
         if after is not None:
             query = query.where(
-                tuple_(SpanRow.start_time, SpanRow.id) < (after.created_at, _row_id(after.id))
+                tuple_(SpanRow.start_time, SpanRow.id) < (after.created_at, int_key(after))
             )
         query = query.order_by(SpanRow.start_time.desc(), SpanRow.id.desc()).limit(size + 1)
         async with self.db.session() as session:
@@ -258,15 +257,3 @@ def conditions(owner: str, where: api.SpanFilter) -> list[ColumnElement[bool]]:
     if where.roots_only:
         found.append(SpanRow.is_root.is_(True))
     return found
-
-
-def _row_id(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "page_token is not one this list returned",
-            errors_pb2.ERROR_REASON_INVALID_PAGE_TOKEN,
-            {"field": "page_token"},
-        ) from None
