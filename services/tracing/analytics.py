@@ -1,9 +1,9 @@
 """Analytics computed in the database: one aggregate query and one percentile query per call,
 whatever the number of spans, on PostgreSQL and SQLite alike.
 
-Percentiles are nearest-rank (the value at rank ceil(p * n) of the sorted values, as
-PostgreSQL's percentile_disc): numbered with a window function, so SQLite, which has no
-percentile aggregate, computes them in SQL too.
+Percentiles are nearest-rank (the value at rank ceil(p * n) of the sorted values): PostgreSQL's
+percentile_disc aggregate in the same pass; on SQLite, which has no percentile aggregate, a
+window function numbers the values and the same rank is picked, in SQL too.
 """
 
 from __future__ import annotations
@@ -44,8 +44,19 @@ async def analytics(
     group = _group(db, group_by)
     conds = conditions(owner, where)
     errors = func.sum(case((SpanRow.status == pb.SPAN_STATUS_ERROR, 1), else_=0))
+    # PostgreSQL has the percentile aggregate: one pass, no window sorts.
+    inline = (
+        []
+        if db.is_sqlite
+        else [
+            func.percentile_disc(p / 100).within_group(column).label(f"{name}{p}")
+            for name, column in (("latency", SpanRow.duration_ms), ("ttft", SpanRow.ttft_ms))
+            for p in PERCENTILES
+        ]
+    )
     totals = (
         select(
+            *inline,
             group.label("grp"),
             func.count().label("n"),
             errors.label("errors"),
@@ -73,8 +84,15 @@ async def analytics(
                 cache_hit_ratio=(r.cached / r.input) if r.input else 0.0,
                 input_tokens=int(r.input),
                 output_tokens=int(r.output),
+                latency={p: float(getattr(r, f"latency{p}") or 0.0) for p in PERCENTILES}
+                if inline
+                else {},
+                ttft={p: float(getattr(r, f"ttft{p}") or 0.0) for p in PERCENTILES}
+                if inline
+                else {},
             )
-        for column, target in ((SpanRow.duration_ms, "latency"), (SpanRow.ttft_ms, "ttft")):
+        windowed = [] if inline else [(SpanRow.duration_ms, "latency"), (SpanRow.ttft_ms, "ttft")]
+        for column, target in windowed:
             for r in await session.execute(_percentiles(group, conds, column)):
                 if (row := rows.get(r.grp or "")) is not None:
                     getattr(row, target).update(

@@ -8,6 +8,7 @@ duration instead of keeping the one computed from nothing.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -193,35 +194,40 @@ def complete(span: pb.Span, prices: PriceTable) -> None:
     span.computed.extend(done)
 
 
-def clean(span: pb.Span) -> pb.Span:
-    """The span with every credential masked: headers, the URL, and every text and value."""
+def sanitized(span: pb.Span) -> dict[str, Any]:
+    """The span as JSON (proto field names) with every credential masked: headers, URLs, and
+    every text and value. This is the form that is stored."""
     data: dict[str, Any] = json_format.MessageToDict(span, preserving_proto_field_name=True)
     request = data.get("request", {})
     if "headers" in request:
         request["headers"] = sanitize_headers(request["headers"])
-    if "base_url" in request:
-        request["base_url"] = sanitize_url(request["base_url"])
-    if "api_endpoint" in request:
-        request["api_endpoint"] = sanitize_url(request["api_endpoint"])
-    data = sanitize_value(data)
-    result = pb.Span()
-    json_format.ParseDict(data, result)
+    for name in ("base_url", "api_endpoint"):
+        if name in request:
+            request[name] = sanitize_url(request[name])
+    result: dict[str, Any] = sanitize_value(data)
     return result
 
 
 @dataclass(frozen=True)
 class Columns:
-    """What a stored span's columns hold, derived from the span."""
+    """What a stored span's columns hold: its numbers, and its texts as sanitized."""
 
     values: dict[str, Any]
     tags: list[str]
 
 
-def columns(span: pb.Span) -> Columns:
+def stored_form(span: pb.Span) -> Columns:
+    data = sanitized(span)
     timing, usage = span.timing, span.usage
 
     def opt(holder: Message, name: str) -> Any:
         return getattr(holder, name) if holder.HasField(name) else None
+
+    def text(*path: str) -> str:
+        value: Any = data
+        for part in path:
+            value = value.get(part, {}) if isinstance(value, dict) else {}
+        return value if isinstance(value, str) else ""
 
     return Columns(
         {
@@ -229,13 +235,13 @@ def columns(span: pb.Span) -> Columns:
             "span_id": span.span_id,
             "parent_span_id": span.parent_span_id,
             "is_root": not span.parent_span_id,
-            "name": span.name,
+            "name": text("name"),
             "kind": span.kind,
             "status": span.status,
-            "model": span.model,
-            "provider": span.provider,
-            "error_category": span.error_category,
-            "session_id": span.session.session_id,
+            "model": text("model"),
+            "provider": text("provider"),
+            "error_category": text("error_category"),
+            "session_id": text("session", "session_id"),
             "start_time": timing.start_time.ToDatetime(tzinfo=UTC),
             "end_time": timing.end_time.ToDatetime(tzinfo=UTC)
             if timing.HasField("end_time")
@@ -250,9 +256,9 @@ def columns(span: pb.Span) -> Columns:
             "streaming": opt(span.streaming, "enabled"),
             "has_warnings": bool(span.flags.warnings),
             "groundedness": opt(span.evaluation, "groundedness_score"),
-            "body": json_format.MessageToJson(span, preserving_proto_field_name=True, indent=None),
+            "body": json.dumps(data, separators=(",", ":"), ensure_ascii=False),
         },
-        list(span.tags),
+        [tag for tag in data.get("tags", []) if isinstance(tag, str)],
     )
 
 

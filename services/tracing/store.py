@@ -7,13 +7,17 @@ thousand spans costs a handful of statements, not thousands.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Sequence
+import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from sqlalchemy import ColumnElement, delete, exists, insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db import Database
 from services.common.errors import ServiceError, not_found
@@ -21,10 +25,13 @@ from services.common.pagination import Cursor, Page, int_key, page
 from services.tracing import spans
 from services.tracing.models import SpanRow, SpanTagRow
 from services.tracing.prices import PriceTable
+from tunelab.common.v1 import errors_pb2
 from tunelab.tracing.v1 import spans_pb2 as pb
 from tunelab.tracing.v1 import tracing_service_pb2 as api
 
 MAX_TRACE_SPANS = 10_000
+MERGE_ATTEMPTS = 8
+_jitter = random.SystemRandom()
 DELETE_BATCH = 5_000
 
 
@@ -55,23 +62,28 @@ class SpanStore:
         self, owner: str, parts: Sequence[tuple[int, pb.Span]], now: datetime
     ) -> list[Rejected]:
         """Store checked parts (index in the batch, span); returns the spans refused whole."""
-        for attempt in range(2):
+        for attempt in range(MERGE_ATTEMPTS):
             try:
                 return await self._ingest(owner, parts, now)
             except ServiceError as exc:
-                # Two batches added the same new span at once: the loser merges on a retry.
-                if exc.code != grpc.StatusCode.ABORTED or attempt:
+                # Another batch added or changed one of these spans meanwhile: merge again,
+                # after a random pause so that contenders fall out of step.
+                if exc.code != grpc.StatusCode.ABORTED or attempt == MERGE_ATTEMPTS - 1:
                     raise
+                await asyncio.sleep(_jitter.uniform(0.005, 0.02) * (attempt + 1))
         raise AssertionError("unreachable")
 
     async def _ingest(
         self, owner: str, parts: Sequence[tuple[int, pb.Span]], now: datetime
     ) -> list[Rejected]:
+        """Read what is stored, merge and complete in memory with no transaction open (the
+        CPU work would hold SQLite's write lock), then write in one short transaction that
+        first checks nothing it read has changed since."""
         by_key: dict[tuple[str, str], list[tuple[int, pb.Span]]] = {}
         for index, part in parts:
             by_key.setdefault((part.trace_id, part.span_id), []).append((index, part))
-        rejected: list[Rejected] = []
-        async with self.db.session(write=True) as session:
+        keys = tuple_(SpanRow.trace_id, SpanRow.span_id).in_(list(by_key))
+        async with self.db.session() as session:
             found = {
                 (row.trace_id, row.span_id): row
                 for row in await session.execute(
@@ -81,39 +93,41 @@ class SpanStore:
                         SpanRow.span_id,
                         SpanRow.body,
                         SpanRow.received_at,
-                    ).where(
-                        SpanRow.owner == owner,
-                        tuple_(SpanRow.trace_id, SpanRow.span_id).in_(list(by_key)),
-                    )
+                        SpanRow.updated_at,
+                    ).where(SpanRow.owner == owner, keys)
                 )
             }
-            inserts: list[dict[str, object]] = []
-            insert_tags: list[list[str]] = []
-            updates: list[dict[str, object]] = []
-            update_tags: dict[int, list[str]] = {}
-            for key, key_parts in by_key.items():
-                existing = found.get(key)
-                span = spans.received(spans.parse_body(existing.body)) if existing else None
-                for _, part in key_parts:
-                    span = part if span is None else spans.merge(span, part)
-                assert span is not None
-                try:
-                    spans.check_whole(span)
-                except spans.Invalid as exc:
-                    rejected.extend(
-                        Rejected(i, key[0], key[1], exc.field, exc.reason) for i, _ in key_parts
-                    )
-                    continue
-                spans.complete(span, self.prices)
-                span.received_at.FromDatetime(existing.received_at if existing else now)
-                cols = spans.columns(spans.clean(span))
-                values = {**cols.values, "owner": owner, "updated_at": now}
-                if existing is None:
-                    inserts.append({**values, "received_at": now})
-                    insert_tags.append(cols.tags)
-                else:
-                    updates.append({**values, "id": existing.id})
-                    update_tags[existing.id] = cols.tags
+        rejected: list[Rejected] = []
+        inserts: list[dict[str, object]] = []
+        insert_tags: list[list[str]] = []
+        updates: list[dict[str, object]] = []
+        update_tags: dict[int, list[str]] = {}
+        for key, key_parts in by_key.items():
+            existing = found.get(key)
+            span = spans.received(spans.parse_body(existing.body)) if existing else None
+            for _, part in key_parts:
+                span = part if span is None else spans.merge(span, part)
+            assert span is not None
+            try:
+                spans.check_whole(span)
+            except spans.Invalid as exc:
+                rejected.extend(
+                    Rejected(i, key[0], key[1], exc.field, exc.reason) for i, _ in key_parts
+                )
+                continue
+            spans.complete(span, self.prices)
+            span.received_at.FromDatetime(existing.received_at if existing else now)
+            cols = spans.stored_form(span)
+            values = {**cols.values, "owner": owner, "updated_at": now}
+            if existing is None:
+                inserts.append({**values, "received_at": now})
+                insert_tags.append(cols.tags)
+            else:
+                updates.append({**values, "id": existing.id})
+                update_tags[existing.id] = cols.tags
+        async with self.db.session(write=True) as session:
+            if found:
+                await _unchanged_since_read(session, list(found.values()))
             if inserts:
                 ids = (
                     await session.scalars(
@@ -121,25 +135,13 @@ class SpanStore:
                         inserts,
                     )
                 ).all()
-                tag_rows = [
-                    {"span_row_id": row_id, "tag": tag, "owner": owner}
-                    for row_id, tags in zip(ids, insert_tags, strict=True)
-                    for tag in tags
-                ]
-                if tag_rows:
-                    await session.execute(insert(SpanTagRow), tag_rows)
+                await _add_tags(session, owner, zip(ids, insert_tags, strict=True))
             if updates:
                 await session.execute(update(SpanRow), updates)
                 await session.execute(
                     delete(SpanTagRow).where(SpanTagRow.span_row_id.in_(list(update_tags)))
                 )
-                tag_rows = [
-                    {"span_row_id": row_id, "tag": tag, "owner": owner}
-                    for row_id, tags in update_tags.items()
-                    for tag in tags
-                ]
-                if tag_rows:
-                    await session.execute(insert(SpanTagRow), tag_rows)
+                await _add_tags(session, owner, update_tags.items())
         return rejected
 
     async def trace(self, owner: str, trace_id: str) -> list[pb.Span]:
@@ -197,7 +199,7 @@ class SpanStore:
                 span.evaluation.evaluated_at.FromDatetime(now)
             spans.complete(span, self.prices)
             span.received_at.FromDatetime(row.received_at)
-            cols = spans.columns(spans.clean(span))
+            cols = spans.stored_form(span)
             for name, value in cols.values.items():
                 setattr(row, name, value)
             row.updated_at = now
@@ -220,6 +222,30 @@ class SpanStore:
                 await session.execute(delete(SpanTagRow).where(SpanTagRow.span_row_id.in_(ids)))
                 await session.execute(delete(SpanRow).where(SpanRow.id.in_(ids)))
             deleted += len(ids)
+
+
+async def _unchanged_since_read(session: AsyncSession, read: Sequence[Any]) -> None:
+    """ABORTED (the batch is merged again) when a row read before the write changed since."""
+    query = select(SpanRow.id, SpanRow.updated_at).where(SpanRow.id.in_([r.id for r in read]))
+    current = {row_id: at for row_id, at in await session.execute(query.with_for_update())}
+    if any(current.get(row.id) != row.updated_at for row in read):
+        raise ServiceError(
+            grpc.StatusCode.ABORTED,
+            "spans of this batch changed while it was merged; retry it",
+            errors_pb2.ERROR_REASON_CONFLICT,
+        )
+
+
+async def _add_tags(
+    session: AsyncSession, owner: str, tagged: Iterable[tuple[int, list[str]]]
+) -> None:
+    rows = [
+        {"span_row_id": row_id, "tag": tag, "owner": owner}
+        for row_id, tags in tagged
+        for tag in tags
+    ]
+    if rows:
+        await session.execute(insert(SpanTagRow), rows)
 
 
 def conditions(owner: str, where: api.SpanFilter) -> list[ColumnElement[bool]]:

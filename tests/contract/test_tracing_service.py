@@ -4,6 +4,7 @@ and retention."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -429,3 +430,12 @@ async def test_page_tokens_stay_short_whatever_the_filter(tracing: Tracing) -> N
     long_tags = [f"{i:02d}" + "t" * 126 for i in range(30)]
     await tracing.ingest(*[span("tl", f"s{i}", start_ms=i, tags=long_tags) for i in range(9)])
     assert len(await tracing.listed(tags=long_tags)) == 9  # two pages of at most 7
+
+
+async def test_parts_merged_at_the_same_time_lose_nothing(tracing: Tracing) -> None:
+    await tracing.ingest(span("tc", "s"))
+    parts = [span("tc", "s", tags=[f"tag-{i}"]) for i in range(6)]
+    replies = await asyncio.gather(*(tracing.ingest(part) for part in parts))
+    assert all(reply.accepted == 1 for reply in replies)
+    (stored,) = await tracing.listed(trace_id="tc")
+    assert sorted(stored.tags) == sorted(f"tag-{i}" for i in range(6))
