@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 
-.PHONY: setup run test pytest lint protos protos-check bench clean
+.PHONY: setup run test pytest lint protos protos-check bench bench-tracing clean
 
 setup: $(INSTALLED)
 
@@ -47,6 +47,9 @@ protos-check: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+bench-tracing: setup
+	$(BIN)/python -m bench tracing
 
 clean:
 	rm -rf $(VENV) node_modules .build .mypy_cache .ruff_cache .pytest_cache
