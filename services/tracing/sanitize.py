@@ -188,6 +188,23 @@ def sanitize_text(text: str) -> str:
     """Free text (a prompt, a completion, an error message) with credentials masked by shape."""
     if not text:
         return text
+    # Short texts repeat from span to span (roles, model names, enum names, keys): their
+    # answers are remembered. (The process's own secrets are registered at start, before any
+    # span arrives, so a remembered answer never misses one.)
+    if len(text) <= _REMEMBERED_LENGTH:
+        return _sanitize_short(text)
+    return _sanitize(text)
+
+
+_REMEMBERED_LENGTH = 128
+
+
+@functools.lru_cache(maxsize=16384)
+def _sanitize_short(text: str) -> str:
+    return _sanitize(text)
+
+
+def _sanitize(text: str) -> str:
     text = redact(text)
     text = _HEADER_LINE.sub(_mask_header_line, text)
     text = _URL_USERINFO.sub(_mask_userinfo, text)
