@@ -67,6 +67,17 @@ def wait_until(
     raise AssertionError(f"still {deployment['state']} after {seconds} s: {deployment}")
 
 
+def released(client: httpx.Client, deployment_id: str, seconds: float = 15) -> None:
+    """Wait for the supervisor's word that the pod is gone (its pod_terminated event)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        events = client.get(f"/v1/deployments/{deployment_id}/events").json()["events"]
+        if any(e["kind"] == "pod_terminated" for e in events):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the pod of {deployment_id} was not released in {seconds} s")
+
+
 def pod_dir(suite: Suite, deployment_id: str) -> Path:
     return suite.var / "pods" / f"tunelab-{deployment_id}"
 
@@ -125,6 +136,8 @@ def test_a_run_trains_reports_and_leaves_nothing_running(suite: Suite) -> None:
     states = [e["state"] for e in events if e["kind"] == "state_changed"]
     assert states == ["pending", "provisioning", "starting", "downloading", "training", "succeeded"]
     assert pod_processes_gone(suite, deployment["id"])
+    # The supervisor confirms the pod gone (and its dataset copy with it) just after.
+    released(alice, deployment["id"])
     assert not (pod_dir(suite, deployment["id"]) / "work" / "dataset.jsonl").exists()
     assert not Path("pwned").exists()
     assert not (pod_dir(suite, deployment["id"]) / "pwned").exists()
