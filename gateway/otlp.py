@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import error_response, from_rpc_error
+from services.common import redact
 
 ROUTE = "/v1/traces"
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -68,14 +69,20 @@ async def _read(request: Request) -> bytes:
         raise ValueError(f"Content-Encoding {encoding!r} is not supported: send gzip or none")
     inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
     body = bytearray()
+    received = 0
     async for chunk in request.stream():
+        received += len(chunk)
+        if inflate is not None and (inflate.eof or inflate.unconsumed_tail):
+            raise ValueError("the gzip body is larger than the limit, or has data after its end")
         body += inflate.decompress(chunk, MAX_BODY_BYTES + 1 - len(body)) if inflate else chunk
-        if len(body) > MAX_BODY_BYTES:
+        if len(body) > MAX_BODY_BYTES or received > MAX_BODY_BYTES:
             raise ValueError(
                 f"the request is larger than {MAX_BODY_BYTES} bytes: send smaller batches"
             )
     if inflate is not None and not inflate.eof:
         raise ValueError("the gzip body is cut short")
+    if inflate is not None and inflate.unused_data:
+        raise ValueError("the gzip body has data after its end")
     return bytes(body)
 
 
@@ -94,7 +101,9 @@ def _parse(body: bytes, media: str) -> trace_service_pb2.ExportTraceServiceReque
     try:
         json_format.ParseDict(_ids_to_base64(data), export, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError) as exc:
-        raise ValueError(f"the body is not an OTLP trace export: {exc}") from None
+        raise ValueError(
+            f"the body is not an OTLP trace export: {redact.redact(str(exc))}"
+        ) from None
     return export
 
 
@@ -120,4 +129,4 @@ def _hex_to_base64(value: str) -> str:
     try:
         return base64.b64encode(bytes.fromhex(value)).decode()
     except ValueError:
-        raise ValueError(f"the id {value[:40]!r} is not hex, as OTLP JSON writes ids") from None
+        raise ValueError("an id is not hex, as OTLP JSON writes ids") from None

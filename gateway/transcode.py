@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.errors import error_response, from_rpc_error
 from gateway.rules import HttpRule
 from services.common import enum_names as enums
+from services.common import redact
 
 MAX_JSON_BODY = 1 << 20
 # Bodies that are batches of data, not requests: as large as a gRPC message may be.
@@ -157,7 +158,7 @@ def _boolean(key: str, value: str) -> bool:
         return True
     if value.lower() in ("false", "0"):
         return False
-    raise BadRequest(f"query parameter {key!r} is true or false, not {value!r}", key)
+    raise BadRequest(f"query parameter {key!r} is true or false", key)
 
 
 def _by_json_name(rule: HttpRule, key: str) -> FieldDescriptor | None:
@@ -220,5 +221,5 @@ async def build_request(
     try:
         json_format.ParseDict(data, message)
     except json_format.ParseError as exc:
-        raise BadRequest(f"invalid request: {exc}") from exc
+        raise BadRequest(f"invalid request: {redact.redact(str(exc))}") from exc
     return message

@@ -30,6 +30,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from services.common.identity import require_user
+from services.tracing.sanitize import sanitize_text
 from services.tracing.server import TracingServicer
 from tunelab.tracing.v1 import spans_pb2 as pb
 
@@ -115,7 +116,7 @@ def spans_from_otlp(
                     except (ValueError, TypeError, json_format.Error) as exc:
                         problem = f"cannot be mapped: {exc}"[:200]
                 if problem:
-                    problems.append(f"span #{position}: {problem}")
+                    problems.append(sanitize_text(f"span #{position}: {problem}"))
                 position += 1
     return found, problems
 
@@ -196,7 +197,7 @@ def _hex_ids(data: dict[str, Any]) -> None:
             try:
                 data[key] = base64.b64encode(bytes.fromhex(value)).decode()
             except ValueError:
-                raise ValueError(f"{key} is not hex: {value[:64]!r}") from None
+                raise ValueError(f"{key} is not hex") from None
 
 
 # --- one span ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from services.common.errors import invalid_argument
 from services.common.identity import require_user
 from services.common.pagination import page_size
 from services.tracing import analytics, export, spans
+from services.tracing.sanitize import sanitize_text
 from services.tracing.settings import TracingSettings
 from services.tracing.store import Rejected, SpanStore
 from tunelab.tracing.v1 import spans_pb2 as pb
@@ -18,6 +19,8 @@ from tunelab.tracing.v1 import tracing_service_pb2 as api
 from tunelab.tracing.v1 import tracing_service_pb2_grpc as api_grpc
 
 Context = grpc.aio.ServicerContext[object, object]
+# A stream's answer lists at most this many rejections (its accepted count says the rest).
+MAX_REJECTIONS_LISTED = 1000
 Clock = Callable[[], datetime]
 
 
@@ -45,7 +48,7 @@ class TracingServicer(api_grpc.TracingServiceServicer):
         async for batch in request_iterator:
             accepted, rejected = await self._ingest(owner, batch.spans, offset)
             total += accepted
-            refused.extend(rejected)
+            refused.extend(rejected[: MAX_REJECTIONS_LISTED - len(refused)])
             offset += len(batch.spans)
         return api.StreamSpansResponse(accepted=total, rejected=refused)
 
@@ -65,10 +68,12 @@ class TracingServicer(api_grpc.TracingServiceServicer):
             try:
                 spans.check_part(span, now)
             except spans.Invalid as exc:
-                refused.append(
-                    Rejected(index, span.trace_id[:64], span.span_id[:64], exc.field, exc.reason)
-                )
+                ids = (sanitize_text(span.trace_id[:64]), sanitize_text(span.span_id[:64]))
+                refused.append(Rejected(index, *ids, exc.field, exc.reason))
             else:
+                # Output-only fields are the service's to write, whatever a producer sends.
+                del span.computed[:]
+                span.ClearField("received_at")
                 good.append((index, span))
         if good:
             refused.extend(await self.store.ingest(owner, good, now))

@@ -19,7 +19,13 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from services.tracing.prices import PriceTable
-from services.tracing.sanitize import sanitize_headers, sanitize_url, sanitize_value
+from services.tracing.sanitize import (
+    sanitize_headers,
+    sanitize_text,
+    sanitize_url,
+    sanitize_value,
+    sensitive_name,
+)
 from tunelab.tracing.v1 import spans_pb2 as pb
 
 MAX_SPAN_BYTES = 1024**2
@@ -84,6 +90,10 @@ def check_part(span: pb.Span, now: datetime) -> None:
         raise Invalid("parent_span_id", "parent_span_id must look like a span_id, or be empty")
     if span.parent_span_id == span.span_id:
         raise Invalid("parent_span_id", "a span cannot be its own parent")
+    for name in ("trace_id", "span_id", "parent_span_id"):
+        value = getattr(span, name)
+        if value and sanitize_text(value) != value:
+            raise Invalid(name, f"{name} looks like a credential; ids are stored as they are")
     for path, longest in _TEXT_LIMITS:
         if len(_get(span, path)) > longest:
             raise Invalid(path, f"{path} is longer than {longest} characters")
@@ -114,7 +124,11 @@ def check_part(span: pb.Span, now: datetime) -> None:
 
 
 def check_whole(span: pb.Span) -> None:
-    """What must hold of the merged span before it is stored."""
+    """What must hold of the merged span before it is stored (parts add up)."""
+    if len(span.tags) > MAX_TAGS:
+        raise Invalid("tags", f"the span's parts carry more than {MAX_TAGS} tags together")
+    if span.ByteSize() > MAX_SPAN_BYTES:
+        raise Invalid("", f"the span's parts add up to more than {MAX_SPAN_BYTES} bytes")
     if not span.timing.HasField("start_time"):
         raise Invalid("timing.start_time", "timing.start_time is required")
     if span.timing.HasField("end_time") and (
@@ -129,7 +143,10 @@ def received(stored: pb.Span) -> pb.Span:
     span.CopyFrom(stored)
     for path in stored.computed:
         owner, _, name = path.rpartition(".")
-        _get(span, owner).ClearField(name)
+        try:
+            _get(span, owner).ClearField(name)
+        except (AttributeError, ValueError):
+            continue  # not a path this service writes
     del span.computed[:]
     span.ClearField("received_at")
     return span
@@ -204,7 +221,14 @@ def sanitized(span: pb.Span) -> dict[str, Any]:
     for name in ("base_url", "api_endpoint"):
         if name in request:
             request[name] = sanitize_url(request[name])
+    # A map of numbers: a credential-like name drops its entry (a masked value would be a
+    # string where a number must be).
+    evaluation = data.get("evaluation", {})
+    scores = evaluation.pop("scores", None)
     result: dict[str, Any] = sanitize_value(data)
+    if scores:
+        kept = {k: v for k, v in scores.items() if not sensitive_name(k) and sanitize_text(k) == k}
+        result.setdefault("evaluation", {})["scores"] = kept
     return result
 
 

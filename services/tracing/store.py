@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db import Database
 from services.common.errors import ServiceError, not_found
-from services.common.pagination import Cursor, Page, int_key, page
+from services.common.pagination import Cursor, Page, int_key
 from services.tracing import spans
 from services.tracing.models import SpanRow, SpanTagRow
 from services.tracing.prices import PriceTable
@@ -30,6 +30,9 @@ from tunelab.tracing.v1 import spans_pb2 as pb
 from tunelab.tracing.v1 import tracing_service_pb2 as api
 
 MAX_TRACE_SPANS = 10_000
+# Answers stay well below the 16 MiB a gRPC message may hold.
+MAX_PAGE_BYTES = 8 * 1024**2
+MAX_TRACE_BYTES = 12 * 1024**2
 MERGE_ATTEMPTS = 8
 _jitter = random.SystemRandom()
 DELETE_BATCH = 5_000
@@ -155,6 +158,14 @@ class SpanStore:
             bodies = (await session.scalars(query)).all()
         if not bodies:
             raise not_found("trace", trace_id)
+        if sum(len(body) for body in bodies) > MAX_TRACE_BYTES:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"trace {trace_id} is too large to send whole; list its spans page by page "
+                "(ListSpans with the trace_id filter)",
+                errors_pb2.ERROR_REASON_INVALID_ARGUMENT,
+                {"field": "trace_id"},
+            )
         return [spans.parse_body(body) for body in bodies]
 
     async def list_spans(
@@ -175,8 +186,18 @@ class SpanStore:
         query = query.order_by(SpanRow.start_time.desc(), SpanRow.id.desc()).limit(size + 1)
         async with self.db.session() as session:
             rows = (await session.execute(query)).all()
-        found = [Stored(str(r.id), r.start_time, spans.parse_body(r.body)) for r in rows]
-        return page(found, size, scope, lambda s: s.start_time)
+        # A page must fit in one gRPC answer whatever its spans weigh: cut it short by bytes.
+        kept: list[Any] = []
+        weight = 0
+        for row in rows[:size]:
+            weight += len(row.body)
+            if kept and weight > MAX_PAGE_BYTES:
+                break
+            kept.append(row)
+        found = [Stored(str(r.id), r.start_time, spans.parse_body(r.body)) for r in kept]
+        more = len(rows) > len(kept)
+        last = found[-1] if found else None
+        return Page(found, Cursor(last.start_time, last.id, scope) if more and last else None)
 
     async def annotate(
         self, owner: str, trace_id: str, span_id: str, evaluation: pb.Evaluation, now: datetime

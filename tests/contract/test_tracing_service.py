@@ -439,3 +439,39 @@ async def test_parts_merged_at_the_same_time_lose_nothing(tracing: Tracing) -> N
     assert all(reply.accepted == 1 for reply in replies)
     (stored,) = await tracing.listed(trace_id="tc")
     assert sorted(stored.tags) == sorted(f"tag-{i}" for i in range(6))
+
+
+async def test_hostile_ids_computed_fields_and_score_names(tracing: Tracing) -> None:
+    key = SECRETS[0]
+    reply = await tracing.ingest(span(key[:60], "s"), span("ok", "Bearer " + "x" * 20))
+    assert [r.field for r in reply.rejected] == ["trace_id", "span_id"]
+    assert key[:60] not in str(reply)
+    assert "x" * 20 not in str(reply)
+    # A producer cannot write the service's own fields, nor break the stored JSON.
+    forged = span("th", "s", computed=["nope.field"], evaluation={"scores": {"api_key": 0.5}})
+    assert (await tracing.ingest(forged)).accepted == 1
+    assert (await tracing.ingest(span("th", "s", tags=["later"]))).accepted == 1
+    (stored,) = await tracing.listed(trace_id="th")
+    assert "nope.field" not in stored.computed
+    assert "api_key" not in stored.evaluation.scores
+    assert list(stored.tags) == ["later"]
+
+
+async def test_parts_cannot_add_up_past_the_limits(tracing: Tracing) -> None:
+    await tracing.ingest(span("tl2", "s", tags=[f"a{i}" for i in range(30)]))
+    reply = await tracing.ingest(span("tl2", "s", tags=[f"b{i}" for i in range(5)]))
+    assert reply.rejected[0].field == "tags"
+
+
+async def test_a_page_is_cut_short_to_fit_one_answer(tracing: Tracing) -> None:
+    big = "x" * (900 * 1024)
+    for i in range(15):
+        await tracing.ingest(span("tw", f"s{i:02}", start_ms=i, output={"text": big}))
+    first = await tracing.stub.ListSpans(api.ListSpansRequest(page_size=50), metadata=tracing.as_())
+    assert 0 < len(first.spans) < 15
+    assert first.next_page_token
+    assert len(await tracing.listed(trace_id="tw")) == 15
+    whole = await rpc_error(
+        tracing.stub.GetTrace(api.GetTraceRequest(trace_id="tw"), metadata=tracing.as_())
+    )
+    assert whole.code() == grpc.StatusCode.FAILED_PRECONDITION
