@@ -132,13 +132,24 @@ class SpanStore:
             if found:
                 await _unchanged_since_read(session, list(found.values()))
             if inserts:
-                ids = (
-                    await session.scalars(
-                        insert(SpanRow).returning(SpanRow.id, sort_by_parameter_order=True),
-                        inserts,
+                # A plain executemany: RETURNING with the rows in order costs SQLAlchemy far
+                # more than asking for the new ids of the tagged spans afterwards.
+                await session.execute(insert(SpanRow), inserts)
+                tagged = {
+                    (row["trace_id"], row["span_id"]): tags
+                    for row, tags in zip(inserts, insert_tags, strict=True)
+                    if tags
+                }
+                if tagged:
+                    new_ids = await session.execute(
+                        select(SpanRow.id, SpanRow.trace_id, SpanRow.span_id).where(
+                            SpanRow.owner == owner,
+                            tuple_(SpanRow.trace_id, SpanRow.span_id).in_(list(tagged)),
+                        )
                     )
-                ).all()
-                await _add_tags(session, owner, zip(ids, insert_tags, strict=True))
+                    await _add_tags(
+                        session, owner, ((r.id, tagged[(r.trace_id, r.span_id)]) for r in new_ids)
+                    )
             if updates:
                 await session.execute(update(SpanRow), updates)
                 await session.execute(
