@@ -71,7 +71,7 @@ def test_create_watch_succeeds_with_progress(suite: Suite, tmp_path: Path) -> No
 def test_failed_check_exits_2_and_creates_nothing(suite: Suite) -> None:
     alice = suite.client("alice")
     dataset_id = upload(alice, "sft.jsonl", chat_rows(10))
-    before = alice.get("/v1/deployments").json()["deployments"]
+    before = {d["id"] for d in alice.get("/v1/deployments").json()["deployments"]}
     preflight = alice.post(
         "/v1/deployments/preflight",
         json={
@@ -87,7 +87,7 @@ def test_failed_check_exits_2_and_creates_nothing(suite: Suite) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr
     assert done.stdout == ""
-    assert alice.get("/v1/deployments").json()["deployments"] == before
+    assert {d["id"] for d in alice.get("/v1/deployments").json()["deployments"]} == before
 
 
 def test_cancelled_run_watch_exits_1(suite: Suite) -> None:
