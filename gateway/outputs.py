@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.errors import from_rpc_error, service_error_response
-from gateway.transcode import to_json
+from gateway.transcode import bearer_token, to_json
 from gateway.uploads import body_chunks, client_left
 from services.common.errors import payload_too_large, unauthenticated
 from tunelab.deploy.v1 import deploy_service_pb2 as api
@@ -34,8 +34,8 @@ class Outputs:
         self._max = max_bytes
 
     async def upload(self, request: Request) -> Response:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(request)
+        if not token:
             return service_error_response(
                 unauthenticated("send the run's job token: Authorization: Bearer tljb_...")
             )
@@ -43,7 +43,7 @@ class Outputs:
         if declared.isdigit() and int(declared) > self._max:
             return service_error_response(payload_too_large(self._max))
         first = api.UploadOutputRequest(
-            deployment_id=request.path_params["deployment_id"], job_token=token.strip()
+            deployment_id=request.path_params["deployment_id"], job_token=token
         )
         gone = asyncio.Event()
 

@@ -153,6 +153,12 @@ async def read_json_body(request: Request, limit: int = MAX_JSON_BODY) -> Any:
         raise BadRequest(f"the body is not valid JSON: {exc.msg} at character {exc.pos}") from exc
 
 
+def bearer_token(request: Request) -> str:
+    """The Authorization header's bearer token; empty when there is none."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def _boolean(key: str, value: str) -> bool:
     if value.lower() in ("true", "1"):
         return True
@@ -214,8 +220,7 @@ async def build_request(
     if IDEMPOTENCY_FIELD in fields and (key := request.headers.get("idempotency-key")) is not None:
         data[IDEMPOTENCY_FIELD] = key
     if bearer_field:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        data[bearer_field] = token.strip() if scheme.lower() == "bearer" else ""
+        data[bearer_field] = bearer_token(request)
     enums.expand(rule.method.input_type, data)
     message = request_type()
     try:

@@ -25,7 +25,9 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 
-def page_size(requested: int) -> int:
+def page_size(
+    requested: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE
+) -> int:
     if requested < 0:
         raise ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -33,7 +35,7 @@ def page_size(requested: int) -> int:
             errors_pb2.ERROR_REASON_INVALID_ARGUMENT,
             {"field": "page_size"},
         )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return min(requested or default, maximum)
 
 
 @dataclass(frozen=True)

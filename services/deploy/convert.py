@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -27,7 +28,6 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 def deployment(d: Deployment) -> pb.Deployment:
     spec = d.spec
-    h = spec.hyperparameters
     message = pb.Deployment(
         id=d.id,
         state=d.state.to_proto(),
@@ -35,17 +35,7 @@ def deployment(d: Deployment) -> pb.Deployment:
         dataset_id=spec.dataset_id,
         method=pb.TrainingMethod.Value(f"TRAINING_METHOD_{spec.method.upper()}"),
         base_model=spec.base_model,
-        hyperparameters=pb.Hyperparameters(
-            epochs=h.epochs,
-            learning_rate=h.learning_rate,
-            batch_size=h.batch_size,
-            max_steps=h.max_steps,
-            seed=h.seed,
-            max_seq_length=h.max_seq_length,
-            lora_r=h.lora_r,
-            beta=h.beta,
-            warmup_ratio=h.warmup_ratio,
-        ),
+        hyperparameters=pb.Hyperparameters(**asdict(spec.hyperparameters)),
         limits=pb.Limits(
             max_runtime_minutes=spec.max_runtime_minutes,
             max_cost_usd=spec.max_cost_usd,

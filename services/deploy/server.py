@@ -186,7 +186,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         found = await self.store.events(
             require_user(),
             request.deployment_id,
-            _page_size(request.page_size),
+            page_size(request.page_size, default=100, maximum=1000),
             request.page_token,
         )
         return api.ListDeploymentEventsResponse(
@@ -200,7 +200,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         found = await self.store.metrics(
             require_user(),
             request.deployment_id,
-            _page_size(request.page_size),
+            page_size(request.page_size, default=100, maximum=1000),
             request.page_token,
         )
         return api.ListDeploymentMetricsResponse(
@@ -237,9 +237,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
     async def ReportDeployment(
         self, request: api.ReportDeploymentRequest, context: Context
     ) -> api.ReportDeploymentResponse:
-        d = await self.store.get_any(request.deployment_id) if request.deployment_id else None
-        if d is None or not JOB_TOKENS.matches(request.job_token, d.job_token_hash):
-            raise _not_the_job_token()
+        d = await self._run_of(request.deployment_id, request.job_token)
         report = request.report
         if report.phase not in api.ReportPhase.values() or not report.phase:
             raise invalid_argument(
@@ -271,12 +269,10 @@ class DeployServicer(api_grpc.DeployServiceServicer):
             first = await anext(aiter(request_iterator))
         except StopAsyncIteration:
             raise invalid_argument("deployment_id", "the stream is empty") from None
-        d = await self.store.get_any(first.deployment_id) if first.deployment_id else None
         # A stranger's upload is read on only this far before the refusal (see below).
         budget = AUTH_DRAIN_BYTES
         try:
-            if d is None or not JOB_TOKENS.matches(first.job_token, d.job_token_hash):
-                raise _not_the_job_token()
+            d = await self._run_of(first.deployment_id, first.job_token)
             if d.state.terminal:
                 raise _finished(d)
             if first.chunk:
@@ -336,6 +332,13 @@ class DeployServicer(api_grpc.DeployServiceServicer):
                 yield api.DownloadOutputResponse(chunk=chunk)
         finally:
             blob.close()
+
+    async def _run_of(self, deployment_id: str, job_token: str) -> Deployment:
+        """The deployment whose job token this is; UNAUTHENTICATED for anything else."""
+        d = await self.store.get_any(deployment_id) if deployment_id else None
+        if d is None or not JOB_TOKENS.matches(job_token, d.job_token_hash):
+            raise _not_the_job_token()
+        return d
 
     async def SetProviderKey(
         self, request: api.SetProviderKeyRequest, context: Context
@@ -407,12 +410,6 @@ def _preflight_response(outcome: Outcome) -> api.PreflightDeploymentResponse:
         checks=[convert.check(c) for c in outcome.checks],
         estimate=convert.estimate(outcome.estimate),
     )
-
-
-def _page_size(requested: int) -> int:
-    if requested < 0:
-        raise invalid_argument("page_size", "page_size must not be negative")
-    return min(requested or 100, 1000)
 
 
 def _keyed_provider(provider: str) -> str:

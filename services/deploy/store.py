@@ -274,7 +274,7 @@ class DeploymentStore:
                 return _deployment(row), False
             for name, value in change.values.items():
                 setattr(row, name, value)
-            if change.values.get("state") in {s.value for s in State if s.terminal}:
+            if (state := change.values.get("state")) and State(state).terminal:
                 row.finished_at = row.finished_at or now
                 ended = (row.provider, row.state, row.error_code or "")
             row.updated_at = now
