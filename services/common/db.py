@@ -9,14 +9,14 @@ ServiceErrors with gRPC codes, so a handler never leaks a driver message to a ca
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
-from sqlalchemy import DateTime, Dialect, event
+from sqlalchemy import DateTime, Dialect, Row, Table, event, insert
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -124,6 +124,47 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+async def insert_rows(
+    session: AsyncSession,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    returning: Sequence[str] = (),
+) -> list[Row[Any]]:
+    """Insert rows that all hold the same columns; the `returning` columns of the new rows, in
+    no particular order (match them on a key).
+
+    On PostgreSQL the rows go as one array per column into `INSERT ... SELECT FROM unnest(...)`:
+    one short statement for the server to parse and plan, and no per-value work for the client,
+    where SQLAlchemy's multi-row VALUES costs both a good deal per row. Values go to the driver
+    as they are (no type's bind processing): they must be what the column takes already.
+    """
+    if not rows:
+        return []
+    connection = await session.connection()
+    dialect = connection.dialect
+    if dialect.name != "postgresql":
+        statement = insert(table)
+        if not returning:
+            await connection.execute(statement, rows)
+            return []
+        returned = statement.returning(*(table.c[name] for name in returning))
+        return list(await connection.execute(returned, rows))
+    names = list(rows[0])
+    quote = dialect.identifier_preparer.quote
+    arrays = ", ".join(
+        f"${i}::{table.c[name].type.compile(dialect)}[]" for i, name in enumerate(names, 1)
+    )
+    # Names from the table's own metadata, never from a caller's data; values are parameters.
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, names))}) "  # noqa: S608
+        f"SELECT * FROM unnest({arrays})"
+    )
+    if returning:
+        sql += f" RETURNING {', '.join(map(quote, returning))}"
+    result = await connection.exec_driver_sql(sql, tuple([row[n] for row in rows] for n in names))
+    return list(result) if returning else []
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -33,6 +33,8 @@ class ServerSpec:
     service_names: Sequence[str]
     grace_seconds: float = 10.0
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=tuple)
+    # Run once the server has stopped (release worker processes and the like).
+    after_stop: Sequence[Callable[[], None]] = field(default_factory=tuple)
 
 
 @dataclass
@@ -50,6 +52,8 @@ class RunningServer:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.server.stop(self.spec.grace_seconds)
+        for release in self.spec.after_stop:
+            release()
 
 
 async def start(spec: ServerSpec) -> RunningServer:

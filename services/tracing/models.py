@@ -86,3 +86,8 @@ class SpanTagRow(Base):
     )
     tag: Mapped[str] = mapped_column(String(128), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255))
+
+
+# The tables themselves, for Core bulk statements (the ORM's bulk paths cost far more per row).
+SPANS = Base.metadata.tables[SpanRow.__tablename__]
+SPAN_TAGS = Base.metadata.tables[SpanTagRow.__tablename__]

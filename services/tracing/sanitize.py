@@ -46,13 +46,12 @@ False-positive choices for names (LLM traces are full of "token" and "key" that 
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
-from services.common.redact import redact
+from services.common.redact import fold, redact
 
 MASK = "[REDACTED]"
 TRUNCATED = "[TRUNCATED: nested too deep]"
@@ -100,16 +99,29 @@ _KEY_SUFFIXES = ("sshkey", "masterkey", "encryptionkey", "hmackey", "authkey", "
 # Ambiguous in prose: a credential name in free text only before "=".
 _TEXT_EQUALS_ONLY = frozenset({"key", "pass", "sig", "signature"})
 
+T = TypeVar("T")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = re.compile(r"[^a-z0-9]+")
 
 
-def sensitive_name(name: str) -> bool:
-    """Whether a header, query-parameter or JSON-key name holds a credential."""
-    return _sensitive(name)
+def _remembering(compute: Callable[[str], T], size: int) -> Callable[[str], T]:
+    """`compute` with its answers remembered: the same short strings (JSON keys, roles, model
+    and enum names) come back in every span. A plain dict, emptied when full, is a good deal
+    cheaper per call than functools.lru_cache."""
+    answers: dict[str, T] = {}
+
+    def remembered(text: str) -> T:
+        try:
+            return answers[text]
+        except KeyError:
+            if len(answers) >= size:
+                answers.clear()
+            found = answers[text] = compute(text)
+            return found
+
+    return remembered
 
 
-@functools.lru_cache(maxsize=4096)
 def _sensitive(name: str) -> bool:
     if name.strip().lower() in _EXACT:
         return True
@@ -137,6 +149,10 @@ def _sensitive(name: str) -> bool:
             qualifier = word[: -len("token")] or (meaningful[i - 1] if i else "")
             return not qualifier.endswith(_TOKEN_BENIGN)
     return False
+
+
+# Whether a header, query-parameter or JSON-key name holds a credential.
+sensitive_name = _remembering(_sensitive, 4096)
 
 
 def sanitize_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -186,29 +202,56 @@ def sanitize_url(url: str) -> str:
 
 def sanitize_text(text: str) -> str:
     """Free text (a prompt, a completion, an error message) with credentials masked by shape."""
-    if not text:
-        return text
-    # Short texts repeat from span to span (roles, model names, enum names, keys): their
-    # answers are remembered. (The process's own secrets are registered at start, before any
-    # span arrives, so a remembered answer never misses one.)
-    if len(text) <= _REMEMBERED_LENGTH:
-        return _sanitize_short(text)
-    return _sanitize(text)
-
-
-_REMEMBERED_LENGTH = 128
-
-
-@functools.lru_cache(maxsize=16384)
-def _sanitize_short(text: str) -> str:
-    return _sanitize(text)
+    # Texts repeat from span to span (keys, roles, model names, a system prompt, the question
+    # every span of a trace carries): answers are remembered, up to a budget of characters.
+    # (The process's own secrets are registered at start, before any span arrives, so a
+    # remembered answer never misses one.)
+    global _remembered_chars
+    if len(text) > _REMEMBERED_LENGTH:
+        return _sanitize(text)
+    try:
+        return _remembered[text]
+    except KeyError:
+        if _remembered_chars > _REMEMBERED_CHARS:
+            _remembered.clear()
+            _remembered_chars = 0
+        found = _remembered[text] = _sanitize(text)
+        _remembered_chars += len(text)
+        return found
 
 
 def _sanitize(text: str) -> str:
     text = redact(text)
-    text = _HEADER_LINE.sub(_mask_header_line, text)
+    # The patterns below cost a Python step per candidate; most text holds none of the words
+    # they need, which a plain substring test finds out at C speed.
+    folded = fold(text)
+    if "authorization" in folded or "cookie" in folded:
+        text = _HEADER_LINE.sub(_mask_header_line, text)
     text = _URL_USERINFO.sub(_mask_userinfo, text)
-    return _mask_key_values(text)
+    if _may_name_a_credential(folded):
+        text = _mask_key_values(text)
+    return text
+
+
+# A word every sensitive name holds once lower-cased with its separators removed (see
+# `_sensitive`: "x-api-key" -> "xapikey", "pass_word" -> "password").
+_NAME_WORDS = (
+    "pass", "pwd", "secret", "cred", "key", "token", "sig", "auth", "jwt", "bearer", "cookie",
+)  # fmt: skip
+
+
+def _may_name_a_credential(folded: str) -> bool:
+    joined = folded.replace("_", "").replace("-", "").replace(".", "")
+    for word in _NAME_WORDS:  # noqa: SIM110 (any() over a generator costs more)
+        if word in joined:
+            return True
+    return False
+
+
+_REMEMBERED_LENGTH = 4096
+_REMEMBERED_CHARS = 4 * 1024 * 1024
+_remembered: dict[str, str] = {}
+_remembered_chars = 0
 
 
 def sanitize_value(value: Any, *, depth: int = 0) -> Any:
@@ -221,22 +264,38 @@ def sanitize_value(value: Any, *, depth: int = 0) -> Any:
     """
     if depth > MAX_DEPTH:
         return TRUNCATED
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, str):
+    kind = type(value)
+    # Exact types first: this runs for every value of every span.
+    if kind is str:
         return sanitize_text(value)
-    if isinstance(value, Mapping):
+    if value is None or kind is bool or kind is int or kind is float:
+        return value
+    nested = depth + 1
+    # A string within the depth limit is sanitized here rather than through another call.
+    inline = nested <= MAX_DEPTH
+    if kind is dict or isinstance(value, Mapping):
         out: dict[Any, Any] = {}
         for key, item in value.items():
             if isinstance(key, str):
-                masked = sensitive_name(key)
+                if sensitive_name(key):
+                    out[sanitize_text(key)] = MASK
+                    continue
                 key = sanitize_text(key)
-            else:
-                masked = False
-            out[key] = MASK if masked else sanitize_value(item, depth=depth + 1)
+            out[key] = (
+                sanitize_text(item)
+                if inline and type(item) is str
+                else sanitize_value(item, depth=nested)
+            )
         return out
-    if isinstance(value, list | tuple):
-        return [sanitize_value(item, depth=depth + 1) for item in value]
+    if kind is list or isinstance(value, list | tuple):
+        return [
+            sanitize_text(item)
+            if inline and type(item) is str
+            else sanitize_value(item, depth=nested)
+            for item in value
+        ]
+    if isinstance(value, bool | int | float):
+        return value
     return sanitize_text(str(value))
 
 

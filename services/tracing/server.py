@@ -11,9 +11,9 @@ from services.common.errors import invalid_argument
 from services.common.identity import require_user
 from services.common.pagination import page_size
 from services.tracing import analytics, export, spans
-from services.tracing.sanitize import sanitize_text
+from services.tracing.prepare import Rejected
 from services.tracing.settings import TracingSettings
-from services.tracing.store import Rejected, SpanStore
+from services.tracing.store import SpanStore
 from tunelab.tracing.v1 import spans_pb2 as pb
 from tunelab.tracing.v1 import tracing_service_pb2 as api
 from tunelab.tracing.v1 import tracing_service_pb2_grpc as api_grpc
@@ -61,22 +61,7 @@ class TracingServicer(api_grpc.TracingServiceServicer):
                 f"a batch holds at most {self.settings.max_batch_spans} spans; "
                 f"this one holds {len(batch)}: split it",
             )
-        now = self.clock()
-        good: list[tuple[int, pb.Span]] = []
-        refused: list[Rejected] = []
-        for index, span in enumerate(batch, offset):
-            try:
-                spans.check_part(span, now)
-            except spans.Invalid as exc:
-                ids = (sanitize_text(span.trace_id[:64]), sanitize_text(span.span_id[:64]))
-                refused.append(Rejected(index, *ids, exc.field, exc.reason))
-            else:
-                # Output-only fields are the service's to write, whatever a producer sends.
-                del span.computed[:]
-                span.ClearField("received_at")
-                good.append((index, span))
-        if good:
-            refused.extend(await self.store.ingest(owner, good, now))
+        refused = await self.store.ingest(owner, batch, offset, self.clock())
         refused.sort(key=lambda r: r.index)
         return len(batch) - len(refused), list(_rejections(refused))
 

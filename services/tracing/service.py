@@ -16,6 +16,7 @@ from services.tracing.prices import PriceTable
 from services.tracing.server import TracingServicer, utc_now
 from services.tracing.settings import TracingSettings
 from services.tracing.store import SpanStore
+from services.tracing.workers import Preparer
 from tunelab.tracing.v1 import tracing_service_pb2, tracing_service_pb2_grpc
 
 MIGRATIONS = Migrations("tracing", Path(__file__).parent / "migrations")
@@ -34,7 +35,8 @@ def server_spec(
         prices = PriceTable.load(settings.prices_file)
     except (OSError, ValueError, TypeError) as exc:
         raise SystemExit(f"tracing: TUNELAB_TRACING_PRICES_FILE is unusable: {exc}") from None
-    servicer = TracingServicer(SpanStore(db, prices), settings, clock)
+    preparer = Preparer(prices, settings.workers())
+    servicer = TracingServicer(SpanStore(db, prices, preparer), settings, clock)
     otlp_servicer = otlp.OtlpTraceServicer(servicer)
 
     def register(server: grpc.aio.Server) -> None:
@@ -49,4 +51,5 @@ def server_spec(
         register=register,
         # The OpenTelemetry collector's TraceService too: OTLP exporters send here directly.
         service_names=[SERVICE_NAME, otlp.SERVICE_NAME],
+        after_stop=[preparer.close],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -24,3 +25,16 @@ class TracingSettings(CommonSettings):
         "dollars per million tokens: added to (or overriding) the built-in price table.",
     )
     max_batch_spans: int = Field(1000, gt=0, le=10_000)
+    ingest_workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Processes that check, merge and sanitize ingested spans. 0: in the "
+        "service's own process. Default: one per CPU but one (kept for gRPC and the database), "
+        "at most 4.",
+    )
+
+    def workers(self) -> int:
+        if self.ingest_workers is not None:
+            return self.ingest_workers
+        return min(4, len(os.sched_getaffinity(0)) - 1)

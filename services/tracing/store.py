@@ -10,21 +10,35 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from sqlalchemy import ColumnElement, delete, exists, insert, select, tuple_, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    String,
+    bindparam,
+    delete,
+    exists,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.common.db import Database
+from services.common.db import Database, insert_rows
 from services.common.errors import ServiceError, not_found
 from services.common.pagination import Cursor, Page, int_key
-from services.tracing import spans
-from services.tracing.models import SpanRow, SpanTagRow
+from services.tracing import prepare, spans
+from services.tracing.models import SPAN_TAGS, SPANS, SpanRow, SpanTagRow
+from services.tracing.prepare import Existing, Rejected
 from services.tracing.prices import PriceTable
+from services.tracing.workers import Preparer
 from tunelab.common.v1 import errors_pb2
 from tunelab.tracing.v1 import spans_pb2 as pb
 from tunelab.tracing.v1 import tracing_service_pb2 as api
@@ -39,15 +53,6 @@ DELETE_BATCH = 5_000
 
 
 @dataclass(frozen=True)
-class Rejected:
-    index: int
-    trace_id: str
-    span_id: str
-    field: str
-    reason: str
-
-
-@dataclass(frozen=True)
 class Stored:
     """A span as listed: its row id (the list's cursor) and the span itself."""
 
@@ -57,17 +62,18 @@ class Stored:
 
 
 class SpanStore:
-    def __init__(self, db: Database, prices: PriceTable) -> None:
+    def __init__(self, db: Database, prices: PriceTable, preparer: Preparer) -> None:
         self.db = db
         self.prices = prices
+        self.preparer = preparer
 
     async def ingest(
-        self, owner: str, parts: Sequence[tuple[int, pb.Span]], now: datetime
+        self, owner: str, batch: Sequence[pb.Span], offset: int, now: datetime
     ) -> list[Rejected]:
-        """Store checked parts (index in the batch, span); returns the spans refused whole."""
+        """Store a batch's spans (numbered from `offset`); returns the parts refused, with why."""
         for attempt in range(MERGE_ATTEMPTS):
             try:
-                return await self._ingest(owner, parts, now)
+                return await self._ingest(owner, batch, offset, now)
             except ServiceError as exc:
                 # Another batch added or changed one of these spans meanwhile: merge again,
                 # after a random pause so that contenders fall out of step.
@@ -77,86 +83,79 @@ class SpanStore:
         raise AssertionError("unreachable")
 
     async def _ingest(
-        self, owner: str, parts: Sequence[tuple[int, pb.Span]], now: datetime
+        self, owner: str, batch: Sequence[pb.Span], offset: int, now: datetime
     ) -> list[Rejected]:
-        """Read what is stored, merge and complete in memory with no transaction open (the
-        CPU work would hold SQLite's write lock), then write in one short transaction that
-        first checks nothing it read has changed since."""
-        by_key: dict[tuple[str, str], list[tuple[int, pb.Span]]] = {}
-        for index, part in parts:
-            by_key.setdefault((part.trace_id, part.span_id), []).append((index, part))
-        keys = tuple_(SpanRow.trace_id, SpanRow.span_id).in_(list(by_key))
-        async with self.db.session() as session:
-            found = {
-                (row.trace_id, row.span_id): row
-                for row in await session.execute(
-                    select(
-                        SpanRow.id,
-                        SpanRow.trace_id,
-                        SpanRow.span_id,
-                        SpanRow.body,
-                        SpanRow.received_at,
-                        SpanRow.updated_at,
-                    ).where(SpanRow.owner == owner, keys)
-                )
-            }
-        rejected: list[Rejected] = []
-        inserts: list[dict[str, object]] = []
-        insert_tags: list[list[str]] = []
-        updates: list[dict[str, object]] = []
-        update_tags: dict[int, list[str]] = {}
-        for key, key_parts in by_key.items():
-            existing = found.get(key)
-            span = spans.received(spans.parse_body(existing.body)) if existing else None
-            for _, part in key_parts:
-                span = part if span is None else spans.merge(span, part)
-            assert span is not None
-            try:
-                spans.check_whole(span)
-            except spans.Invalid as exc:
-                rejected.extend(
-                    Rejected(i, key[0], key[1], exc.field, exc.reason) for i, _ in key_parts
-                )
-                continue
-            spans.complete(span, self.prices)
-            span.received_at.FromDatetime(existing.received_at if existing else now)
-            cols = spans.stored_form(span)
-            values = {**cols.values, "owner": owner, "updated_at": now}
-            if existing is None:
-                inserts.append({**values, "received_at": now})
-                insert_tags.append(cols.tags)
-            else:
-                updates.append({**values, "id": existing.id})
-                update_tags[existing.id] = cols.tags
+        """Read what is stored, prepare the rows with no transaction open (the CPU work would
+        hold SQLite's write lock), then write in one short transaction that first checks
+        nothing it read has changed since."""
+        wanted = prepare.keys(batch)
+        found: dict[prepare.Key, Existing] = {}
+        if wanted:
+            async with self.db.session() as session:
+                found = {
+                    (row.trace_id, row.span_id): Existing(
+                        row.id, row.body, row.received_at, row.updated_at
+                    )
+                    for row in await session.execute(self._stored_versions(owner, wanted))
+                }
+        rows = await self.preparer(owner, batch, offset, found, now)
+        if not rows.inserts and not rows.updates:
+            return rows.rejected
         async with self.db.session(write=True) as session:
             if found:
-                await _unchanged_since_read(session, list(found.values()))
-            if inserts:
-                # A plain executemany: RETURNING with the rows in order costs SQLAlchemy far
-                # more than asking for the new ids of the tagged spans afterwards.
-                await session.execute(insert(SpanRow), inserts)
-                tagged = {
-                    (row["trace_id"], row["span_id"]): tags
-                    for row, tags in zip(inserts, insert_tags, strict=True)
-                    if tags
-                }
-                if tagged:
-                    new_ids = await session.execute(
-                        select(SpanRow.id, SpanRow.trace_id, SpanRow.span_id).where(
-                            SpanRow.owner == owner,
-                            tuple_(SpanRow.trace_id, SpanRow.span_id).in_(list(tagged)),
-                        )
-                    )
-                    await _add_tags(
-                        session, owner, ((r.id, tagged[(r.trace_id, r.span_id)]) for r in new_ids)
-                    )
-            if updates:
-                await session.execute(update(SpanRow), updates)
-                await session.execute(
-                    delete(SpanTagRow).where(SpanTagRow.span_row_id.in_(list(update_tags)))
+                await _unchanged_since_read(session, found.values())
+            if rows.inserts:
+                new = await insert_rows(
+                    session, SPANS, rows.inserts, returning=("id", "trace_id", "span_id")
                 )
-                await _add_tags(session, owner, update_tags.items())
-        return rejected
+                ids = {(r.trace_id, r.span_id): r.id for r in new}
+                await _add_tags(
+                    session,
+                    owner,
+                    (
+                        (ids[(values["trace_id"], values["span_id"])], tags)
+                        for values, tags in zip(rows.inserts, rows.insert_tags, strict=True)
+                    ),
+                )
+            if rows.updates:
+                await session.execute(
+                    update(SPANS).where(SPANS.c.id == bindparam("row_id")), rows.updates
+                )
+                await session.execute(
+                    delete(SpanTagRow).where(SpanTagRow.span_row_id.in_(list(rows.update_tags)))
+                )
+                await _add_tags(session, owner, rows.update_tags.items())
+        return rows.rejected
+
+    def _stored_versions(
+        self, owner: str, wanted: list[prepare.Key]
+    ) -> Select[int, str, str, str, datetime, datetime]:
+        """The stored spans of these keys, through the (owner, trace_id, span_id) index."""
+        query = select(
+            SpanRow.id,
+            SpanRow.trace_id,
+            SpanRow.span_id,
+            SpanRow.body,
+            SpanRow.received_at,
+            SpanRow.updated_at,
+        ).where(SpanRow.owner == owner)
+        if self.db.is_sqlite:
+            # (trace_id, span_id) IN (VALUES ...): SQLite looks each pair up in the index.
+            return query.where(tuple_(SpanRow.trace_id, SpanRow.span_id).in_(wanted))
+        # PostgreSQL plans a long list of pairs badly: a thousand-way OR of index scans that
+        # took 0.3 s to plan, or a scan of the owner's every span. A join with the keys as
+        # arrays is a nested loop of index lookups, whatever the table's statistics say.
+        keys = (
+            func.unnest(
+                bindparam("trace_ids", [k[0] for k in wanted], type_=ARRAY(String)),
+                bindparam("span_ids", [k[1] for k in wanted], type_=ARRAY(String)),
+            )
+            .table_valued("trace_id", "span_id")
+            .render_derived(name="wanted")
+        )
+        return query.join(
+            keys, (SpanRow.trace_id == keys.c.trace_id) & (SpanRow.span_id == keys.c.span_id)
+        )
 
     async def trace(self, owner: str, trace_id: str) -> list[pb.Span]:
         query = (
@@ -256,7 +255,7 @@ class SpanStore:
             deleted += len(ids)
 
 
-async def _unchanged_since_read(session: AsyncSession, read: Sequence[Any]) -> None:
+async def _unchanged_since_read(session: AsyncSession, read: Collection[Existing]) -> None:
     """ABORTED (the batch is merged again) when a row read before the write changed since."""
     query = select(SpanRow.id, SpanRow.updated_at).where(SpanRow.id.in_([r.id for r in read]))
     current = {row_id: at for row_id, at in await session.execute(query.with_for_update())}
@@ -276,8 +275,7 @@ async def _add_tags(
         for row_id, tags in tagged
         for tag in tags
     ]
-    if rows:
-        await session.execute(insert(SpanTagRow), rows)
+    await insert_rows(session, SPAN_TAGS, rows)
 
 
 def conditions(owner: str, where: api.SpanFilter) -> list[ColumnElement[bool]]:

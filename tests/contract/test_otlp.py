@@ -65,7 +65,10 @@ class Tracing:
 
 @pytest.fixture
 async def tracing(empty_db_url: str) -> AsyncIterator[Tracing]:
-    settings = TracingSettings(database_url=empty_db_url, internal_token=INTERNAL_TOKEN)
+    # In process: workers would start with every test (the worker path has its own test).
+    settings = TracingSettings(
+        database_url=empty_db_url, internal_token=INTERNAL_TOKEN, ingest_workers=0
+    )
     db = Database(settings.database_url)
     await MIGRATIONS.upgrade(db)
     running = await start(server_spec(settings, db, address="127.0.0.1:0"))

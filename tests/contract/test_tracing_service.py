@@ -8,6 +8,7 @@ import asyncio
 import csv
 import io
 import json
+import multiprocessing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -102,7 +103,10 @@ class Tracing:
 
 @pytest.fixture
 async def tracing(empty_db_url: str) -> AsyncIterator[Tracing]:
-    settings = TracingSettings(database_url=empty_db_url, internal_token=INTERNAL_TOKEN)
+    # In process: workers would start with every test (the worker path has its own test).
+    settings = TracingSettings(
+        database_url=empty_db_url, internal_token=INTERNAL_TOKEN, ingest_workers=0
+    )
     db = Database(settings.database_url)
     await MIGRATIONS.upgrade(db)
     running = await start(server_spec(settings, db, address="127.0.0.1:0"))
@@ -441,6 +445,16 @@ async def test_parts_merged_at_the_same_time_lose_nothing(tracing: Tracing) -> N
     assert sorted(stored.tags) == sorted(f"tag-{i}" for i in range(6))
 
 
+async def test_parts_of_a_new_span_sent_at_the_same_time_make_one_span(tracing: Tracing) -> None:
+    # Each batch finds nothing stored and inserts; all but one hit the unique key and merge.
+    parts = [span("tn2", "s", tags=[f"tag-{i}"]) for i in range(6)]
+    replies = await asyncio.gather(*(tracing.ingest(part, *trace_of_three()) for part in parts))
+    assert all(reply.accepted == 4 for reply in replies)
+    (stored,) = await tracing.listed(trace_id="tn2")
+    assert sorted(stored.tags) == sorted(f"tag-{i}" for i in range(6))
+    assert len(await tracing.listed(trace_id="t1")) == 3
+
+
 async def test_hostile_ids_computed_fields_and_score_names(tracing: Tracing) -> None:
     key = SECRETS[0]
     reply = await tracing.ingest(span(key[:60], "s"), span("ok", "Bearer " + "x" * 20))
@@ -475,3 +489,59 @@ async def test_a_page_is_cut_short_to_fit_one_answer(tracing: Tracing) -> None:
         tracing.stub.GetTrace(api.GetTraceRequest(trace_id="tw"), metadata=tracing.as_())
     )
     assert whole.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_numbers_json_cannot_hold_and_implausible_times_are_rejected(
+    tracing: Tracing,
+) -> None:
+    not_finite = span("tf", "nan")
+    not_finite.input.struct_value["score"] = float("nan")
+    future = span("tf", "late", evaluation={"evaluated_at": "2999-01-01T00:00:00Z"})
+    reply = await tracing.ingest(span("tf", "good"), not_finite, future)
+    assert reply.accepted == 1
+    assert [(r.index, r.field) for r in reply.rejected] == [
+        (1, "input"),
+        (2, "evaluation.evaluated_at"),
+    ]
+    assert [s.span_id for s in await tracing.listed(trace_id="tf")] == ["good"]
+
+
+@pytest.fixture
+async def with_workers(empty_db_url: str) -> AsyncIterator[Tracing]:
+    settings = TracingSettings(
+        database_url=empty_db_url, internal_token=INTERNAL_TOKEN, ingest_workers=2
+    )
+    db = Database(settings.database_url)
+    await MIGRATIONS.upgrade(db)
+    running = await start(server_spec(settings, db, address="127.0.0.1:0"))
+    channel = open_channel(f"127.0.0.1:{running.port}", INTERNAL_TOKEN)
+    try:
+        yield Tracing(api_grpc.TracingServiceStub(channel), db, new_user())
+    finally:
+        await channel.close()
+        await running.stop()
+        await db.close()
+    assert not multiprocessing.active_children(), "the workers outlived the service"
+
+
+async def test_large_batches_are_prepared_in_worker_processes(with_workers: Tracing) -> None:
+    tracing = with_workers
+    key = SECRETS[0]
+    batch = [span("tw", f"s{i:03}", start_ms=i, input={"text": f"key {key}"}) for i in range(200)]
+    batch[7] = span("tw", "s007", usage={"input_tokens": -1})  # refused, whatever chunk it is in
+    batch.append(span("tw", "s010", tags=["second-part"]))  # two parts of one span, one batch
+    reply = await tracing.ingest(*batch)
+    assert [(r.index, r.field) for r in reply.rejected] == [(7, "usage.input_tokens")]
+    assert reply.accepted == 200
+    assert multiprocessing.active_children(), "the batch was not sent to the workers"
+    # Later parts merge onto what the workers stored.
+    later = [span("tw", f"s{i:03}", timing={"end_time": end(i, 100)}) for i in range(100)]
+    assert (await tracing.ingest(*later)).accepted == 100
+    stored = {s.span_id: s for s in await tracing.listed(trace_id="tw")}
+    assert len(stored) == 200  # s007 too now: its later part is valid on its own
+    assert not stored["s007"].usage.HasField("input_tokens")
+    assert list(stored["s010"].tags) == ["second-part"]
+    assert stored["s050"].timing.duration_ms == pytest.approx(100)
+    assert stored["s150"].timing.HasField("start_time")
+    assert not stored["s150"].timing.HasField("end_time")
+    assert key not in str(list(stored.values()))
