@@ -9,6 +9,7 @@ Ingest   IngestSpans batches of 1000 from 4 concurrent callers into an empty dat
          per batch, 4 callers on PostgreSQL, 1 on SQLite (one writer: more only wait). The
          ratio is the share of the database's own insert speed the service keeps (aim: 0.5).
          A batch the service answers UNAVAILABLE (SQLite busy) is retried and counted.
+         --ingest-rounds rounds (service, then baseline, fresh databases), medians printed.
 Load     --spans rows (default 1,000,000) written directly (PostgreSQL COPY, SQLite executemany
          in one transaction, secondary indexes built after), then ANALYZE: the figures below
          measure reads, so the data gets in by the fastest path. Not a figure of the service.
@@ -102,7 +103,7 @@ class Backend:
             self.created.append(name)
             url = self.admin.set(database=name).render_as_string(hide_password=False)
         else:
-            url = f"sqlite:///{self.tmp / f'{label}.db'}"
+            url = f"sqlite:///{self.tmp / f'{label}-{secrets.token_hex(4)}.db'}"
         db = Database(url)
         try:
             await MIGRATIONS.upgrade(db)
@@ -121,8 +122,9 @@ class Backend:
 class Service:
     """`python -m services.tracing` on a free port, its log (WARNING and up) in `log_path`."""
 
-    def __init__(self, url: str, log_path: Path) -> None:
+    def __init__(self, url: str, log_path: Path, workers: int | None = None) -> None:
         self.url = url
+        self.workers = workers
         self.log_path = log_path
         self.address = f"127.0.0.1:{free_port()}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -138,6 +140,8 @@ class Service:
             "TUNELAB_INTERNAL_TOKEN": TOKEN,
             "TUNELAB_LOG_LEVEL": "WARNING",
         }
+        if self.workers is not None:
+            env["TUNELAB_TRACING_INGEST_WORKERS"] = str(self.workers)
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
             [sys.executable, "-m", "services.tracing"],
@@ -215,7 +219,12 @@ async def _gather_batches(
 # ---------------------------------------------------------------- ingest
 
 
-async def ingest(backend: Backend, count: int, now: datetime, tmp: Path) -> dict[str, Any]:
+async def ingest(
+    backend: Backend, count: int, now: datetime, tmp: Path, rounds: int
+) -> dict[str, Any]:
+    """Rounds of (service, then baseline), each into fresh databases; the medians. These
+    machines' speed drifts by tens of percent from minute to minute: a round measures both
+    sides within seconds of each other, and the median of rounds damps the drift."""
     # One batch more than counted, sent first and not timed (on either side): the service's
     # and the database's warm-up (worker processes started, statements prepared).
     traces = spangen.Traces(count + BATCH, now, seed=99, prefix="i")
@@ -224,6 +233,24 @@ async def ingest(backend: Backend, count: int, now: datetime, tmp: Path) -> dict
         api.IngestSpansRequest(spans=messages[i : i + BATCH])
         for i in range(0, len(messages), BATCH)
     ]
+    done = [await _ingest_round(backend, warm_up, requests, count, tmp) for _ in range(rounds)]
+    return {
+        "spans": count,
+        "rounds": done,
+        "service_spans_s": round(statistics.median(r["service_spans_s"] for r in done)),
+        "baseline_spans_s": round(statistics.median(r["baseline_spans_s"] for r in done)),
+        "ratio": round(statistics.median(r["ratio"] for r in done), 3),
+        "unavailable_retried": sum(r["unavailable_retried"] for r in done),
+    }
+
+
+async def _ingest_round(
+    backend: Backend,
+    warm_up: api.IngestSpansRequest,
+    requests: list[api.IngestSpansRequest],
+    count: int,
+    tmp: Path,
+) -> dict[str, Any]:
     url = await backend.fresh("ingest")
     service = Service(url, tmp / f"service-{backend.kind}.log")
     stub = await service.start()
@@ -309,7 +336,6 @@ async def ingest(backend: Backend, count: int, now: datetime, tmp: Path) -> dict
         await target.close()
     await backend.drop()
     return {
-        "spans": count,
         "service_spans_s": round(count / service_s),
         "baseline_spans_s": round(count / baseline_s),
         "ratio": round(baseline_s / service_s, 3),
@@ -524,6 +550,10 @@ def table(results: dict[str, Any]) -> str:
             f"{ing['baseline_spans_s']:8,} spans/s   ratio {ing['ratio']:.2f}  (aim >= 0.5)  "
             f"UNAVAILABLE retried: {ing['unavailable_retried']}"
         )
+        out.append(
+            f"           medians of {len(ing['rounds'])} rounds; ratios "
+            + ", ".join(f"{r['ratio']:.2f}" for r in ing["rounds"])
+        )
         reads_ = r["reads"]
         out.append(
             f"load       {reads_['spans']:,} spans + {reads_['tags']:,} tags in "
@@ -574,7 +604,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         backend = Backend(kind, tmp)
         try:
             print(f"{kind}: ingest of {args.ingest_spans:,} spans ...", flush=True)
-            ingested = await ingest(backend, args.ingest_spans, now, tmp)
+            ingested = await ingest(backend, args.ingest_spans, now, tmp, args.ingest_rounds)
             print(f"{kind}: loading {args.spans:,} spans ...", flush=True)
             read = await reads(backend, args.spans, now, tmp, args.runs, args.list_runs)
         finally:
@@ -602,6 +632,9 @@ def parser() -> argparse.ArgumentParser:
         default=100_000,
         help="spans sent through IngestSpans (default 100,000)",
     )
+    parser.add_argument(
+        "--ingest-rounds", type=int, default=3, help="ingest rounds, medians (default 3)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="analytics runs, median (default 3)")
     parser.add_argument(
         "--list-runs", type=int, default=50, help="calls per list filter (default 50)"
@@ -614,7 +647,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if min(args.spans, args.ingest_spans, args.runs, args.list_runs) < 1:
+    if min(args.spans, args.ingest_spans, args.ingest_rounds, args.runs, args.list_runs) < 1:
         print("bench tracing: the counts must be positive", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupt)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from services.tracing import spans
 from services.tracing.prices import PriceTable
 from services.tracing.sanitize import sanitize_text
@@ -40,11 +42,16 @@ class Existing:
     updated_at: datetime
 
 
+# The columns of `Prepared.inserts`, in order.
+INSERT_COLUMNS = (*spans.ROW_COLUMNS, "owner", "updated_at", "received_at")
+
+
 @dataclass
 class Prepared:
-    """Rows to write: new spans, and stored spans that parts changed (`row_id` their id)."""
+    """Rows to write: new spans (INSERT_COLUMNS), and stored spans that parts changed (by
+    column name, `row_id` their id)."""
 
-    inserts: list[dict[str, Any]] = field(default_factory=list)
+    inserts: list[tuple[Any, ...]] = field(default_factory=list)
     insert_tags: list[list[str]] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
     update_tags: dict[int, list[str]] = field(default_factory=dict)
@@ -75,11 +82,14 @@ def prepare(
     found: dict[Key, Existing],
     now: datetime,
     prices: PriceTable,
+    *,
+    own_parts: bool = False,
 ) -> Prepared:
     """Rows for checked parts (index in the batch, span), given what is stored of their spans.
 
     Parts of one span must all be in one call: they are merged in order, onto the stored
     version if there is one. Each part is checked on its own first, then the merged span.
+    `own_parts`: the parts are this call's to change (parsed for it), not the caller's.
     """
     out = Prepared()
     by_key: dict[Key, list[tuple[int, pb.Span]]] = {}
@@ -94,28 +104,36 @@ def prepare(
         del part.computed[:]
         part.ClearField("received_at")
         by_key.setdefault((part.trace_id, part.span_id), []).append((index, part))
+    received_now = Timestamp()
+    received_now.FromDatetime(now)
     for key, key_parts in by_key.items():
         existing = found.get(key)
         span = spans.received(spans.parse_body(existing.body)) if existing else None
         for _, part in key_parts:
-            # A copy: completing must not change the parts, which a retry prepares again.
-            span = spans.copy(part) if span is None else spans.merge(span, part)
+            if span is None:
+                # Completing must not change the caller's parts: a retry prepares them again.
+                span = part if own_parts else spans.copy(part)
+            else:
+                span = spans.merge(span, part)
         assert span is not None
         try:
-            spans.check_whole(span)
+            spans.check_whole(span, merged=existing is not None or len(key_parts) > 1)
             spans.complete(span, prices)
-            span.received_at.FromDatetime(existing.received_at if existing else now)
+            if existing:
+                span.received_at.FromDatetime(existing.received_at)
+            else:
+                span.received_at.CopyFrom(received_now)
             cols = spans.stored_form(span)
         except spans.Invalid as exc:
             out.rejected.extend(
                 Rejected(i, key[0], key[1], exc.field, exc.reason) for i, _ in key_parts
             )
             continue
-        values = {**cols.values, "owner": owner, "updated_at": now}
         if existing is None:
-            out.inserts.append({**values, "received_at": now})
+            out.inserts.append((*cols.values, owner, now, now))
             out.insert_tags.append(cols.tags)
         else:
-            out.updates.append({**values, "row_id": existing.id})
+            values = dict(zip(spans.ROW_COLUMNS, cols.values, strict=True))
+            out.updates.append({**values, "owner": owner, "updated_at": now, "row_id": existing.id})
             out.update_tags[existing.id] = cols.tags
     return out

@@ -30,11 +30,10 @@ class TracingSettings(CommonSettings):
         ge=0,
         le=64,
         description="Processes that check, merge and sanitize ingested spans. 0: in the "
-        "service's own process. Default: one per CPU but one (kept for gRPC and the database), "
-        "at most 4.",
+        "service's own process. Default: one per CPU, at most 4.",
     )
 
     def workers(self) -> int:
         if self.ingest_workers is not None:
             return self.ingest_workers
-        return min(4, len(os.sched_getaffinity(0)) - 1)
+        return min(4, len(os.sched_getaffinity(0)))

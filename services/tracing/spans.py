@@ -151,17 +151,18 @@ def _check_fields(part: str, message: Message, latest: int) -> None:
                     raise Invalid(f"{part}.scores.{key}", "scores must be 0 to 1")
 
 
-def check_whole(span: pb.Span) -> None:
-    """What must hold of the merged span before it is stored (parts add up)."""
-    if len(span.tags) > MAX_TAGS:
+def check_whole(span: pb.Span, *, merged: bool = True) -> None:
+    """What must hold of the span before it is stored. `merged`: made of several parts (or a
+    part and the stored span), whose sizes add up; one part alone was measured already."""
+    if merged and len(span.tags) > MAX_TAGS:
         raise Invalid("tags", f"the span's parts carry more than {MAX_TAGS} tags together")
-    if span.ByteSize() > MAX_SPAN_BYTES:
+    if merged and span.ByteSize() > MAX_SPAN_BYTES:
         raise Invalid("", f"the span's parts add up to more than {MAX_SPAN_BYTES} bytes")
-    if not span.timing.HasField("start_time"):
+    timing = span.timing
+    if not timing.HasField("start_time"):
         raise Invalid("timing.start_time", "timing.start_time is required")
-    if span.timing.HasField("end_time") and (
-        span.timing.end_time.ToNanoseconds() < span.timing.start_time.ToNanoseconds()
-    ):
+    start, end = timing.start_time, timing.end_time
+    if timing.HasField("end_time") and (end.seconds, end.nanos) < (start.seconds, start.nanos):
         raise Invalid("timing.end_time", "timing.end_time is before timing.start_time")
 
 
@@ -245,11 +246,21 @@ def complete(span: pb.Span, prices: PriceTable) -> None:
     span.computed.extend(done)
 
 
+# The columns `stored_form` fills, in the order of its values.
+ROW_COLUMNS = (
+    "trace_id", "span_id", "parent_span_id", "is_root", "name", "kind", "status", "model",
+    "provider", "error_category", "session_id", "start_time", "end_time", "duration_ms",
+    "ttft_ms", "tokens_per_second", "input_tokens", "output_tokens", "cache_read_tokens",
+    "cost_usd", "streaming", "has_warnings", "groundedness", "body",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Columns:
-    """What a stored span's columns hold: its numbers, and its texts as sanitized."""
+    """What a stored span's columns hold (ROW_COLUMNS, in order): its numbers, and its texts
+    as sanitized; and its tags."""
 
-    values: dict[str, Any]
+    values: tuple[Any, ...]
     tags: list[str]
 
 
@@ -260,45 +271,39 @@ def stored_form(span: pb.Span) -> Columns:
         data = stored_json(span)
     except NotFinite as exc:
         raise Invalid(exc.field, str(exc)) from None
-    timing, usage = span.timing, span.usage
+    timing, usage, session = span.timing, span.usage, data.get("session", {})
 
     def opt(holder: Message, name: str) -> Any:
         return getattr(holder, name) if holder.HasField(name) else None
 
-    def text(*path: str) -> str:
-        value: Any = data
-        for part in path:
-            value = value.get(part, {}) if isinstance(value, dict) else {}
-        return value if isinstance(value, str) else ""
-
     return Columns(
-        {
-            "trace_id": span.trace_id,
-            "span_id": span.span_id,
-            "parent_span_id": span.parent_span_id,
-            "is_root": not span.parent_span_id,
-            "name": text("name"),
-            "kind": span.kind,
-            "status": span.status,
-            "model": text("model"),
-            "provider": text("provider"),
-            "error_category": text("error_category"),
-            "session_id": text("session", "session_id"),
-            "start_time": _when(timing.start_time),
-            "end_time": _when(timing.end_time) if timing.HasField("end_time") else None,
-            "duration_ms": opt(timing, "duration_ms"),
-            "ttft_ms": opt(timing, "time_to_first_token_ms"),
-            "tokens_per_second": opt(timing, "tokens_per_second"),
-            "input_tokens": opt(usage, "input_tokens"),
-            "output_tokens": opt(usage, "output_tokens"),
-            "cache_read_tokens": opt(usage, "cache_read_input_tokens"),
-            "cost_usd": opt(span.cost, "total_usd"),
-            "streaming": opt(span.streaming, "enabled"),
-            "has_warnings": bool(span.flags.warnings),
-            "groundedness": opt(span.evaluation, "groundedness_score"),
-            "body": orjson.dumps(data).decode(),
-        },
-        [tag for tag in data.get("tags", []) if isinstance(tag, str)],
+        (
+            span.trace_id,
+            span.span_id,
+            span.parent_span_id,
+            not span.parent_span_id,
+            data.get("name", ""),
+            span.kind,
+            span.status,
+            data.get("model", ""),
+            data.get("provider", ""),
+            data.get("error_category", ""),
+            session.get("session_id", ""),
+            _when(timing.start_time),
+            _when(timing.end_time) if timing.HasField("end_time") else None,
+            opt(timing, "duration_ms"),
+            opt(timing, "time_to_first_token_ms"),
+            opt(timing, "tokens_per_second"),
+            opt(usage, "input_tokens"),
+            opt(usage, "output_tokens"),
+            opt(usage, "cache_read_input_tokens"),
+            opt(span.cost, "total_usd"),
+            opt(span.streaming, "enabled"),
+            bool(span.flags.warnings),
+            opt(span.evaluation, "groundedness_score"),
+            orjson.dumps(data).decode(),
+        ),
+        data.get("tags", []),
     )
 
 

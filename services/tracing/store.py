@@ -105,18 +105,14 @@ class SpanStore:
             if found:
                 await _unchanged_since_read(session, found.values())
             if rows.inserts:
-                new = await insert_rows(
-                    session, SPANS, rows.inserts, returning=("id", "trace_id", "span_id")
-                )
-                ids = {(r.trace_id, r.span_id): r.id for r in new}
-                await _add_tags(
+                ids = await insert_rows(
                     session,
-                    owner,
-                    (
-                        (ids[(values["trace_id"], values["span_id"])], tags)
-                        for values, tags in zip(rows.inserts, rows.insert_tags, strict=True)
-                    ),
+                    SPANS,
+                    prepare.INSERT_COLUMNS,
+                    rows.inserts,
+                    key=("trace_id", "span_id"),
                 )
+                await _add_tags(session, owner, zip(ids, rows.insert_tags, strict=True))
             if rows.updates:
                 await session.execute(
                     update(SPANS).where(SPANS.c.id == bindparam("row_id")), rows.updates
@@ -231,7 +227,7 @@ class SpanStore:
             spans.complete(span, self.prices)
             span.received_at.FromDatetime(row.received_at)
             cols = spans.stored_form(span)
-            for name, value in cols.values.items():
+            for name, value in zip(spans.ROW_COLUMNS, cols.values, strict=True):
                 setattr(row, name, value)
             row.updated_at = now
             return spans.parse_body(row.body)
@@ -270,12 +266,8 @@ async def _unchanged_since_read(session: AsyncSession, read: Collection[Existing
 async def _add_tags(
     session: AsyncSession, owner: str, tagged: Iterable[tuple[int, list[str]]]
 ) -> None:
-    rows = [
-        {"span_row_id": row_id, "tag": tag, "owner": owner}
-        for row_id, tags in tagged
-        for tag in tags
-    ]
-    await insert_rows(session, SPAN_TAGS, rows)
+    rows = [(row_id, tag, owner) for row_id, tags in tagged for tag in tags]
+    await insert_rows(session, SPAN_TAGS, ("span_row_id", "tag", "owner"), rows)
 
 
 def conditions(owner: str, where: api.SpanFilter) -> list[ColumnElement[bool]]:

@@ -141,4 +141,4 @@ def _prepare_in_worker(
 ) -> Prepared:
     assert _prices is not None, "the worker was started without its price table"
     spans = [(index, pb.Span.FromString(data)) for index, data in parts]
-    return prepare(owner, spans, found, now, _prices)
+    return prepare(owner, spans, found, now, _prices, own_parts=True)
