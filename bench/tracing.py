@@ -220,7 +220,7 @@ async def _gather_batches(
 
 
 async def ingest(
-    backend: Backend, count: int, now: datetime, tmp: Path, rounds: int
+    backend: Backend, count: int, now: datetime, tmp: Path, rounds: int, workers: int | None
 ) -> dict[str, Any]:
     """Rounds of (service, then baseline), each into fresh databases; the medians. These
     machines' speed drifts by tens of percent from minute to minute: a round measures both
@@ -233,7 +233,9 @@ async def ingest(
         api.IngestSpansRequest(spans=messages[i : i + BATCH])
         for i in range(0, len(messages), BATCH)
     ]
-    done = [await _ingest_round(backend, warm_up, requests, count, tmp) for _ in range(rounds)]
+    done = [
+        await _ingest_round(backend, warm_up, requests, count, tmp, workers) for _ in range(rounds)
+    ]
     return {
         "spans": count,
         "rounds": done,
@@ -250,9 +252,10 @@ async def _ingest_round(
     requests: list[api.IngestSpansRequest],
     count: int,
     tmp: Path,
+    workers: int | None,
 ) -> dict[str, Any]:
     url = await backend.fresh("ingest")
-    service = Service(url, tmp / f"service-{backend.kind}.log")
+    service = Service(url, tmp / f"service-{backend.kind}.log", workers)
     stub = await service.start()
     accepted = busy = 0
 
@@ -598,13 +601,16 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "spans": args.spans,
         "ingest_spans": args.ingest_spans,
+        "ingest_workers": args.ingest_workers,
         "backends": {},
     }
     for kind in args.backends:
         backend = Backend(kind, tmp)
         try:
             print(f"{kind}: ingest of {args.ingest_spans:,} spans ...", flush=True)
-            ingested = await ingest(backend, args.ingest_spans, now, tmp, args.ingest_rounds)
+            ingested = await ingest(
+                backend, args.ingest_spans, now, tmp, args.ingest_rounds, args.ingest_workers
+            )
             print(f"{kind}: loading {args.spans:,} spans ...", flush=True)
             read = await reads(backend, args.spans, now, tmp, args.runs, args.list_runs)
         finally:
@@ -634,6 +640,12 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--ingest-rounds", type=int, default=3, help="ingest rounds, medians (default 3)"
+    )
+    parser.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=None,
+        help="the service's TUNELAB_TRACING_INGEST_WORKERS (default: the service's own)",
     )
     parser.add_argument("--runs", type=int, default=3, help="analytics runs, median (default 3)")
     parser.add_argument(

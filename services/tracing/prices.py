@@ -45,6 +45,7 @@ class PriceTable:
     def __init__(self, prices: dict[str, Price]) -> None:
         # Longest first: the first prefix that matches is the most specific.
         self._entries = sorted(prices.items(), key=lambda item: len(item[0]), reverse=True)
+        self._found: dict[str, Price | None] = {}
 
     @classmethod
     def load(cls, path: Path | None) -> PriceTable:
@@ -56,8 +57,16 @@ class PriceTable:
         return cls(prices)
 
     def find(self, model: str) -> Price | None:
+        try:
+            return self._found[model]
+        except KeyError:
+            pass
         name = model.lower().rpartition("/")[2]  # "openai/gpt-4o" is priced as "gpt-4o"
-        return next((price for prefix, price in self._entries if name.startswith(prefix)), None)
+        price = next((price for prefix, price in self._entries if name.startswith(prefix)), None)
+        if len(self._found) > 4096:  # model names come from producers: bounded
+            self._found.clear()
+        self._found[model] = price
+        return price
 
     def cost(
         self,

@@ -141,6 +141,7 @@ def _single(field: FieldDescriptor) -> Convert:
 
 
 _EPOCH = datetime(1970, 1, 1)
+_whole_seconds: dict[int, str] = {}
 
 
 def _timestamp(stamp: Timestamp, _: int, __: str) -> str:
@@ -149,7 +150,11 @@ def _timestamp(stamp: Timestamp, _: int, __: str) -> str:
     seconds, nanos = stamp.seconds, stamp.nanos
     if not 0 <= nanos < 1_000_000_000:
         return stamp.ToJsonString()  # which refuses it, saying why
-    whole = (_EPOCH + timedelta(seconds=seconds)).isoformat()
+    whole = _whole_seconds.get(seconds)
+    if whole is None:  # the spans of a batch share their seconds: remembered
+        if len(_whole_seconds) > 65_536:
+            _whole_seconds.clear()
+        whole = _whole_seconds[seconds] = (_EPOCH + timedelta(seconds=seconds)).isoformat()
     if not nanos:
         return f"{whole}Z"
     if not nanos % 1_000_000:
