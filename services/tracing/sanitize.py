@@ -105,9 +105,8 @@ _SEPARATORS = re.compile(r"[^a-z0-9]+")
 
 
 def _remembering(compute: Callable[[str], T], size: int) -> Callable[[str], T]:
-    """`compute` with its answers remembered: the same short strings (JSON keys, roles, model
-    and enum names) come back in every span. A plain dict, emptied when full, is a good deal
-    cheaper per call than functools.lru_cache."""
+    """`compute` with its answers remembered: the same names (JSON keys, headers) come back
+    in every span. A plain dict, emptied when full, costs less per call than lru_cache."""
     answers: dict[str, T] = {}
 
     def remembered(text: str) -> T:

@@ -66,7 +66,8 @@ class Preparer:
         found: dict[Key, Existing],
         now: datetime,
     ) -> Prepared:
-        if self._pool is None or len(batch) < SMALL_BATCH:
+        pool = self._pool
+        if pool is None or len(batch) < SMALL_BATCH:
             return prepare(owner, list(enumerate(batch, offset)), found, now, self.prices)
         loop = asyncio.get_running_loop()
         chunks = _chunks(batch, offset, self.workers)
@@ -74,7 +75,7 @@ class Preparer:
             done = await asyncio.gather(
                 *(
                     loop.run_in_executor(
-                        self._pool,
+                        pool,
                         _prepare_in_worker,
                         owner,
                         chunk,
@@ -85,10 +86,12 @@ class Preparer:
                 )
             )
         except BrokenProcessPool:
-            # A worker died (killed, out of memory): start afresh; the producer retries.
-            log.error("an ingest worker died; restarting the workers")
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._start()
+            # A worker died (killed, out of memory): start afresh, once however many batches
+            # were in flight; the producers retry.
+            if self._pool is pool:
+                log.error("an ingest worker died; restarting the workers")
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._start()
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE,
                 "the batch could not be processed (a worker stopped); retry it",

@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import multiprocessing
+import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -545,3 +547,20 @@ async def test_large_batches_are_prepared_in_worker_processes(with_workers: Trac
     assert stored["s150"].timing.HasField("start_time")
     assert not stored["s150"].timing.HasField("end_time")
     assert key not in str(list(stored.values()))
+
+
+async def test_a_dead_worker_costs_one_retried_batch(with_workers: Tracing) -> None:
+    tracing = with_workers
+    batch = [span("tk", f"s{i:03}", start_ms=i) for i in range(100)]
+    assert (await tracing.ingest(*batch)).accepted == 100
+    for worker in multiprocessing.active_children():
+        os.kill(worker.pid or 0, signal.SIGKILL)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await tracing.ingest(*batch)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "retry" in (caught.value.details() or "")
+    later = [span("tk", f"s{i:03}", start_ms=i, tags=["after"]) for i in range(100)]
+    assert (await tracing.ingest(*later)).accepted == 100  # fresh workers
+    stored = await tracing.listed(trace_id="tk")
+    assert len(stored) == 100
+    assert all(list(s.tags) == ["after"] for s in stored)
