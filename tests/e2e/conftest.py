@@ -136,6 +136,8 @@ def start_suite(
         "TUNELAB_TRACING_DATABASE_URL": tracing_database_url,
         "TUNELAB_TRACING_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
         "TUNELAB_TRACING_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        # One worker process, not one per CPU: every test starts a suite.
+        "TUNELAB_TRACING_INGEST_WORKERS": "1",
         **extra_env,
     }
     for service in ("services.datasets", "services.deploy", "services.tracing"):

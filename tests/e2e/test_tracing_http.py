@@ -93,10 +93,18 @@ def test_ingest_list_tree_analytics_export(suite: Suite) -> None:
         assert KEY not in text
     assert KEY not in suite.logs()
 
+    # A batch large enough for the service's worker processes: the same result.
+    big = [chat_span("e2e-big", f"s{i:03}") for i in range(100)]
+    assert alice.post("/v1/traces/spans", json={"spans": big}).json()["accepted"] == 100
+    stored = alice.get("/v1/traces", params={"trace_id": "e2e-big", "page_size": 100}).json()
+    assert len(stored["spans"]) == 100
+    assert stored["spans"][0]["timing"]["duration_ms"] == 1500
+    assert KEY not in json.dumps(stored)
+
     gone = alice.request(
         "DELETE", "/v1/traces", params={"started_before": "2026-11-28T11:00:00Z"}
     ).json()
-    assert gone["deleted"] == "3"
+    assert gone["deleted"] == "103"
     assert alice.get("/v1/traces").json()["spans"] == []
 
 
