@@ -15,13 +15,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.tracing.prices import PriceTable
 from services.tracing.sanitize import sanitize_text
-from services.tracing.stored_json import NotFinite, stored_json
+from services.tracing.stored_json import NotFinite, parse_stored, stored_json
 from tunelab.tracing.v1 import spans_pb2 as pb
 
 MAX_SPAN_BYTES = 1024**2
@@ -329,7 +328,7 @@ _whole_seconds: dict[int, datetime] = {}
 
 
 def parse_body(body: str) -> pb.Span:
-    return json_format.Parse(body, pb.Span())
+    return parse_stored(body)
 
 
 def _get(message: Any, path: str) -> Any:

@@ -103,11 +103,9 @@ class Tracing:
         return b"".join([m.data async for m in call]).decode()
 
 
-@pytest.fixture
-async def tracing(empty_db_url: str) -> AsyncIterator[Tracing]:
-    # In process: workers would start with every test (the worker path has its own test).
+async def serve(database_url: str, workers: int) -> AsyncIterator[Tracing]:
     settings = TracingSettings(
-        database_url=empty_db_url, internal_token=INTERNAL_TOKEN, ingest_workers=0
+        database_url=database_url, internal_token=INTERNAL_TOKEN, ingest_workers=workers
     )
     db = Database(settings.database_url)
     await MIGRATIONS.upgrade(db)
@@ -119,6 +117,13 @@ async def tracing(empty_db_url: str) -> AsyncIterator[Tracing]:
         await channel.close()
         await running.stop()
         await db.close()
+
+
+@pytest.fixture
+async def tracing(empty_db_url: str) -> AsyncIterator[Tracing]:
+    # In process: workers would start with every test (the worker path has its own tests).
+    async for served in serve(empty_db_url, workers=0):
+        yield served
 
 
 def trace_of_three(trace: str = "t1") -> list[pb.Span]:
@@ -510,19 +515,8 @@ async def test_numbers_json_cannot_hold_and_implausible_times_are_rejected(
 
 @pytest.fixture
 async def with_workers(empty_db_url: str) -> AsyncIterator[Tracing]:
-    settings = TracingSettings(
-        database_url=empty_db_url, internal_token=INTERNAL_TOKEN, ingest_workers=2
-    )
-    db = Database(settings.database_url)
-    await MIGRATIONS.upgrade(db)
-    running = await start(server_spec(settings, db, address="127.0.0.1:0"))
-    channel = open_channel(f"127.0.0.1:{running.port}", INTERNAL_TOKEN)
-    try:
-        yield Tracing(api_grpc.TracingServiceStub(channel), db, new_user())
-    finally:
-        await channel.close()
-        await running.stop()
-        await db.close()
+    async for served in serve(empty_db_url, workers=2):
+        yield served
     assert not multiprocessing.active_children(), "the workers outlived the service"
 
 

@@ -23,7 +23,7 @@ from services.tracing.sanitize import (
     sanitize_value,
     sensitive_name,
 )
-from services.tracing.stored_json import NotFinite, stored_json
+from services.tracing.stored_json import NotFinite, parse_stored, stored_json
 from tests.unit.test_sanitize import OPAQUE, PEM, SHAPED, _gone
 from tunelab.tracing.v1 import spans_pb2 as pb
 
@@ -179,3 +179,35 @@ def test_times_are_written_as_protobuf_writes_them(seconds: int, nanos: int) -> 
     span.timing.start_time.seconds, span.timing.start_time.nanos = seconds, nanos
     expected = span.timing.start_time.ToJsonString()
     assert stored_json(span)["timing"]["start_time"] == expected
+
+
+def stored_bodies() -> list[str]:
+    bodies = [spans.stored_form(span).values[-1] for span in realistic()]
+    rng = random.Random(9)
+    for secret in [*SHAPED, PEM]:
+        span = hostile(rng, secret)
+        span.streaming.enabled = False
+        span.session.message_position = 3
+        span.evaluation.groundedness_score = 0.25
+        span.rag.SetInParent()  # present, empty
+        bodies.append(spans.stored_form(span).values[-1])
+    odd = pb.Span(trace_id="t", span_id="s", kind=42)  # type: ignore[arg-type]
+    odd.input.null_value = 0  # type: ignore[assignment]
+    odd.output.list_value.values.add().struct_value["deep"] = 1.5
+    odd.metadata["empty"] = {}
+    odd.timing.start_time.FromJsonString("2026-11-28T10:00:00.123456789Z")
+    bodies.append(spans.stored_form(odd).values[-1])
+    return bodies
+
+
+def test_stored_json_parses_back_as_protobuf_parses_it() -> None:
+    for body in stored_bodies():
+        assert parse_stored(body) == json_format.Parse(body, pb.Span()), body[:200]
+
+
+@pytest.mark.parametrize(
+    "body", ['{"no_such_field": 1}', '{"timing": {"start_time": "yesterday"}}', '{"tags": "x"}']
+)
+def test_what_is_not_the_services_json_is_refused(body: str) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        parse_stored(body)
