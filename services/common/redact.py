@@ -108,6 +108,11 @@ def register(secret: str) -> None:
         _LITERALS.add(secret)
 
 
+def holds_registered(text: str) -> bool:
+    """Whether a value `register` was given occurs in the text."""
+    return any(literal in text for literal in _LITERALS)
+
+
 def registered() -> frozenset[str]:
     """The values `register` was given: for a worker process to register too."""
     return frozenset(_LITERALS)

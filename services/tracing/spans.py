@@ -18,6 +18,7 @@ import orjson
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common import redact
 from services.tracing.prices import PriceTable
 from services.tracing.sanitize import sanitize_text
 from services.tracing.stored_json import NotFinite, parse_stored, stored_json
@@ -102,8 +103,10 @@ def check_part(span: pb.Span, now: datetime) -> None:
         raise Invalid("parent_span_id", "a span cannot be its own parent")
     for name in ("trace_id", "span_id", "parent_span_id"):
         value = getattr(span, name)
-        # Hex, dashes, dots and colons (W3C and UUID ids) can spell no credential shape.
-        if value and not _HEX_ID.fullmatch(value) and sanitize_text(value) != value:
+        # Hex, dashes, dots and colons (W3C and UUID ids) spell no credential shape; only one of
+        # this process's own secrets (an operator's hex token) could be made of them.
+        plain = _HEX_ID.fullmatch(value) and not redact.holds_registered(value)
+        if value and not plain and sanitize_text(value) != value:
             raise Invalid(name, f"{name} looks like a credential; ids are stored as they are")
     latest = int(now.timestamp()) + _TIME_SLACK
     limits = _TEXT_LIMITS[""]

@@ -6,6 +6,9 @@ at a fraction of the cost: ingest runs it for every span, and those two generic 
 of a span's cost. What the walk knows from the schema, it skips: the service's own timestamps,
 numbers and enum names hold no credential, so only texts and the free-form values (input,
 output, metadata) are examined. Headers, URLs and scores get their own rules, as before.
+
+`parse_stored` is the way back, for lists, traces and merges: `json_format.Parse`'s result, by
+a walk that knows the schema instead of a generic one.
 """
 
 from __future__ import annotations

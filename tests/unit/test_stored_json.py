@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 from bench import spangen
+from services.common import redact
 from services.tracing import spans
 from services.tracing.prices import PriceTable
 from services.tracing.sanitize import (
@@ -211,3 +212,15 @@ def test_stored_json_parses_back_as_protobuf_parses_it() -> None:
 def test_what_is_not_the_services_json_is_refused(body: str) -> None:
     with pytest.raises((ValueError, TypeError)):
         parse_stored(body)
+
+
+def test_an_id_spelling_one_of_the_services_own_secrets_is_refused() -> None:
+    # Hex ids skip the shape tests; an operator's hex token must not pass as one.
+    secret = "c0ffee" * 7
+    redact.register(secret)
+    span = pb.Span(trace_id=secret, span_id="0a1b-2c3d")
+    span.timing.start_time.FromDatetime(NOW)
+    with pytest.raises(spans.Invalid) as caught:
+        spans.check_part(span, NOW)
+    assert caught.value.field == "trace_id"
+    spans.check_part(pb.Span(trace_id="c0ffee" * 3, span_id="0a1b-2c3d"), NOW)  # plain hex: fine
