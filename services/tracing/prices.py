@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.remembered import Remembered
+
 
 @dataclass(frozen=True)
 class Price:
@@ -45,7 +47,8 @@ class PriceTable:
     def __init__(self, prices: dict[str, Price]) -> None:
         # Longest first: the first prefix that matches is the most specific.
         self._entries = sorted(prices.items(), key=lambda item: len(item[0]), reverse=True)
-        self._found: dict[str, Price | None] = {}
+        # Model names come from producers: remembered, but boundedly.
+        self.find = Remembered(self._find, 4096)
 
     @classmethod
     def load(cls, path: Path | None) -> PriceTable:
@@ -56,17 +59,9 @@ class PriceTable:
                 prices[str(model).lower()] = Price(**entry)
         return cls(prices)
 
-    def find(self, model: str) -> Price | None:
-        try:
-            return self._found[model]
-        except KeyError:
-            pass
+    def _find(self, model: str) -> Price | None:
         name = model.lower().rpartition("/")[2]  # "openai/gpt-4o" is priced as "gpt-4o"
-        price = next((price for prefix, price in self._entries if name.startswith(prefix)), None)
-        if len(self._found) > 4096:  # model names come from producers: bounded
-            self._found.clear()
-        self._found[model] = price
-        return price
+        return next((price for prefix, price in self._entries if name.startswith(prefix)), None)
 
     def cost(
         self,

@@ -47,11 +47,12 @@ False-positive choices for names (LLM traces are full of "token" and "key" that 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import unquote_plus
 
 from services.common.redact import fold, redact
+from services.common.remembered import Remembered
 
 MASK = "[REDACTED]"
 TRUNCATED = "[TRUNCATED: nested too deep]"
@@ -99,26 +100,8 @@ _KEY_SUFFIXES = ("sshkey", "masterkey", "encryptionkey", "hmackey", "authkey", "
 # Ambiguous in prose: a credential name in free text only before "=".
 _TEXT_EQUALS_ONLY = frozenset({"key", "pass", "sig", "signature"})
 
-T = TypeVar("T")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = re.compile(r"[^a-z0-9]+")
-
-
-def _remembering(compute: Callable[[str], T], size: int) -> Callable[[str], T]:
-    """`compute` with its answers remembered: the same names (JSON keys, headers) come back
-    in every span. A plain dict, emptied when full, costs less per call than lru_cache."""
-    answers: dict[str, T] = {}
-
-    def remembered(text: str) -> T:
-        try:
-            return answers[text]
-        except KeyError:
-            if len(answers) >= size:
-                answers.clear()
-            found = answers[text] = compute(text)
-            return found
-
-    return remembered
 
 
 def _sensitive(name: str) -> bool:
@@ -150,8 +133,9 @@ def _sensitive(name: str) -> bool:
     return False
 
 
-# Whether a header, query-parameter or JSON-key name holds a credential.
-sensitive_name = _remembering(_sensitive, 4096)
+# Whether a header, query-parameter or JSON-key name holds a credential (the same names come
+# back in every span).
+sensitive_name = Remembered(_sensitive, 4096)
 
 
 def sanitize_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import redact
+from services.common.remembered import Remembered
 from services.tracing.prices import PriceTable
 from services.tracing.sanitize import sanitize_text
 from services.tracing.stored_json import NotFinite, parse_stored, stored_json
@@ -172,8 +173,7 @@ def check_whole(span: pb.Span, *, merged: bool = True) -> None:
 
 def received(stored: pb.Span) -> pb.Span:
     """The stored span without what the service computed: what producers sent."""
-    span = pb.Span()
-    span.CopyFrom(stored)
+    span = copy(stored)
     for path in stored.computed:
         owner, _, name = path.rpartition(".")
         try:
@@ -318,16 +318,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _when(stamp: Timestamp) -> datetime:
     """Timestamp.ToDatetime(tzinfo=UTC) (to the microsecond), at a fraction of the cost: the
     spans of a batch share their seconds, whose datetimes are remembered."""
-    seconds = stamp.seconds
-    whole = _whole_seconds.get(seconds)
-    if whole is None:
-        if len(_whole_seconds) > 65_536:
-            _whole_seconds.clear()
-        whole = _whole_seconds[seconds] = _EPOCH + timedelta(seconds=seconds)
-    return whole.replace(microsecond=stamp.nanos // 1000)
+    return _whole_second(stamp.seconds).replace(microsecond=stamp.nanos // 1000)
 
 
-_whole_seconds: dict[int, datetime] = {}
+def _datetime_of(seconds: int) -> datetime:
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+# The spans of a batch share their seconds.
+_whole_second: Remembered[int, datetime] = Remembered(_datetime_of, 65_536)
 
 
 def parse_body(body: str) -> pb.Span:

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import ListValue, Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.remembered import Remembered
 from services.tracing.sanitize import (
     MASK,
     MAX_DEPTH,
@@ -145,7 +146,14 @@ def _single(field: FieldDescriptor) -> Convert:
 
 
 _EPOCH = datetime(1970, 1, 1)
-_whole_seconds: dict[int, str] = {}
+
+
+def _iso_second(seconds: int) -> str:
+    return (_EPOCH + timedelta(seconds=seconds)).isoformat()
+
+
+# The spans of a batch share their seconds.
+_whole_second: Remembered[int, str] = Remembered(_iso_second, 65_536)
 
 
 def _timestamp(stamp: Timestamp, _: int, __: str) -> str:
@@ -154,11 +162,7 @@ def _timestamp(stamp: Timestamp, _: int, __: str) -> str:
     seconds, nanos = stamp.seconds, stamp.nanos
     if not 0 <= nanos < 1_000_000_000:
         return stamp.ToJsonString()  # which refuses it, saying why
-    whole = _whole_seconds.get(seconds)
-    if whole is None:  # the spans of a batch share their seconds: remembered
-        if len(_whole_seconds) > 65_536:
-            _whole_seconds.clear()
-        whole = _whole_seconds[seconds] = (_EPOCH + timedelta(seconds=seconds)).isoformat()
+    whole = _whole_second(seconds)
     if not nanos:
         return f"{whole}Z"
     if not nanos % 1_000_000:
@@ -205,18 +209,12 @@ def _struct(struct: Struct, depth: int, path: str) -> Any:
     return out
 
 
-_struct_keys: dict[str, tuple[str, bool]] = {}
-
-
-def _struct_key(key: str) -> tuple[str, bool]:
+def _stored_key(key: str) -> tuple[str, bool]:
     """A free-form key as stored, and whether its value is masked (a credential's name)."""
-    try:
-        return _struct_keys[key]
-    except KeyError:
-        if len(_struct_keys) > 65_536:
-            _struct_keys.clear()
-        found = _struct_keys[key] = (sanitize_text(key), sensitive_name(key))
-        return found
+    return sanitize_text(key), sensitive_name(key)
+
+
+_struct_key = Remembered(_stored_key, 65_536)
 
 
 def _list(values: ListValue, depth: int, path: str) -> Any:
