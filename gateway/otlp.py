@@ -51,7 +51,7 @@ class Otlp:
             )
         try:
             body = await _read(request)
-            export = _parse(body, media)
+            export = parse_export(body, media)
         except ValueError as exc:
             return error_response(400, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
@@ -86,7 +86,8 @@ async def _read(request: Request) -> bytes:
     return bytes(body)
 
 
-def _parse(body: bytes, media: str) -> trace_service_pb2.ExportTraceServiceRequest:
+def parse_export(body: bytes, media: str) -> trace_service_pb2.ExportTraceServiceRequest:
+    """An OTLP/HTTP body (protobuf, or JSON with hex ids) as the request. Raises ValueError."""
     export = trace_service_pb2.ExportTraceServiceRequest()
     if media == PROTOBUF:
         try:

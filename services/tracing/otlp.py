@@ -160,46 +160,6 @@ def add_to_server(servicer: OtlpTraceServicer, server: grpc.aio.Server) -> None:
     otlp_grpc.add_TraceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
 
 
-def request_from_json(body: bytes | str) -> otlp_api.ExportTraceServiceRequest:
-    """An OTLP/HTTP JSON body as the request. OTLP JSON differs from protobuf's JSON mapping in
-    one point: traceId, spanId and parentSpanId are hex, not base64. Raises ValueError."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"the body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError("the body is not a JSON object")
-    for resource_spans in _objects(data, "resourceSpans", "resource_spans"):
-        for scope_spans in _objects(resource_spans, "scopeSpans", "scope_spans"):
-            for otel_span in _objects(scope_spans, "spans"):
-                _hex_ids(otel_span)
-                for link in _objects(otel_span, "links"):
-                    _hex_ids(link)
-    try:
-        return json_format.ParseDict(
-            data, otlp_api.ExportTraceServiceRequest(), ignore_unknown_fields=True
-        )
-    except json_format.ParseError as exc:
-        raise ValueError(f"the body is not an OTLP trace export: {exc}") from None
-
-
-def _objects(data: Mapping[str, Any], *keys: str) -> Iterable[dict[str, Any]]:
-    for key in keys:
-        items = data.get(key)
-        if isinstance(items, list):
-            yield from (item for item in items if isinstance(item, dict))
-
-
-def _hex_ids(data: dict[str, Any]) -> None:
-    for key in ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id"):
-        value = data.get(key)
-        if isinstance(value, str):
-            try:
-                data[key] = base64.b64encode(bytes.fromhex(value)).decode()
-            except ValueError:
-                raise ValueError(f"{key} is not hex") from None
-
-
 # --- one span ---------------------------------------------------------------------------------
 
 

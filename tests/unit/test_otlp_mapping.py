@@ -21,7 +21,8 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from services.tracing.otlp import request_from_json, spans_from_otlp
+from gateway.otlp import JSON, parse_export
+from services.tracing.otlp import spans_from_otlp
 from tunelab.tracing.v1 import spans_pb2 as pb
 
 TRACE = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
@@ -491,7 +492,7 @@ def test_otlp_json_body() -> None:
             }
         ]
     }
-    (span,), problems = spans_from_otlp(request_from_json(json.dumps(body)))
+    (span,), problems = spans_from_otlp(parse_export(json.dumps(body).encode(), JSON))
     assert problems == []
     assert span.trace_id == TRACE.hex()
     assert span.span_id == CHILD.hex()
@@ -499,11 +500,11 @@ def test_otlp_json_body() -> None:
     assert span.usage.input_tokens == 7
     assert span.status == pb.SPAN_STATUS_ERROR
     with pytest.raises(ValueError, match="not hex"):
-        request_from_json(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
+        parse_export(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
             {"traceId": "zz"}
-        ]}]}]}))  # fmt: skip
-    with pytest.raises(ValueError, match="not JSON"):
-        request_from_json(b"{")
+        ]}]}]}).encode(), JSON)  # fmt: skip
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_export(b"{", JSON)
 
 
 def test_deep_json_is_cut_not_refused() -> None:
