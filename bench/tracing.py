@@ -478,7 +478,9 @@ async def export(
         rss_before = service.rss_mib()
         size = lines = 0
         started = time.perf_counter()
-        async for chunk in stub.ExportSpans(api.ExportSpansRequest(format=fmt), metadata=META):
+        async for chunk in stub.ExportSpans(
+            api.ExportSpansRequest(format=fmt), metadata=META, timeout=3600
+        ):
             size += len(chunk.data)
             lines += chunk.data.count(b"\n")
         took = time.perf_counter() - started

@@ -107,7 +107,13 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
         "tracing": settings.tracing_address,
     }
     channels = {
-        name: open_channel(address, token, retry=_idempotent(rules[name]))
+        name: open_channel(
+            address,
+            token,
+            retry=_idempotent(rules[name]),
+            timeout=settings.call_timeout_seconds,
+            ready_wait=settings.ready_wait_seconds,
+        )
         for name, address in addresses.items()
     }
     datasets = datasets_service_pb2_grpc.DatasetsServiceStub(channels["datasets"])
@@ -199,9 +205,13 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
             if rule.method.name in STREAMING:
                 continue
             if rule.method.name in BYTE_STREAMS:
-                endpoint = export_endpoint(rule, channels[service], service)
+                endpoint = export_endpoint(
+                    rule, channels[service], service, settings.export_timeout_seconds
+                )
             elif rule.server_streaming:
-                endpoint = sse_endpoint(rule, channels[service], service)
+                endpoint = sse_endpoint(
+                    rule, channels[service], service, settings.watch_timeout_seconds
+                )
             else:
                 endpoint = unary_endpoint(rule, channels[service], service)
             guard = public if rule.method.name in BEARER_FIELDS else private

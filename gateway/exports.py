@@ -15,9 +15,10 @@ import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway.bodies import Refusal
 from gateway.errors import from_rpc_error
 from gateway.rules import HttpRule
-from gateway.transcode import BadRequest, Endpoint, build_request, query_fields, server_stream
+from gateway.transcode import Endpoint, build_request, query_fields, server_stream
 
 # ExportFormat number: (media type, file extension); 0 is the default, JSONL.
 FORMATS = {
@@ -28,16 +29,19 @@ FORMATS = {
 }
 
 
-def export_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> Endpoint:
+def export_endpoint(
+    rule: HttpRule, channel: grpc.aio.Channel, service: str, timeout: float
+) -> Endpoint:
+    """`timeout`: the export's deadline (hours: a large export over a slow link takes long)."""
     request_type, call_kind = server_stream(rule, channel)
     query = query_fields(rule)
 
     async def endpoint(request: Request) -> Response:
         try:
             message: Any = await build_request(request, rule, request_type, query)
-        except BadRequest as exc:
+        except Refusal as exc:
             return exc.response()
-        call = call_kind(message, timeout=None)  # an export lasts as long as it takes
+        call = call_kind(message, timeout=timeout)
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as exc:

@@ -10,7 +10,6 @@ as lowerCamelCase names and enums as numbers, protobuf's parser accepts as it is
 from __future__ import annotations
 
 import base64
-import zlib
 from typing import Any
 
 import grpc
@@ -21,12 +20,13 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.bodies import Refusal, media_type, read_body, unsupported
 from gateway.errors import error_response, from_rpc_error
 from services.common import redact
 
 ROUTE = "/v1/traces"
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-MAX_BODY_BYTES = 16 * 1024 * 1024  # after decompression: a gzip bomb stops here
+MAX_BODY_BYTES = 16 * 1024 * 1024  # either side of decompression
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _IDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
@@ -41,16 +41,16 @@ class Otlp:
         )
 
     async def __call__(self, request: Request) -> Response:
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        media = media_type(request)
         if media not in (PROTOBUF, JSON):
-            return error_response(
-                415,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"OTLP/HTTP takes {PROTOBUF} or {JSON}, not {media or 'no content type'}",
-                reason="UNSUPPORTED_MEDIA_TYPE",
+            return unsupported(
+                f"OTLP/HTTP takes {PROTOBUF} or {JSON}, not {media or 'no content type'}"
             )
         try:
-            body = await _read(request)
+            body = await read_body(request, MAX_BODY_BYTES)
+        except Refusal as exc:
+            return exc.response()
+        try:
             export = parse_export(body, media)
         except ValueError as exc:
             return error_response(400, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -61,29 +61,6 @@ class Otlp:
         if media == PROTOBUF:
             return Response(reply.SerializeToString(), media_type=PROTOBUF)
         return Response(json_format.MessageToJson(reply, indent=None), media_type=JSON)
-
-
-async def _read(request: Request) -> bytes:
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip"):
-        raise ValueError(f"Content-Encoding {encoding!r} is not supported: send gzip or none")
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
-    body = bytearray()
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if inflate is not None and (inflate.eof or inflate.unconsumed_tail):
-            raise ValueError("the gzip body is larger than the limit, or has data after its end")
-        body += inflate.decompress(chunk, MAX_BODY_BYTES + 1 - len(body)) if inflate else chunk
-        if len(body) > MAX_BODY_BYTES or received > MAX_BODY_BYTES:
-            raise ValueError(
-                f"the request is larger than {MAX_BODY_BYTES} bytes: send smaller batches"
-            )
-    if inflate is not None and not inflate.eof:
-        raise ValueError("the gzip body is cut short")
-    if inflate is not None and inflate.unused_data:
-        raise ValueError("the gzip body has data after its end")
-    return bytes(body)
 
 
 def parse_export(body: bytes, media: str) -> trace_service_pb2.ExportTraceServiceRequest:
@@ -99,6 +76,8 @@ def parse_export(body: bytes, media: str) -> trace_service_pb2.ExportTraceServic
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"the body is not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError("the body must be a JSON object: an ExportTraceServiceRequest")
     try:
         json_format.ParseDict(_ids_to_base64(data), export, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError) as exc:

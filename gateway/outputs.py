@@ -15,8 +15,9 @@ import grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from gateway.bodies import Refusal, check_identity
 from gateway.errors import from_rpc_error, service_error_response
-from gateway.transcode import bearer_token, to_json
+from gateway.transcode import ASK_FOR_JOB_CREDENTIAL, bearer_token, to_json
 from gateway.uploads import body_chunks, client_left
 from services.common.errors import payload_too_large, unauthenticated
 from tunelab.deploy.v1 import deploy_service_pb2 as api
@@ -36,12 +37,14 @@ class Outputs:
     async def upload(self, request: Request) -> Response:
         token = bearer_token(request)
         if not token:
-            return service_error_response(
-                unauthenticated("send the run's job token: Authorization: Bearer tljb_...")
-            )
+            return service_error_response(unauthenticated(ASK_FOR_JOB_CREDENTIAL))
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max:
             return service_error_response(payload_too_large(self._max))
+        try:
+            check_identity(request)
+        except Refusal as exc:
+            return exc.response()
         first = api.UploadOutputRequest(
             deployment_id=request.path_params["deployment_id"], job_token=token
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from services.common.client import DEFAULT_TIMEOUT_SECONDS, READY_WAIT_SECONDS
 from services.common.settings import DEFAULT_MAX_UPLOAD_BYTES, CommonSettings, shared
 
 
@@ -45,6 +46,24 @@ class GatewaySettings(CommonSettings):
     )
     jwt_issuer: str | None = Field(None, validation_alias=shared("jwt_issuer"))
     jwt_audience: str | None = Field(None, validation_alias=shared("jwt_audience"))
+    # Deadlines of the calls to the services: short for unary calls, sized to the stream for
+    # streams (a stream never inherits the unary one).
+    call_timeout_seconds: float = Field(
+        DEFAULT_TIMEOUT_SECONDS, gt=0, description="Deadline of a unary call to a service."
+    )
+    ready_wait_seconds: float = Field(
+        READY_WAIT_SECONDS,
+        ge=0,
+        description="How long a call waits for a service that is (re)starting before it is "
+        "answered 503.",
+    )
+    watch_timeout_seconds: float = Field(
+        3660,
+        gt=0,
+        description="Deadline of a watch stream: a little past the deploy service's own limit "
+        "(TUNELAB_DEPLOY_WATCH_MAX_SECONDS), which ends a watch cleanly first.",
+    )
+    export_timeout_seconds: float = Field(6 * 3600, gt=0, description="Deadline of an export.")
     upload_timeout_seconds: float = Field(6 * 3600, gt=0)
     max_upload_bytes: int = Field(
         DEFAULT_MAX_UPLOAD_BYTES,

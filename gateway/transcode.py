@@ -7,6 +7,7 @@ JSON with the proto field names. Status: 201 for Create methods, 204 when the re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -18,10 +19,12 @@ from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import error_response, from_rpc_error
+from gateway.bodies import Refusal, check_json_type, read_body
+from gateway.errors import error_response, from_rpc_error, service_error_response
 from gateway.rules import HttpRule
 from services.common import enum_names as enums
 from services.common import redact
+from services.common.errors import unauthenticated
 
 MAX_JSON_BODY = 1 << 20
 # Bodies that are batches of data, not requests: as large as a gRPC message may be.
@@ -31,6 +34,7 @@ LARGE_BODIES = {"IngestSpans": 16 << 20}
 # (the pod's job token) the Authorization header's bearer token.
 IDEMPOTENCY_FIELD = "request_id"
 BEARER_FIELDS = {"ReportDeployment": "job_token"}
+ASK_FOR_JOB_CREDENTIAL = "send the run's job token: Authorization: Bearer tljb_..."
 # A request message field whose own fields are query parameters of their own (?model=x rather
 # than ?filter.model=x): list filters.
 FLATTENED = "filter"
@@ -38,21 +42,25 @@ FLATTENED = "filter"
 BYTE_STREAMS = {"ExportSpans"}
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class BadRequest(Exception):
+class BadRequest(Refusal):
     def __init__(self, message: str, field: str = "") -> None:
-        super().__init__(message)
+        super().__init__(
+            error_response(
+                400,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                message,
+                reason="INVALID_ARGUMENT",
+                metadata={"field": field} if field else None,
+            )
+        )
+        self.message = message
         self.field = field
 
-    def response(self) -> Response:
-        return error_response(
-            400,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            str(self),
-            reason="INVALID_ARGUMENT",
-            metadata={"field": self.field} if self.field else None,
-        )
+    def __str__(self) -> str:
+        return self.message
 
 
 def to_json(message: Message) -> dict[str, Any]:
@@ -83,9 +91,13 @@ def unary_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> E
     bearer_field = BEARER_FIELDS.get(rule.method.name, "")
 
     async def endpoint(request: Request) -> Response:
+        if bearer_field and not bearer_token(request):
+            return service_error_response(unauthenticated(ASK_FOR_JOB_CREDENTIAL))
         try:
             message = await build_request(request, rule, request_type, query, bearer_field)
-        except BadRequest as exc:
+        except Refusal as exc:
+            if bearer_field:
+                return await _refusal_for_stranger(call, request, rule, bearer_field, exc, service)
             return exc.response()
         try:
             reply = await call(message)
@@ -97,6 +109,29 @@ def unary_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> E
         return JSONResponse(to_json(payload), status_code=status)
 
     return endpoint
+
+
+async def _refusal_for_stranger(
+    call: grpc.aio.UnaryUnaryMultiCallable[Any, Any],
+    request: Request,
+    rule: HttpRule,
+    bearer_field: str,
+    refusal: Refusal,
+    service: str,
+) -> Response:
+    """A malformed body on a route whose credential only the service can check: the token is
+    checked first (the same call with no body, which the service refuses without writing
+    anything), so that a caller without a valid token learns nothing about the body."""
+    probe = message_factory.GetMessageClass(rule.method.input_type)()
+    for name in rule.path_params:
+        setattr(probe, name, request.path_params[name])
+    setattr(probe, bearer_field, bearer_token(request))
+    try:
+        await call(probe)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is not grpc.StatusCode.INVALID_ARGUMENT:
+            return from_rpc_error(exc, service)
+    return refusal.response()
 
 
 def server_stream(
@@ -140,11 +175,9 @@ def _query_scalar(field: FieldDescriptor) -> bool:
 
 
 async def read_json_body(request: Request, limit: int = MAX_JSON_BODY) -> Any:
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise BadRequest(f"the JSON body is larger than {limit} bytes: send less at once")
+    """The body as JSON, gzip-compressed or not; an empty body is an empty object."""
+    check_json_type(request)
+    raw = await read_body(request, limit)
     if not raw.strip():
         return {}
     try:
@@ -157,6 +190,13 @@ def bearer_token(request: Request) -> str:
     """The Authorization header's bearer token; empty when there is none."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _text(key: str, value: str) -> str:
+    """A path or query value: control characters are never part of a name, id or filter."""
+    if _CONTROL.search(value):
+        raise BadRequest(f"{key!r} holds a control character", key)
+    return value
 
 
 def _boolean(key: str, value: str) -> bool:
@@ -200,7 +240,7 @@ async def build_request(
         if field is None:
             allowed = ", ".join(sorted(query)) or "none"
             raise BadRequest(f"unknown query parameter {key!r}; this route takes: {allowed}", key)
-        values: list[Any] = request.query_params.getlist(key)
+        values: list[Any] = [_text(key, v) for v in request.query_params.getlist(key)]
         if field.type == FieldDescriptor.TYPE_BOOL:
             values = [_boolean(key, value) for value in values]
         into = data
@@ -215,7 +255,7 @@ async def build_request(
         else:
             into[key] = values[0]
     for name in rule.path_params:
-        data[name] = request.path_params[name]
+        data[name] = _text(name, request.path_params[name])
     fields = rule.method.input_type.fields_by_name
     if IDEMPOTENCY_FIELD in fields and (key := request.headers.get("idempotency-key")) is not None:
         data[IDEMPOTENCY_FIELD] = key

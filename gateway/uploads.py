@@ -17,6 +17,7 @@ import grpc
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.bodies import Refusal, check_identity
 from gateway.errors import error_response, from_rpc_error, service_error_response
 from gateway.transcode import BadRequest, to_json
 from services.common.errors import ServiceError, payload_too_large
@@ -60,6 +61,10 @@ class Uploads:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max:
             return service_error_response(payload_too_large(self._max))
+        try:
+            check_identity(request)
+        except Refusal as exc:
+            return exc.response()
         gone = asyncio.Event()
         try:
             reply = await self._stub.UploadDataset(

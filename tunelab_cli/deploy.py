@@ -28,6 +28,8 @@ from tunelab_cli.api import CliError, api_client, checked, print_json
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 RECONNECTS = 5
+# A watch that ends with these is picked up again (the service restarted, a deadline passed).
+RETRYABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED"}
 WATCH_TIMEOUT = httpx.Timeout(30.0, read=60.0)  # the gateway sends a keepalive every 15 s
 
 
@@ -175,11 +177,15 @@ def follow(client: httpx.Client, deployment_id: str) -> int:
                         checked(response)
                     if response.status_code >= 500:
                         raise httpx.RemoteProtocolError(f"HTTP {response.status_code}")
+                    reason = "the stream ended before the run did"
                     for kind, data in _sse(response.iter_lines()):
                         failures = 0
                         if kind == "error":
                             error = data.get("error", {})
-                            raise CliError(f"the watch failed: {error.get('message', data)}")
+                            if error.get("status") not in RETRYABLE:
+                                raise CliError(f"the watch failed: {error.get('message', data)}")
+                            reason = f"the watch was cut: {error.get('message', '')}"
+                            break
                         for event in data.get("events", []):
                             after = max(after, int(event.get("sequence", 0)))
                             bar.write(_event_line(event), file=sys.stderr)
@@ -192,7 +198,6 @@ def follow(client: httpx.Client, deployment_id: str) -> int:
                         if deployment.get("state") in TERMINAL:
                             bar.close()
                             return _finish(deployment)
-                reason = "the stream ended before the run did"
             except httpx.TransportError as exc:
                 reason = f"{exc.__class__.__name__}: {exc}"
             failures += 1

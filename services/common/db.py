@@ -19,7 +19,7 @@ import asyncpg
 import grpc
 from sqlalchemy import DateTime, Dialect, Table, event, insert
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -116,15 +116,61 @@ class Database:
                 errors_pb2.ERROR_REASON_CONFLICT,
             ) from exc
         except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
-            log.error("database unavailable", extra={"error": str(exc)})
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE,
-                "the database is unavailable or busy; retry in a moment",
-                errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE,
-            ) from exc
+            raise _unavailable(exc) from exc
+        except (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The rest by SQLSTATE class (SQLAlchemy wraps most asyncpg errors in a bare
+            # DBAPIError; a raw COPY raises asyncpg's own).
+            sqlstate = _sqlstate(exc)
+            if sqlstate[:2] in _GONE or _lost_connection(exc):
+                raise _unavailable(exc) from exc
+            if sqlstate.startswith("22"):
+                log.warning("data refused by the database", extra={"sqlstate": sqlstate})
+                raise ServiceError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "a value cannot be stored: it holds a NUL character, or a number or time "
+                    "out of range; fix it and retry",
+                    errors_pb2.ERROR_REASON_INVALID_ARGUMENT,
+                ) from exc
+            raise
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+# SQLSTATE classes of a server that is gone or going: connection exception, operator
+# intervention (shutdown, restart, starting up), insufficient resources.
+_GONE = {"08", "57", "53"}
+
+
+def _unavailable(exc: BaseException) -> ServiceError:
+    log.error("database unavailable", extra={"error": str(exc)})
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE,
+        "the database is unavailable or busy; retry in a moment",
+        errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE,
+    )
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of the driver's error behind `exc` ('' when there is none)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        state = getattr(seen, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return state
+        seen = seen.__cause__ or getattr(seen, "orig", None)
+    return ""
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 async def insert_rows(

@@ -54,8 +54,6 @@ Clock = Callable[[], datetime]
 # "huggingface": a token pods get as HF_TOKEN, for gated base models.
 KEYED_PROVIDERS = ("runpod", "huggingface")
 WATCH_POLL_SECONDS = 1.0
-# A watch ends after this long even if the run goes on; clients reconnect with after_sequence.
-WATCH_MAX_SECONDS = 3600.0
 MAX_LOG_TAIL_LINES = 100
 AUTH_DRAIN_BYTES = 64 * 1024**2
 MAX_LINE_CHARS = 1000
@@ -216,7 +214,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         if sequence < 0:
             raise invalid_argument("after_sequence", "after_sequence must not be negative")
         sent: tuple[object, ...] = ()
-        ends = asyncio.get_running_loop().time() + WATCH_MAX_SECONDS
+        ends = asyncio.get_running_loop().time() + self.settings.watch_max_seconds
         while asyncio.get_running_loop().time() < ends:
             d = await self.store.get(owner, request.deployment_id)
             events = (

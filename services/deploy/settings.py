@@ -40,6 +40,12 @@ class DeploySettings(CommonSettings):
         "account need different prefixes.",
     )
     supervise_interval_seconds: float = Field(10.0, gt=0)
+    watch_max_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="A watch ends after this long even if the run goes on; clients reconnect "
+        "with after_sequence (the gateway's watch deadline is a little longer).",
+    )
     provision_timeout_minutes: float = Field(
         30.0,
         gt=0,

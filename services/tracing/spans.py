@@ -276,6 +276,10 @@ def stored_form(span: pb.Span) -> Columns:
         data = stored_json(span)
     except NotFinite as exc:
         raise Invalid(exc.field, str(exc)) from None
+    body = orjson.dumps(data).decode()
+    if _NUL in body:  # rare: one search of the whole body, at C speed, finds it
+        data = _without_nul(data)
+        body = orjson.dumps(data).decode()
     timing, usage, session = span.timing, span.usage, data.get("session", {})
 
     def opt(holder: Message, name: str) -> Any:
@@ -306,10 +310,25 @@ def stored_form(span: pb.Span) -> Columns:
             opt(span.streaming, "enabled"),
             bool(span.flags.warnings),
             opt(span.evaluation, "groundedness_score"),
-            orjson.dumps(data).decode(),
+            body,
         ),
         data.get("tags", []),
     )
+
+
+# U+0000 as JSON writes it. PostgreSQL's text and JSON cannot hold the character, so it is
+# stored as U+FFFD (the replacement character) on both backends: the span is kept, not refused.
+_NUL = "\\u0000"
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -53,7 +53,7 @@ class Datasets:
             for start_at in range(0, len(data), chunk):
                 yield api.UploadDatasetRequest(chunk=data[start_at : start_at + chunk])
 
-        return await self.stub.UploadDataset(messages(), metadata=self.as_(user))
+        return await self.stub.UploadDataset(messages(), metadata=self.as_(user), timeout=60)
 
     async def mint(self, dataset_id: str, **kwargs: int) -> api.CreateDownloadTokenResponse:
         return await self.stub.CreateDownloadToken(

@@ -77,14 +77,18 @@ async def test_upload_must_start_with_the_name(datasets: Datasets) -> None:
     async def chunk_first() -> AsyncIterator[api.UploadDatasetRequest]:
         yield api.UploadDatasetRequest(chunk=b"{}")
 
-    error = await rpc_error(datasets.stub.UploadDataset(chunk_first(), metadata=datasets.as_()))
+    error = await rpc_error(
+        datasets.stub.UploadDataset(chunk_first(), metadata=datasets.as_(), timeout=60)
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     async def two_names() -> AsyncIterator[api.UploadDatasetRequest]:
         yield api.UploadDatasetRequest(name="a.jsonl")
         yield api.UploadDatasetRequest(name="b.jsonl")
 
-    error = await rpc_error(datasets.stub.UploadDataset(two_names(), metadata=datasets.as_()))
+    error = await rpc_error(
+        datasets.stub.UploadDataset(two_names(), metadata=datasets.as_(), timeout=60)
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert datasets.incoming_files() == []
 
@@ -109,7 +113,7 @@ async def test_upload_cancelled_midway_leaves_nothing(datasets: Datasets) -> Non
         sent.set()
         await asyncio.sleep(30)
 
-    call = datasets.stub.UploadDataset(stalls(), metadata=datasets.as_())
+    call = datasets.stub.UploadDataset(stalls(), metadata=datasets.as_(), timeout=60)
     await sent.wait()
     await asyncio.sleep(0.2)
     call.cancel()

@@ -594,7 +594,7 @@ async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_rese
             for start_at in range(0, len(data), 65536):
                 yield api.UploadOutputRequest(chunk=data[start_at : start_at + 65536])
 
-        return await deploy.stub.UploadOutput(messages())
+        return await deploy.stub.UploadOutput(messages(), timeout=60)
 
     first = await send(b"first model" * 1000)
     assert first.output.size_bytes == 11000
@@ -605,13 +605,15 @@ async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_rese
     chunks = [
         m
         async for m in deploy.stub.DownloadOutput(
-            api.DownloadOutputRequest(deployment_id=created.id), metadata=deploy.as_()
+            api.DownloadOutputRequest(deployment_id=created.id), metadata=deploy.as_(), timeout=60
         )
     ]
     assert chunks[0].output.size_bytes == len(b"second model")
     assert b"".join(m.chunk for m in chunks[1:]) == b"second model"
     stolen = deploy.stub.DownloadOutput(
-        api.DownloadOutputRequest(deployment_id=created.id), metadata=deploy.as_("eve")
+        api.DownloadOutputRequest(deployment_id=created.id),
+        metadata=deploy.as_("eve"),
+        timeout=60,
     )
     other = await rpc_error(stolen.read())
     assert other.code() == grpc.StatusCode.NOT_FOUND
@@ -641,7 +643,7 @@ async def test_a_pod_that_sent_its_output_and_exited_cleanly_succeeded(deploy: D
         )
         yield api.UploadOutputRequest(chunk=b"adapter")
 
-    await deploy.stub.UploadOutput(messages())
+    await deploy.stub.UploadOutput(messages(), timeout=60)
     deploy.fake.exit(pod["id"], 0)  # and its "succeeded" report never arrived
     await deploy.tick(5)
     d = await deploy.get(created.id)

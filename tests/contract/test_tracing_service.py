@@ -99,6 +99,7 @@ class Tracing:
                 filter=json_format.ParseDict(where, api.SpanFilter()), format=fmt
             ),
             metadata=self.as_(),
+            timeout=60,
         )
         return b"".join([m.data async for m in call]).decode()
 
@@ -426,7 +427,7 @@ async def test_a_stream_of_batches(tracing: Tracing) -> None:
         yield api.StreamSpansRequest(spans=trace_of_three("tq"))
         yield api.StreamSpansRequest(spans=[span("tq", "bad id!"), span("tq", "more")])
 
-    reply = await tracing.stub.StreamSpans(batches(), metadata=tracing.as_())
+    reply = await tracing.stub.StreamSpans(batches(), metadata=tracing.as_(), timeout=60)
     assert reply.accepted == 4
     assert [r.index for r in reply.rejected] == [3]
 

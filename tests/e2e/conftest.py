@@ -8,6 +8,7 @@ credential ever reaches a log line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import shutil
@@ -181,21 +182,30 @@ def _spawn(var: Path, name: str, module: str, env: dict[str, str]) -> subprocess
         )
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def suite(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases
+@contextlib.contextmanager
+def suite_on(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases, **extra_env: str
 ) -> Iterator[Suite]:
-    var = tmp_path_factory.mktemp(f"var-{request.param}")
-    if request.param == "postgresql":
+    """A whole suite on `backend` ("sqlite" or "postgresql"), stopped afterwards."""
+    var = tmp_path_factory.mktemp(f"var-{backend}")
+    if backend == "postgresql":
         urls = [pg.fresh(None) for _ in range(3)]
     else:
         urls = [f"sqlite:///{var / name}.db" for name in ("datasets", "deploy", "tracing")]
-    running = start_suite(var, *urls)
+    running = start_suite(var, *urls, **extra_env)
     try:
         yield running
     finally:
         running.stop()
         shutil.rmtree(var / "datasets", ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def suite(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases
+) -> Iterator[Suite]:
+    with suite_on(request.param, tmp_path_factory, pg) as running:
+        yield running
 
 
 def needs(program: str) -> str:

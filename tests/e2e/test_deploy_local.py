@@ -286,7 +286,8 @@ def test_reports_need_the_deployments_own_live_job_token(suite: Suite) -> None:
     assert token not in crossed.text
     # A token in the query string is not read: tokens stay out of URLs (and logs).
     url = f"{suite.url}/v1/deployments/{running['id']}/reports?job_token={token}"
-    assert httpx.post(url, json=report).status_code == 400
+    assert httpx.post(url, json=report).status_code == 401
+    assert httpx.post(url, json=report, headers=bearer).status_code == 400
     alice.post(f"/v1/deployments/{running['id']}/cancel", json={})
     late = post(running["id"], bearer)
     assert late.status_code == 400

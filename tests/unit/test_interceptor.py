@@ -107,7 +107,7 @@ async def test_service_error_keeps_its_code_reason_and_field(channel: grpc.aio.C
 
 async def test_a_failing_stream_ends_with_internal(channel: grpc.aio.Channel) -> None:
     stream: Any = channel.unary_stream("/test.Probe/Stream")
-    call = stream(b"x")
+    call = stream(b"x", timeout=10)
     assert await call.read() == b"one"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call.read()
