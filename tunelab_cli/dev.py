@@ -1,14 +1,15 @@
 """`tunelab dev` (what `make run` runs): the whole suite on this machine, in the foreground.
 
 Creates the development secrets under var/secrets on first use, migrates every service's
-SQLite database under var/, starts the services and then the gateway, and stops them all on
-Ctrl-C, or as soon as one of them dies (the others would only fail later, less clearly).
+SQLite database under var/, starts the services and then the gateway, restarts any of them that
+crashes (supervise.py: with a growing pause, saying why), and stops them all on Ctrl-C or
+SIGTERM, leaving no process of theirs behind.
 """
 
 from __future__ import annotations
 
 import base64
-import ctypes
+import functools
 import os
 import secrets
 import signal
@@ -16,10 +17,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+from tunelab_cli.supervise import Supervisor
 
 # (name, module) of each service, in start order; the gateway comes last.
 SERVICES = [
@@ -41,15 +43,6 @@ LISTENS = [
     ("TUNELAB_TRACING_GRPC_ADDRESS", "127.0.0.1:50053"),
     ("TUNELAB_TRACING_METRICS_ADDRESS", "127.0.0.1:9153"),
 ]
-
-# For children to die with us (see _die_with_parent): prctl, looked up here in the parent.
-_PR_SET_PDEATHSIG = 1
-_PARENT = os.getpid()
-_PRCTL: Callable[..., int] | None
-try:
-    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux
-    _PRCTL = None
 
 
 def var_dir() -> Path:
@@ -86,6 +79,38 @@ def ensure_secrets() -> dict[str, str]:
 
 
 def run(*, log_format: str = "text") -> int:
+    env = _environment(log_format)
+    gateway = (
+        f"{env.get('TUNELAB_GATEWAY_HOST', '127.0.0.1')}:{env.get('TUNELAB_GATEWAY_PORT', '8080')}"
+    )
+    if not _ports_free(env, gateway) or not _migrate(env):
+        return 1
+    say = functools.partial(print, flush=True)
+    supervisor = Supervisor(env, say)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    try:
+        for name, module in [*SERVICES, ("gateway", "gateway")]:
+            supervisor.start(name, [sys.executable, "-m", module])
+        url = f"http://{gateway}"
+        announced = False
+        while not supervisor.stopping:
+            supervisor.tend()
+            if not announced and _ready(url):
+                announced = True
+                say(
+                    f"\ntunelab is up: {url} (OpenAPI: {url}/openapi.json)\n"
+                    "  get a token:  .venv/bin/tunelab token --user alice\n"
+                    "  upload:       .venv/bin/tunelab datasets upload FILE.jsonl\n"
+                    "Ctrl-C stops everything.\n"
+                )
+            time.sleep(0.2)
+        return 0
+    finally:
+        supervisor.stop()
+
+
+def _environment(log_format: str) -> dict[str, str]:
     env = {**os.environ, **ensure_secrets()}
     env.setdefault("TUNELAB_LOG_FORMAT", log_format)
     # Everything the suite keeps lives under the var directory, wherever that is.
@@ -95,9 +120,10 @@ def run(*, log_format: str = "text") -> int:
     env.setdefault("TUNELAB_DEPLOY_LOCAL_WORK_DIR", str(var_dir() / "pods"))
     env.setdefault("TUNELAB_DEPLOY_OUTPUT_DIR", str(var_dir() / "outputs"))
     env.setdefault("TUNELAB_TRACING_DATABASE_URL", f"sqlite:///{var_dir() / 'tracing.db'}")
-    gateway = (
-        f"{env.get('TUNELAB_GATEWAY_HOST', '127.0.0.1')}:{env.get('TUNELAB_GATEWAY_PORT', '8080')}"
-    )
+    return env
+
+
+def _ports_free(env: dict[str, str], gateway: str) -> bool:
     for variable, address in [("TUNELAB_GATEWAY_PORT", gateway), *_addresses(env)]:
         if not _free(address):
             print(
@@ -105,53 +131,17 @@ def run(*, log_format: str = "text") -> int:
                 f"address with {variable}; README.md lists the ports",
                 flush=True,
             )
-            return 1
-    python = sys.executable
+            return False
+    return True
+
+
+def _migrate(env: dict[str, str]) -> bool:
     for name, module in SERVICES:
         print(f"migrating {name} ...", flush=True)
-        if subprocess.run([python, "-m", module, "migrate", "upgrade"], env=env).returncode:
+        if subprocess.run([sys.executable, "-m", module, "migrate", "upgrade"], env=env).returncode:
             print(f"migrating {name} failed; see above", flush=True)
-            return 1
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        for name, module in [*SERVICES, ("gateway", "gateway")]:
-            child = subprocess.Popen([python, "-m", module], env=env, preexec_fn=_die_with_parent)
-            children.append((name, child))
-        gateway = f"http://{gateway}"
-        announced = False
-        while not stopping:
-            for name, child in children:
-                if child.poll() is not None:
-                    print(f"{name} exited with status {child.returncode}; stopping", flush=True)
-                    return 1
-            if not announced and _ready(gateway):
-                announced = True
-                print(
-                    f"\ntunelab is up: {gateway} (OpenAPI: {gateway}/openapi.json)\n"
-                    "  get a token:  .venv/bin/tunelab token --user alice\n"
-                    "  upload:       .venv/bin/tunelab datasets upload FILE.jsonl\n"
-                    "Ctrl-C stops everything.\n",
-                    flush=True,
-                )
-            time.sleep(0.2)
-        return 0
-    finally:
-        for _, child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-        for _, child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            return False
+    return True
 
 
 def _addresses(env: dict[str, str]) -> list[tuple[str, str]]:
@@ -176,16 +166,6 @@ def _free(address: str) -> bool:
         except OSError:
             return False
     return True
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when `tunelab dev` dies, even by SIGKILL (Linux).
-    The call is looked up in the parent; the child only makes it."""
-    if _PRCTL is None:
-        return
-    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != _PARENT:  # the parent died before the request took effect
-        os._exit(1)
 
 
 def _ready(gateway: str) -> bool:

@@ -6,8 +6,10 @@ Here a batch is cut into one chunk per worker (all parts of a span in one chunk)
 in parallel, while the loop goes on receiving other batches and writing prepared ones.
 
 Workers are started with `spawn` (forking a process that runs gRPC threads is unsafe) when the
-service starts, and started afresh if one dies. Small batches are prepared in the service's own
-process, where a round trip to a worker would cost more than the work.
+service starts, and started afresh if one dies. They exit as soon as the service does, even by
+SIGKILL; multiprocessing's resource tracker then sees the last end of its pipe close and exits
+too. Small batches are prepared in the service's own process, where a round trip to a worker
+would cost more than the work.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +26,7 @@ from datetime import datetime
 
 import grpc
 
-from services.common import redact
+from services.common import children, redact
 from services.common.errors import ServiceError
 from services.tracing.prepare import Existing, Key, Prepared, prepare
 from services.tracing.prices import PriceTable
@@ -50,7 +53,7 @@ class Preparer:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
             # The secrets this process masks in everything it writes, the workers mask too.
-            initargs=(self.prices, redact.registered()),
+            initargs=(self.prices, redact.registered(), os.getpid()),
         )
         # Started now, not on the first batch: a worker takes a second or two to start (a
         # fresh interpreter importing the protos), which the first producer would wait for.
@@ -126,8 +129,9 @@ def _chunks(
 _prices: PriceTable | None = None
 
 
-def _start_worker(prices: PriceTable, secrets: frozenset[str]) -> None:
+def _start_worker(prices: PriceTable, secrets: frozenset[str], service: int) -> None:
     global _prices
+    children.die_with_parent(service)
     _prices = prices
     for secret in secrets:
         redact.register(secret)

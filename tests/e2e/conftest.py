@@ -7,6 +7,7 @@ credential ever reaches a log line.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import httpx
 import jwt
 import pytest
 
+from services.deploy.providers.local import LocalProvider
 from tests.conftest import PgDatabases
 
 JWT_SECRET = "e2e-jwt-secret-" + secrets.token_hex(16)
@@ -77,17 +79,12 @@ class Suite:
         old.terminate()
         old.wait(timeout=30)
         self.processes[name] = _spawn(self.var, name, module, self.env)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{name} did not come back:\n{self.logs()[-3000:]}")
+        if not ready_within(self.url, 30):
+            raise AssertionError(f"{name} did not come back:\n{self.logs()[-3000:]}")
 
     def stop(self) -> None:
+        """Stop the processes, then the local pods they left: a pod outlives its deploy
+        service on purpose (a restarted one adopts it), but not the test."""
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
@@ -96,6 +93,9 @@ class Suite:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+        pods = LocalProvider(self.var / "pods", python=sys.executable, kill_grace_seconds=2)
+        for pod in asyncio.run(pods.list_pods("")):
+            asyncio.run(pods.terminate(pod.id))
 
 
 def start_suite(
@@ -159,20 +159,27 @@ def start_suite(
         processes[name] = _spawn(var, name, module, env)
     suite = Suite(f"http://127.0.0.1:{gateway_port}", env, var, database_url, processes)
     suite.secrets_seen |= {env["TUNELAB_INTERNAL_TOKEN"], JWT_SECRET, KEK}
-    deadline = time.monotonic() + 30
+    if ready_within(suite.url, 30, processes.values()):
+        return suite
+    suite.stop()
+    exited = [name for name, process in processes.items() if process.poll() is not None]
+    raise AssertionError(f"not ready (exited: {exited}):\n{suite.logs()[-3000:]}")
+
+
+def ready_within(url: str, seconds: float, watched: Iterable[subprocess.Popen[bytes]] = ()) -> bool:
+    """Whether the gateway at `url` reports every service ready within `seconds`; False at
+    once when one of the `watched` processes exits meanwhile."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        for name, process in processes.items():
-            if process.poll() is not None:
-                suite.stop()
-                raise AssertionError(f"{name} exited at start:\n{suite.logs()[-3000:]}")
+        if any(process.poll() is not None for process in watched):
+            return False
         try:
-            if httpx.get(f"{suite.url}/readyz", timeout=1).status_code == 200:
-                return suite
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return True
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    suite.stop()
-    raise AssertionError(f"the suite did not become ready:\n{suite.logs()[-3000:]}")
+    return False
 
 
 def _spawn(var: Path, name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.children import proc_stat
 from services.deploy.providers.base import (
     GpuType,
     Pod,
@@ -174,23 +175,13 @@ def _read_record(pod_dir: Path) -> _Record | None:
         return None
 
 
-def _stat(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat's fields after the command name (which may hold spaces); None where
-    there is no /proc (macOS) or no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2 :].split()
-
-
 def _start_ticks(pid: int) -> int:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return int(fields[19]) if fields else 0
 
 
 def _alive(record: _Record) -> bool:
-    fields = _stat(record.pid)
+    fields = proc_stat(record.pid)
     if fields is not None:
         return fields[0] != "Z" and int(fields[19]) == record.start_ticks
     if Path("/proc/self/stat").exists():
