@@ -29,6 +29,7 @@ from gateway.downloads import Downloads
 from gateway.errors import error_response
 from gateway.events import sse_endpoint
 from gateway.exports import export_endpoint
+from gateway.limits import Limits
 from gateway.observe import ROUTE_KEY, Observe
 from gateway.otlp import ROUTE as OTLP_ROUTE
 from gateway.otlp import Otlp
@@ -57,6 +58,8 @@ UPSTREAMS = {
 # Methods whose routes stream and are served by hand-written endpoints.
 STREAMING = {"UploadDataset", "RedeemDownloadToken", "UploadOutput", "DownloadOutput"}
 DOWNLOAD_ROUTE = "/v1/dataset-downloads/{token}"
+# Routes that cost the services much per call: limited per user (gateway/limits.py).
+EXPENSIVE = {"ExportSpans", "GetAnalytics", "WatchDeployment"}
 IDEMPOTENT = [
     ("tunelab.datasets.v1.DatasetsService", "FinishDownload"),
     # Idempotent on (trace_id, span_id): a retried batch adds nothing.
@@ -177,20 +180,33 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(document)
 
+    limits = Limits(
+        settings.public_rate_limit,
+        settings.public_refused_rate_limit,
+        settings.user_rate_limit,
+        settings.max_streams_per_user,
+    )
+
+    def throttled(template: str, endpoint: Endpoint) -> Endpoint:
+        return public(template, limits.public(template, endpoint))
+
+    def expensive(template: str, endpoint: Endpoint, *, stream: bool) -> Endpoint:
+        return private(template, limits.expensive(template, endpoint, stream=stream))
+
     routes = [
         Route("/healthz", public("/healthz", healthz)),
         Route("/readyz", public("/readyz", readyz)),
         Route("/metrics", public("/metrics", metrics)),
         Route("/openapi.json", public("/openapi.json", openapi_json)),
-        Route(
-            DOWNLOAD_ROUTE,
-            public(DOWNLOAD_ROUTE, downloads),
-            methods=["GET", "HEAD"],
-        ),
+        Route(DOWNLOAD_ROUTE, throttled(DOWNLOAD_ROUTE, downloads), methods=["GET", "HEAD"]),
         Route(OTLP_ROUTE, private(OTLP_ROUTE, Otlp(channels["tracing"])), methods=["POST"]),
         # The pod sends its output with its job token; its owner downloads it.
-        Route(OUTPUT_ROUTE, public(OUTPUT_ROUTE, outputs.upload), methods=["PUT"]),
-        Route(OUTPUT_ROUTE, private(OUTPUT_ROUTE, outputs.download), methods=["GET"]),
+        Route(OUTPUT_ROUTE, throttled(OUTPUT_ROUTE, outputs.upload), methods=["PUT"]),
+        Route(
+            OUTPUT_ROUTE,
+            expensive(OUTPUT_ROUTE, outputs.download, stream=True),
+            methods=["GET"],
+        ),
         Route(
             "/v1/datasets",
             private(
@@ -214,8 +230,14 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
                 )
             else:
                 endpoint = unary_endpoint(rule, channels[service], service)
-            guard = public if rule.method.name in BEARER_FIELDS else private
-            routes.append(Route(rule.path, guard(rule.path, endpoint), methods=[rule.verb]))
+            name = rule.method.name
+            if name in BEARER_FIELDS:
+                guarded = throttled(rule.path, endpoint)
+            elif name in EXPENSIVE:
+                guarded = expensive(rule.path, endpoint, stream=rule.server_streaming)
+            else:
+                guarded = private(rule.path, endpoint)
+            routes.append(Route(rule.path, guarded, methods=[rule.verb]))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

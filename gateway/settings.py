@@ -65,6 +65,26 @@ class GatewaySettings(CommonSettings):
     )
     export_timeout_seconds: float = Field(6 * 3600, gt=0, description="Deadline of an export.")
     upload_timeout_seconds: float = Field(6 * 3600, gt=0)
+    # Abuse limits (gateway/limits.py), per gateway process; 429 with Retry-After past them.
+    public_rate_limit: str = Field(
+        "600/minute",
+        description="Requests per client address and route on the routes with no login "
+        "(downloads by token, the pod's reports and output): a pod reports every few seconds, "
+        "and many pods may share an address.",
+    )
+    public_refused_rate_limit: str = Field(
+        "30/minute",
+        description="Refused requests (401, 403, 404) per client address on those routes, "
+        "all together: a valid token is never refused, a guessed one is.",
+    )
+    user_rate_limit: str = Field(
+        "60/minute",
+        description="Requests per user and route on the expensive routes (exports, "
+        "analytics, watches): a dashboard refreshing its charts every few seconds stays under.",
+    )
+    max_streams_per_user: int = Field(
+        8, ge=1, description="Streams (watches, exports, output downloads) a user holds open."
+    )
     max_upload_bytes: int = Field(
         DEFAULT_MAX_UPLOAD_BYTES,
         gt=0,

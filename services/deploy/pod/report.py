@@ -45,6 +45,7 @@ def post(report: dict[str, Any], attempts: int = 3) -> dict[str, Any] | None:
     }
     for attempt in range(attempts):
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+        delay = 2.0**attempt
         try:
             with urllib.request.urlopen(request, timeout=15) as answer:  # noqa: S310
                 reply: dict[str, Any] = json.loads(answer.read() or b"{}")
@@ -55,12 +56,19 @@ def post(report: dict[str, Any], attempts: int = 3) -> dict[str, Any] | None:
                 print(f"tunelab: report refused ({exc.code}): {detail}", file=sys.stderr)
                 return None
             problem = f"{exc.code} {detail}"
+            delay = _retry_after(exc) or delay
         except (OSError, ValueError) as exc:
             problem = type(exc).__name__
         if attempt + 1 < attempts:
-            time.sleep(2**attempt)
+            time.sleep(delay)
     print(f"tunelab: report not delivered ({problem})", file=sys.stderr)
     return None
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float:
+    """The wait a 429 or 503 asks for (whole seconds), at most a minute; 0 when none."""
+    value = (exc.headers.get("Retry-After") or "").strip() if exc.headers else ""
+    return float(min(int(value), 60)) if value.isdigit() else 0.0
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

@@ -65,6 +65,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """An idempotency key (request_id) was used before for a different request."""
     ERROR_REASON_PROVIDER_KEY_MISSING: _ErrorReason.ValueType  # 19
     """The provider API key needed is not set, or the provider refused it."""
+    ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 20
+    """Too many requests from this client (or user) on this route, or too many streams open at
+    once: the Retry-After header says when to try again.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable causes of errors. Every error a tunelab service returns carries a
@@ -116,4 +120,8 @@ ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 18
 """An idempotency key (request_id) was used before for a different request."""
 ERROR_REASON_PROVIDER_KEY_MISSING: ErrorReason.ValueType  # 19
 """The provider API key needed is not set, or the provider refused it."""
+ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 20
+"""Too many requests from this client (or user) on this route, or too many streams open at
+once: the Retry-After header says when to try again.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
