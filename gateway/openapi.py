@@ -157,6 +157,7 @@ def document(rules: Iterable[HttpRule], hand_written: set[str], server: str) -> 
             continue
         paths.setdefault(rule.path, {})[rule.verb.lower()] = _operation(rule, schemas, comments)
     _hand_written(paths, schemas)
+    _link(paths)
     schemas.defined["Error"] = _ERROR_SCHEMA
     return {
         "openapi": "3.1.0",
@@ -261,6 +262,54 @@ def _operation(rule: HttpRule, schemas: Schemas, comments: Comments) -> dict[str
         }
         operation["requestBody"] = {"content": {JSON: {"schema": body_schema}}}
     return operation
+
+
+# OpenAPI links: where the ids an operation returns (or was sent) are used next. Clients and
+# API fuzzers follow them from a created resource to the operations on it.
+_DATASET = {"dataset_id": "$response.body#/id"}
+_DEPLOYMENT = {"deployment_id": "$response.body#/id"}
+LINKS: dict[str, dict[str, dict[str, str]]] = {
+    "UploadDataset": {
+        "GetDataset": _DATASET,
+        "CreateDownloadToken": _DATASET,
+        "ListDownloadTokens": _DATASET,
+        "ListDownloadEvents": _DATASET,
+        "DeleteDataset": _DATASET,
+    },
+    "CreateDownloadToken": {
+        "DownloadDataset": {"token": "$response.body#/token"},
+        "CheckDownload": {"token": "$response.body#/token"},
+        "RevokeDownloadToken": {
+            "dataset_id": "$request.path.dataset_id",
+            "token_id": "$response.body#/token_id",
+        },
+    },
+    "CreateDeployment": {
+        name: _DEPLOYMENT
+        for name in (
+            "GetDeployment",
+            "ListDeploymentEvents",
+            "ListDeploymentMetrics",
+            "WatchDeployment",
+            "CancelDeployment",
+            "DownloadOutput",
+        )
+    },
+    "IngestSpans": {"GetTrace": {"trace_id": "$request.body#/spans/0/trace_id"}},
+}
+
+
+def _link(paths: dict[str, dict[str, Any]]) -> None:
+    for operations in paths.values():
+        for operation in operations.values():
+            targets = LINKS.get(operation.get("operationId", ""))
+            if not targets:
+                continue
+            status = next(code for code in operation["responses"] if code.startswith("2"))
+            operation["responses"][status]["links"] = {
+                target: {"operationId": target, "parameters": parameters}
+                for target, parameters in targets.items()
+            }
 
 
 def _first_sentence(text: str) -> str:

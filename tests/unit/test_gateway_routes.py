@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -47,6 +48,7 @@ async def test_openapi_documents_exactly_the_routes_served(tmp_path: Path) -> No
     }
     assert dataset["description"].startswith("A training dataset")
     validate(document)  # a valid OpenAPI 3.1 document, as code generators need
+    assert_links_resolve(document)
     token_body = document["paths"]["/v1/datasets/{dataset_id}/download-tokens"]["post"]
     assert set(
         token_body["requestBody"]["content"]["application/json"]["schema"]["properties"]
@@ -54,6 +56,22 @@ async def test_openapi_documents_exactly_the_routes_served(tmp_path: Path) -> No
         "ttl_seconds",
         "max_uses",
     }
+
+
+def assert_links_resolve(document: dict[str, Any]) -> None:
+    """Every link names an operation that exists and fills parameters it has."""
+    operations = {
+        op["operationId"]: op for ops in document["paths"].values() for op in ops.values()
+    }
+    linked = 0
+    for operation in operations.values():
+        for response in operation["responses"].values():
+            for link in response.get("links", {}).values():
+                target = operations[link["operationId"]]
+                names = {p["name"] for p in target.get("parameters", []) if p["in"] == "path"}
+                assert set(link["parameters"]) <= names, link
+                linked += 1
+    assert linked >= 15
 
 
 async def test_cors_is_off_by_default_and_exact_when_configured(tmp_path: Path) -> None:
