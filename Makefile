@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 
-.PHONY: setup run test pytest lint protos protos-check bench bench-tracing clean
+.PHONY: setup run test pytest lint protos protos-check bench bench-tracing fuzz clean
 
 setup: $(INSTALLED)
 
@@ -50,6 +50,13 @@ bench: setup
 
 bench-tracing: setup
 	$(BIN)/python -m bench tracing
+
+## make fuzz: the API fuzz test of make test at length: 500 examples per operation and a fresh
+## seed (printed; TUNELAB_FUZZ_SEED=N repeats a run), on both databases.
+fuzz: setup
+	TUNELAB_FUZZ_EXAMPLES=$${TUNELAB_FUZZ_EXAMPLES:-500} \
+	TUNELAB_FUZZ_SEED=$${TUNELAB_FUZZ_SEED:-$$(date +%s)} \
+	$(BIN)/python -m pytest tests/e2e/test_fuzz.py -s
 
 clean:
 	rm -rf $(VENV) node_modules .build .mypy_cache .ruff_cache .pytest_cache

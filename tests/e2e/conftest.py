@@ -139,6 +139,12 @@ def start_suite(
         "TUNELAB_TRACING_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         # One worker process, not one per CPU: every test starts a suite.
         "TUNELAB_TRACING_INGEST_WORKERS": "1",
+        # The tests are one client making many requests, refused ones too, from one address:
+        # the abuse limits are turned down only where they are the subject (test_limits.py).
+        "TUNELAB_GATEWAY_PUBLIC_RATE_LIMIT": "1000000/minute",
+        "TUNELAB_GATEWAY_PUBLIC_REFUSED_RATE_LIMIT": "1000000/minute",
+        "TUNELAB_GATEWAY_USER_RATE_LIMIT": "1000000/minute",
+        "TUNELAB_GATEWAY_MAX_STREAMS_PER_USER": "1000",
         **extra_env,
     }
     for service in ("services.datasets", "services.deploy", "services.tracing"):

@@ -27,23 +27,15 @@ pytestmark = pytest.mark.e2e
 
 EXAMPLES = int(os.environ.get("TUNELAB_FUZZ_EXAMPLES", "20"))
 SEED = int(os.environ.get("TUNELAB_FUZZ_SEED", "20261204"))
-# The fuzzer is one client making thousands of requests: the abuse limits would answer most
-# of them 429 (tests/e2e/test_limits.py checks those on their own).
-UNLIMITED = {
-    "TUNELAB_GATEWAY_PUBLIC_RATE_LIMIT": "1000000/minute",
-    "TUNELAB_GATEWAY_PUBLIC_REFUSED_RATE_LIMIT": "1000000/minute",
-    "TUNELAB_GATEWAY_USER_RATE_LIMIT": "1000000/minute",
-    "TUNELAB_GATEWAY_MAX_STREAMS_PER_USER": "1000",
-    # A watch is a stream that lasts until the run ends: the fuzzer reads it to its end.
-    "TUNELAB_DEPLOY_WATCH_MAX_SECONDS": "2",
-}
+# A watch is a stream that lasts until the run ends: the fuzzer reads it to its end.
+SHORT_WATCHES = {"TUNELAB_DEPLOY_WATCH_MAX_SECONDS": "2"}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def fuzzed(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases
 ) -> Iterator[Suite]:
-    with suite_on(request.param, tmp_path_factory, pg, **UNLIMITED) as running:
+    with suite_on(request.param, tmp_path_factory, pg, **SHORT_WATCHES) as running:
         yield running
 
 
