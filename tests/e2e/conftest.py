@@ -34,6 +34,14 @@ MAX_UPLOAD = 8 * 1024 * 1024
 MAX_LINE = 256 * 1024
 
 
+MODULES = {
+    "datasets": "services.datasets",
+    "deploy": "services.deploy",
+    "tracing": "services.tracing",
+    "gateway": "gateway",
+}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -71,6 +79,20 @@ class Suite:
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.var.glob("*.log")))
+
+    def kill(self, name: str) -> int:
+        """SIGKILL one process (a crash, an OOM kill) and reap it; its pid."""
+        process = self.processes[name]
+        process.kill()
+        process.wait(timeout=10)
+        return process.pid
+
+    def start(self, name: str, *, wait: bool = True) -> None:
+        """Start a killed process again (appending to its log); with `wait`, return once the
+        gateway reports every service ready."""
+        self.processes[name] = _spawn(self.var, name, MODULES[name], self.env)
+        if wait and not ready_within(self.url, 30):
+            raise AssertionError(f"{name} did not come back:\n{self.logs()[-3000:]}")
 
     def restart(self, name: str, module: str) -> None:
         """Stop one process (SIGTERM, as Kubernetes does) and start it again, appending to its
@@ -155,14 +177,7 @@ def start_suite(
             text=True,
         )
         assert migrate.returncode == 0, migrate.stderr
-    processes = {}
-    for name, module in (
-        ("datasets", "services.datasets"),
-        ("deploy", "services.deploy"),
-        ("tracing", "services.tracing"),
-        ("gateway", "gateway"),
-    ):
-        processes[name] = _spawn(var, name, module, env)
+    processes = {name: _spawn(var, name, module, env) for name, module in MODULES.items()}
     suite = Suite(f"http://127.0.0.1:{gateway_port}", env, var, database_url, processes)
     suite.secrets_seen |= {env["TUNELAB_INTERNAL_TOKEN"], JWT_SECRET, KEK}
     if ready_within(suite.url, 30, processes.values()):
