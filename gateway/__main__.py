@@ -6,6 +6,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.server import connection_limit, guarded
 from gateway.settings import GatewaySettings
 from services.common import logs
 
@@ -23,7 +24,10 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=guarded(settings.header_timeout_seconds, settings.max_header_bytes),
+        limit_concurrency=connection_limit(settings.max_connections),
+        backlog=settings.backlog,
+        timeout_keep_alive=settings.keep_alive_seconds,
         access_log=False,
         log_config=None,
         proxy_headers=True,

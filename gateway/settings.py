@@ -106,3 +106,31 @@ class GatewaySettings(CommonSettings):
     forwarded_allow_ips: str = Field(
         "127.0.0.1", description="Proxies whose X-Forwarded-For is believed (uvicorn's setting)."
     )
+    # The HTTP server's own limits (gateway/server.py), set deliberately rather than left to
+    # uvicorn's defaults.
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A request's headers must arrive within this long (408 otherwise): a slow "
+        "client cannot hold a connection by trickling them. Ten seconds is ample for any real "
+        "client and keeps a slowloris connection short.",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=4096, description="Longest request head (line and headers): 431 past it."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=16,
+        description="Connections and requests in progress at once; past it, 503 (uvicorn's "
+        "limit_concurrency). Kept under the open-file limit, which a container often sets "
+        "to 1024.",
+    )
+    keep_alive_seconds: int = Field(
+        5,
+        ge=1,
+        description="An idle kept-alive connection is closed after this long; behind a load "
+        "balancer, set it above the balancer's own idle timeout.",
+    )
+    backlog: int = Field(
+        2048, ge=64, description="Connections the kernel queues before they are accepted."
+    )
