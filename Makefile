@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 
-.PHONY: setup run test pytest lint protos protos-check bench bench-tracing fuzz clean
+.PHONY: setup run test pytest lint protos protos-check bench bench-tracing fuzz load clean
 
 setup: $(INSTALLED)
 
@@ -50,6 +50,11 @@ bench: setup
 
 bench-tracing: setup
 	$(BIN)/python -m bench tracing
+
+## make load: 50 clients for 60 s against the whole suite, the second half beside 200 slow
+## connections; per-route p50/p99, throughput, 5xx and RSS (python -m bench load --help).
+load: setup
+	$(BIN)/python -m bench load
 
 ## make fuzz: the API fuzz test of make test at length: 500 examples per operation and a fresh
 ## seed (printed; TUNELAB_FUZZ_SEED=N repeats a run), on both databases.

@@ -1,4 +1,5 @@
-"""python -m bench: the transfer benchmark. `python -m bench tracing [--spans N]`: tracing."""
+"""python -m bench: the transfer benchmark. `python -m bench tracing [--spans N]`: tracing.
+`python -m bench load`: the load test (make load)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ if __name__ == "__main__":
         from bench.tracing import main as tracing
 
         raise SystemExit(tracing(sys.argv[2:]))
+    if sys.argv[1:2] == ["load"]:
+        from bench.load import main as load
+
+        raise SystemExit(load(sys.argv[2:]))
     from bench.transfer import main
 
     raise SystemExit(main())

@@ -50,6 +50,22 @@ def peak_rss_mib(pid: int) -> float:
     raise BenchError(f"no VmHWM for pid {pid}")
 
 
+def _rss_mib(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    with contextlib.suppress(OSError):  # it ended meanwhile
+        for child in _children(pid):
+            found += [child, *_descendants(child)]
+    return found
+
+
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -61,8 +77,10 @@ def _children(pid: int) -> list[int]:
 class Suite:
     """`tunelab dev` with everything under `root`; its output goes to `root/suite.log`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        """`env`: settings of the run's own, over the defaults below."""
         self.root = root
+        self.extra_env = env or {}
         self.var = root / "var"
         self.storage = self.var / "datasets"
         self.log_path = root / "suite.log"
@@ -75,21 +93,25 @@ class Suite:
         grpc = f"127.0.0.1:{free_port()}"
         # Drop any TUNELAB_* of the caller's (a developer's own secrets, ports, var dir).
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELAB_")}
-        return env | {
-            "TUNELAB_VAR_DIR": str(self.var),
-            "TUNELAB_DATASETS_DATABASE_URL": f"sqlite:///{self.var}/datasets.db",
-            "TUNELAB_DATASETS_STORAGE_DIR": str(self.storage),
-            "TUNELAB_GATEWAY_PORT": str(self.port),
-            "TUNELAB_DATASETS_GRPC_ADDRESS": grpc,
-            "TUNELAB_GATEWAY_DATASETS_ADDRESS": grpc,
-            "TUNELAB_DATASETS_METRICS_ADDRESS": "",
-            "TUNELAB_DEPLOY_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
-            "TUNELAB_DEPLOY_METRICS_ADDRESS": "",
-            "TUNELAB_TRACING_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
-            "TUNELAB_TRACING_METRICS_ADDRESS": "",
-            "TUNELAB_PUBLIC_URL": self.url,
-            "TUNELAB_LOG_LEVEL": "WARNING",
-        }
+        return (
+            env
+            | {
+                "TUNELAB_VAR_DIR": str(self.var),
+                "TUNELAB_DATASETS_DATABASE_URL": f"sqlite:///{self.var}/datasets.db",
+                "TUNELAB_DATASETS_STORAGE_DIR": str(self.storage),
+                "TUNELAB_GATEWAY_PORT": str(self.port),
+                "TUNELAB_DATASETS_GRPC_ADDRESS": grpc,
+                "TUNELAB_GATEWAY_DATASETS_ADDRESS": grpc,
+                "TUNELAB_DATASETS_METRICS_ADDRESS": "",
+                "TUNELAB_DEPLOY_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+                "TUNELAB_DEPLOY_METRICS_ADDRESS": "",
+                "TUNELAB_TRACING_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+                "TUNELAB_TRACING_METRICS_ADDRESS": "",
+                "TUNELAB_PUBLIC_URL": self.url,
+                "TUNELAB_LOG_LEVEL": "WARNING",
+            }
+            | self.extra_env
+        )
 
     def start(self, timeout: float = 60.0) -> None:
         tunelab = Path(sys.executable).with_name("tunelab")
@@ -126,15 +148,27 @@ class Suite:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def token(self, ttl_seconds: int = 3600) -> str:
+    def token(self, ttl_seconds: int = 3600, user: str = "bench") -> str:
         secret = (self.var / "secrets" / "jwt-secret").read_text().strip()
         now = int(time.time())
-        claims = {"sub": "bench", "iat": now, "exp": now + ttl_seconds, "iss": "tunelab-dev"}
+        claims = {"sub": user, "iat": now, "exp": now + ttl_seconds, "iss": "tunelab-dev"}
         return jwt.encode(claims, secret, algorithm="HS256")
 
     def blobs(self) -> set[Path]:
         objects = self.storage / "objects"
         return {path for path in objects.glob("*/*") if path.is_file()}
+
+    def rss_mib(self) -> dict[str, float]:
+        """Resident memory now of the gateway and each service, its own child processes (the
+        tracing service's ingest workers) counted with it."""
+        assert self._process is not None
+        found: dict[str, float] = {}
+        for child in _children(self._process.pid):
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
+            if "-m" in argv:
+                module = argv[argv.index("-m") + 1].removeprefix("services.")
+                found[module] = sum(_rss_mib(pid) for pid in [child, *_descendants(child)])
+        return dict(sorted(found.items()))
 
     def peak_rss_mib(self) -> dict[str, float]:
         """Peak RSS of the gateway and of each service, found among tunelab dev's children."""

@@ -126,10 +126,12 @@ class GatewaySettings(CommonSettings):
         "to 1024.",
     )
     keep_alive_seconds: int = Field(
-        5,
+        75,
         ge=1,
-        description="An idle kept-alive connection is closed after this long; behind a load "
-        "balancer, set it above the balancer's own idle timeout.",
+        description="An idle kept-alive connection is closed after this long. Longer than "
+        "clients' own idle timeouts (httpx and most pools: 5 s; load balancers: 60 s), so that "
+        "the client always lets go first: at uvicorn's 5 s both sides let go together, and a "
+        "request sent just as the server closes fails (seen under load). nginx's default.",
     )
     backlog: int = Field(
         2048, ge=64, description="Connections the kernel queues before they are accepted."
