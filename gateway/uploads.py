@@ -17,8 +17,8 @@ import grpc
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.bodies import Refusal, check_identity
-from gateway.errors import error_response, from_rpc_error, service_error_response
+from gateway.bodies import Refusal, check_identity, unsupported
+from gateway.errors import from_rpc_error, service_error_response
 from gateway.transcode import BadRequest, to_json
 from services.common.errors import ServiceError, payload_too_large
 from services.common.filenames import check_name
@@ -51,12 +51,9 @@ class Uploads:
         content_type = request.headers.get("content-type", "")
         if content_type.startswith(("multipart/", "application/x-www-form-urlencoded")):
             # A form body is not the file: curl -d even strips its newlines.
-            return error_response(
-                415,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            return unsupported(
                 "send the file as the raw request body (curl -T FILE -X POST ...), not as a form "
-                "(curl -d and -F send forms; -d also strips the newlines between rows)",
-                reason="UNSUPPORTED_MEDIA_TYPE",
+                "(curl -d and -F send forms; -d also strips the newlines between rows)"
             )
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max:
