@@ -124,22 +124,23 @@ def wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_tracing_killed_mid_ingest_stores_every_span_exactly_once(faulty: Suite) -> None:
-    producer = Producer(faulty, f"kill-{faulty.database_url[:6]}")
+@pytest.mark.parametrize("victim", ["tracing", "gateway"])
+def test_a_kill_mid_ingest_stores_every_span_exactly_once(faulty: Suite, victim: str) -> None:
+    producer = Producer(faulty, f"kill-{victim}-{faulty.database_url[:6]}")
     thread = in_background(producer)
     wait_for(lambda: producer.acknowledged >= 5)
-    service = faulty.processes["tracing"].pid
-    workers = processes.tree(service)
+    workers = processes.tree(faulty.processes["tracing"].pid)
     assert len(workers) >= 2  # the ingest workers (and multiprocessing's resource tracker)
-    faulty.kill("tracing")
-    assert not processes.left_after(workers, 5), "the killed service's workers linger"
+    faulty.kill(victim)
+    if victim == "tracing":
+        assert not processes.left_after(workers, 5), "the killed service's workers linger"
     time.sleep(READY_WAIT * 2.5)  # longer than the gateway waits: the producer sees 503s
-    faulty.start("tracing", wait=False)
+    faulty.start(victim, wait=False)
     thread.join(120)
     assert not thread.is_alive()
     found = stored(faulty, producer.prefix)
     print(
-        f"\ntracing killed: sent {len(producer.sent)} spans in {BATCHES} batches, "
+        f"\n{victim} killed: sent {len(producer.sent)} spans in {BATCHES} batches, "
         f"stored {len(found)}, retried {producer.retries} batches, answers {producer.statuses}"
     )
     assert len(found) == len(set(found))  # no duplicates
