@@ -8,6 +8,7 @@ fail instead of escaping; a blob must be a regular file with exactly one link.
 
 Layout under the root:  objects/<k[:2]>/<key>   finished blobs
                         incoming/<random>       uploads in progress (removed on abort)
+A crash can leave a file in either that nobody will use: housekeeping sweeps both, by age.
 """
 
 from __future__ import annotations
@@ -119,6 +120,22 @@ class LocalBlobStore:
             os.close(dir_fd)
         return removed
 
+    def keys_older_than(self, seconds: float) -> list[str]:
+        """The keys of finished blobs last written more than `seconds` ago. For a sweep of
+        blobs no record names (a crash between a blob's commit and its record, or between a
+        record's deletion and its blob's); age guards the uploads being recorded right now."""
+        cutoff = time.time() - seconds
+        objects = self._open_dir("objects")
+        try:
+            fan_outs = os.listdir(objects)
+        finally:
+            os.close(objects)
+        keys: list[str] = []
+        for fan_out in fan_outs:
+            with contextlib.suppress(OSError):  # removed meanwhile, or not a directory
+                keys += _written_before(self._open_dir("objects", fan_out), fan_out, cutoff)
+        return keys
+
     def delete(self, key: str) -> None:
         _check_key(key)
         try:
@@ -131,6 +148,21 @@ class LocalBlobStore:
             pass
         finally:
             os.close(dir_fd)
+
+
+def _written_before(dir_fd: int, fan_out: str, cutoff: float) -> list[str]:
+    """The keys in one fan-out directory last written before `cutoff`; closes `dir_fd`."""
+    found = []
+    try:
+        for name in os.listdir(dir_fd):
+            if _KEY.fullmatch(name) and name[:2] == fan_out:
+                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if info.st_mtime < cutoff:
+                        found.append(name)
+    finally:
+        os.close(dir_fd)
+    return found
 
 
 class BlobWriter:

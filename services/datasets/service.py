@@ -32,7 +32,7 @@ def server_spec(
     servicer = DatasetsServicer(store, blobs, settings, clock)
 
     async def housekeeping() -> None:
-        """Expired tokens, old audit records, partial uploads a crash left: all go, in turn."""
+        """Expired tokens, old audit records, what a crash left of uploads: all go, in turn."""
         while True:
             try:
                 now = clock()
@@ -42,13 +42,18 @@ def server_spec(
                 events = await store.purge_events(
                     now - timedelta(days=settings.audit_retention_days)
                 )
-                uploads = await asyncio.to_thread(
-                    blobs.sweep_incoming, settings.stale_upload_hours * 3600
-                )
-                if tokens or events or uploads:
+                stale = settings.stale_upload_hours * 3600
+                uploads = await asyncio.to_thread(blobs.sweep_incoming, stale)
+                unowned = await sweep_unowned_blobs(store, blobs, stale)
+                if tokens or events or uploads or unowned:
                     log.info(
                         "housekeeping",
-                        extra={"tokens": tokens, "events": events, "partial_uploads": uploads},
+                        extra={
+                            "tokens": tokens,
+                            "events": events,
+                            "partial_uploads": uploads,
+                            "unowned_blobs": unowned,
+                        },
                     )
             except Exception:  # the loop must outlive any one failure
                 log.exception("housekeeping failed; will retry")
@@ -65,3 +70,15 @@ def server_spec(
         service_names=[SERVICE_NAME],
         background=[housekeeping],
     )
+
+
+async def sweep_unowned_blobs(store: DatasetStore, blobs: LocalBlobStore, older_than: float) -> int:
+    """Delete finished blobs that no dataset names, older than `older_than` seconds: an upload
+    whose blob was committed but whose record was not (the service was killed in between), or
+    a dataset whose record was deleted but not its blob. Returns how many."""
+    keys = await asyncio.to_thread(blobs.keys_older_than, older_than)
+    unowned = set(keys) - await store.blob_keys_in_use(keys) if keys else set()
+    for key in unowned:
+        log.warning("blob no dataset names removed", extra={"blob_key": key})
+        await asyncio.to_thread(blobs.delete, key)
+    return len(unowned)

@@ -37,5 +37,8 @@ class DatasetsSettings(CommonSettings):
         180.0, gt=0, description="Download audit records older than this are deleted."
     )
     stale_upload_hours: float = Field(
-        24.0, gt=0, description="Partial uploads left by a crash are removed after this long."
+        24.0,
+        gt=0,
+        description="What a crash left of uploads (partial files, blobs no dataset names) is "
+        "removed after this long.",
     )

@@ -247,6 +247,19 @@ class DatasetStore:
                 row.revoked_at = now
             return _token(row)
 
+    async def blob_keys_in_use(self, keys: list[str], batch: int = 500) -> set[str]:
+        """Those of `keys` that some dataset's record names."""
+        found: set[str] = set()
+        async with self.db.session() as session:
+            for start in range(0, len(keys), batch):
+                chosen = keys[start : start + batch]
+                found |= set(
+                    await session.scalars(
+                        select(DatasetRow.blob_key).where(DatasetRow.blob_key.in_(chosen))
+                    )
+                )
+        return found
+
     async def purge_expired(self, before: datetime) -> int:
         """Forget tokens that expired before `before`; their audit records stay."""
         return await self._purge(DownloadTokenRow.id, DownloadTokenRow.expires_at < before)
