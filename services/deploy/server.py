@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -37,8 +36,6 @@ from services.deploy.store import (
     DeploymentStore,
     Output,
     RunError,
-    error_values,
-    output_values,
 )
 from services.deploy.supervisor import JOB_TOKENS, Supervisor
 from tunelab.common.v1 import errors_pb2
@@ -293,7 +290,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
             if current.state.terminal:
                 raise _finished(current)
             replaced = current.output
-            change = Change(output_values(output))
+            change = Change(output=output)
             change.log("output_received", f"{stored.size_bytes} bytes, sha256 {stored.sha256}")
             return change
 
@@ -485,13 +482,12 @@ def _progress(p: pb.Progress) -> dict[str, float]:
 
 
 def _apply_report(current: Deployment, report: api.Report, now: datetime) -> Change:
-    change = Change({"last_report_at": now})
+    change = Change(last_report_at=now)
     if report.system_info:
         info = {k[:64]: redact.redact(v)[:512] for k, v in report.system_info.items()}
-        change.values["system_info"] = json.dumps({**current.system_info, **info})
+        change.system_info = {**current.system_info, **info}
     if report.HasField("progress"):
-        merged = {**current.progress, **_progress(report.progress)}
-        change.values["progress"] = json.dumps(merged)
+        change.progress = {**current.progress, **_progress(report.progress)}
     message = redact.redact(report.message)
     if report.phase in _PHASE_STATE:
         target = _PHASE_STATE[report.phase]
@@ -506,5 +502,5 @@ def _apply_report(current: Deployment, report: api.Report, now: datetime) -> Cha
         tail = tuple(redact.redact(line)[:MAX_LINE_CHARS] for line in report.log_tail)
         error = RunError(stop, message or "the pod reports failure", report.exit_code or None, tail)
         change.become(current.state, State.FAILED, error.message)
-        change.values.update(error_values(error))
+        change.error = error
     return change

@@ -6,11 +6,12 @@ events it causes, so the event log and the row never disagree and event sequence
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Final
 
 import grpc
 from sqlalchemy import delete, or_, select
@@ -113,22 +114,60 @@ class ProviderKey:
     updated_at: datetime
 
 
-@dataclass
-class Change:
-    """What a mutation of one deployment does: the fields to set and the events to log."""
+class Unset(enum.Enum):
+    """The type of UNSET: a field of a Change that the change leaves as it is."""
 
-    values: dict[str, Any] = field(default_factory=dict)
+    UNSET = "unset"
+
+
+UNSET: Final = Unset.UNSET
+
+
+@dataclass(slots=True, kw_only=True)
+class Change:
+    """What a mutation of one deployment does: the fields to set and the events to log.
+
+    Each field is a typed value or UNSET (left as it is); the store maps each to its columns,
+    so a misspelt field or a wrong type is a type error, never a value silently lost."""
+
+    state: State | Unset = UNSET
+    job_token_hash: str | Unset | None = UNSET
+    job_token_ciphertext: str | Unset | None = UNSET
+    provider_key_ciphertext: str | Unset | None = UNSET
+    pod_id: str | Unset = UNSET
+    gpu_type: str | Unset | None = UNSET
+    hourly_usd: float | Unset = UNSET
+    cost_usd: float | Unset = UNSET
+    cost_base_usd: float | Unset = UNSET
+    progress: dict[str, float] | Unset = UNSET
+    system_info: dict[str, str] | Unset = UNSET
+    error: RunError | Unset = UNSET
+    output: Output | Unset | None = UNSET
+    billing_started_at: datetime | Unset = UNSET
+    started_at: datetime | Unset = UNSET
+    last_report_at: datetime | Unset = UNSET
+    pod_released_at: datetime | Unset = UNSET
     events: list[tuple[str, State | None, str]] = field(default_factory=list)
 
     def become(self, current: State, new: State, message: str) -> bool:
         if not current.can_become(new):
             return False
-        self.values["state"] = new.value
+        self.state = new
         self.events.append(("state_changed", new, message))
         return True
 
     def log(self, kind: str, message: str) -> None:
         self.events.append((kind, None, message))
+
+    def forget_secrets(self) -> None:
+        """A run whose pod is gone (or was never asked for) needs its secrets no more."""
+        self.job_token_ciphertext = None
+        self.provider_key_ciphertext = None
+
+    def empty(self) -> bool:
+        return not self.events and all(
+            getattr(self, f.name) is UNSET for f in fields(self) if f.name != "events"
+        )
 
 
 Mutation = Callable[[Deployment], Change | None]
@@ -270,11 +309,10 @@ class DeploymentStore:
             if row is None:
                 raise not_found("deployment", deployment_id)
             change = mutation(_deployment(row))
-            if change is None or not (change.values or change.events):
+            if change is None or change.empty():
                 return _deployment(row), False
-            for name, value in change.values.items():
-                setattr(row, name, value)
-            if (state := change.values.get("state")) and State(state).terminal:
+            _apply(change, row)
+            if change.state is not UNSET and change.state.terminal:
                 row.finished_at = row.finished_at or now
                 ended = (row.provider, row.state, row.error_code or "")
             row.updated_at = now
@@ -531,23 +569,13 @@ def _deployment(row: DeploymentRow) -> Deployment:
 def _output(row: DeploymentRow) -> Output | None:
     if row.output_blob_key is None:
         return None
-    # The four columns are written together (output_values).
+    # The four columns are written together (_apply).
     return Output(
         row.output_blob_key,
         row.output_size or 0,
         row.output_sha256 or "",
         row.output_at or row.updated_at,
     )
-
-
-def output_values(output: Output | None) -> dict[str, Any]:
-    """The columns that record a run's output."""
-    return {
-        "output_blob_key": output.blob_key if output else None,
-        "output_size": output.size_bytes if output else None,
-        "output_sha256": output.sha256 if output else None,
-        "output_at": output.created_at if output else None,
-    }
 
 
 def _event(row: DeploymentEventRow) -> Event:
@@ -560,11 +588,46 @@ def _event(row: DeploymentEventRow) -> Event:
     )
 
 
-def error_values(error: RunError) -> dict[str, Any]:
-    """The columns that record why a run ended."""
-    return {
-        "error_code": error.code,
-        "error_message": error.message,
-        "error_exit_code": error.exit_code,
-        "error_log_tail": json.dumps(list(error.log_tail)),
-    }
+def _apply(change: Change, row: DeploymentRow) -> None:
+    """Set the columns of each field the change sets: every field of Change is mapped here."""
+    if change.state is not UNSET:
+        row.state = change.state.value
+    if change.job_token_hash is not UNSET:
+        row.job_token_hash = change.job_token_hash
+    if change.job_token_ciphertext is not UNSET:
+        row.job_token_ciphertext = change.job_token_ciphertext
+    if change.provider_key_ciphertext is not UNSET:
+        row.provider_key_ciphertext = change.provider_key_ciphertext
+    if change.pod_id is not UNSET:
+        row.pod_id = change.pod_id
+    if change.gpu_type is not UNSET:
+        row.gpu_type = change.gpu_type
+    if change.hourly_usd is not UNSET:
+        row.hourly_usd = change.hourly_usd
+    if change.cost_usd is not UNSET:
+        row.cost_usd = change.cost_usd
+    if change.cost_base_usd is not UNSET:
+        row.cost_base_usd = change.cost_base_usd
+    if change.progress is not UNSET:
+        row.progress = json.dumps(change.progress)
+    if change.system_info is not UNSET:
+        row.system_info = json.dumps(change.system_info)
+    if change.error is not UNSET:
+        row.error_code = change.error.code
+        row.error_message = change.error.message
+        row.error_exit_code = change.error.exit_code
+        row.error_log_tail = json.dumps(list(change.error.log_tail))
+    if change.output is not UNSET:
+        output = change.output
+        row.output_blob_key = output.blob_key if output else None
+        row.output_size = output.size_bytes if output else None
+        row.output_sha256 = output.sha256 if output else None
+        row.output_at = output.created_at if output else None
+    if change.billing_started_at is not UNSET:
+        row.billing_started_at = change.billing_started_at
+    if change.started_at is not UNSET:
+        row.started_at = change.started_at
+    if change.last_report_at is not UNSET:
+        row.last_report_at = change.last_report_at
+    if change.pod_released_at is not UNSET:
+        row.pod_released_at = change.pod_released_at

@@ -39,7 +39,7 @@ from services.deploy.providers.base import (
 from services.deploy.providers.registry import Providers
 from services.deploy.settings import DeploySettings
 from services.deploy.states import State, Stop
-from services.deploy.store import Change, Deployment, DeploymentStore, RunError, error_values
+from services.deploy.store import Change, Deployment, DeploymentStore, RunError
 
 log = logging.getLogger(__name__)
 
@@ -222,11 +222,9 @@ class Supervisor:
             if current.state.terminal or current.pod_id:
                 return None  # cancelled meanwhile
             change = Change(
-                {
-                    "job_token_hash": bearer.digest(secret),
-                    "job_token_ciphertext": keyring.encrypt(secret),
-                    "provider_key_ciphertext": key,
-                }
+                job_token_hash=bearer.digest(secret),
+                job_token_ciphertext=keyring.encrypt(secret),
+                provider_key_ciphertext=key,
             )
             if current.state is State.PENDING:
                 change.become(
@@ -289,13 +287,11 @@ class Supervisor:
             # then, so that the cost limit errs on the side of stopping early.
             started = current.created_at if adopted else now
             change = Change(
-                {
-                    "pod_id": pod.id,
-                    "gpu_type": pod.gpu_type or current.gpu_type,
-                    # The catalogue price the pre-flight saw, when the provider's answer has none.
-                    "hourly_usd": pod.hourly_usd or current.hourly_usd,
-                    "billing_started_at": current.billing_started_at or started,
-                }
+                pod_id=pod.id,
+                gpu_type=pod.gpu_type or current.gpu_type,
+                # The catalogue price the pre-flight saw, when the provider's answer has none.
+                hourly_usd=pod.hourly_usd or current.hourly_usd,
+                billing_started_at=current.billing_started_at or started,
             )
             where = (
                 f" ({pod.gpu_count} x {pod.gpu_type}{', spot' if pod.spot else ''})"
@@ -365,17 +361,17 @@ class Supervisor:
             if current.state.terminal:
                 return None
             cost = _cost(current, now)
-            change = Change({"cost_usd": cost})
+            change = Change(cost_usd=cost)
             seen = pod if pod is not _UNKNOWN else None
             if seen and seen.hourly_usd and seen.hourly_usd != current.hourly_usd:
                 # The price the provider bills from now on (a spot price moves): what has
                 # accrued so far stays at the old one.
-                change.values.update(
-                    hourly_usd=seen.hourly_usd, billing_started_at=now, cost_base_usd=cost
-                )
+                change.hourly_usd = seen.hourly_usd
+                change.billing_started_at = now
+                change.cost_base_usd = cost
             if seen and seen.status is PodStatus.RUNNING:
                 if current.started_at is None:
-                    change.values["started_at"] = now
+                    change.started_at = now
                 if current.state is State.PROVISIONING:
                     change.become(current.state, State.STARTING, "the pod is running")
             if seen and _finished_quietly(current, seen):
@@ -450,7 +446,8 @@ class Supervisor:
         def released(current: Deployment) -> Change | None:
             if current.pod_released_at is not None:
                 return None
-            change = Change({"pod_released_at": now, "cost_usd": _cost(current, now), **_FORGET})
+            change = Change(pod_released_at=now, cost_usd=_cost(current, now))
+            change.forget_secrets()
             change.log("pod_terminated", f"pod {current.pod_id} terminated")
             return change
 
@@ -478,7 +475,8 @@ class Supervisor:
 
     async def _forget(self, d: Deployment, note: str) -> None:
         def forget(current: Deployment) -> Change:
-            change = Change(dict(_FORGET))
+            change = Change()
+            change.forget_secrets()
             if note:
                 change.log("pod_terminated", note)
             return change
@@ -540,8 +538,6 @@ class Supervisor:
 
 
 _UNKNOWN = Pod(id="", name="", status=PodStatus.RUNNING, message="unknown")
-# A run whose pod is gone needs its secrets no more.
-_FORGET = {"job_token_ciphertext": None, "provider_key_ciphertext": None}
 
 
 def _finished_quietly(d: Deployment, pod: Pod) -> bool:
@@ -570,6 +566,6 @@ def _cost(d: Deployment, now: datetime) -> float:
 def _end(change: Change, current: Deployment, state: State, error: RunError) -> None:
     change.become(current.state, state, error.message)
     if state is not State.SUCCEEDED:
-        change.values.update(error_values(error))
+        change.error = error
     if current.state is State.PENDING:  # no pod was ever asked for: no secret is needed more
-        change.values.update(_FORGET)
+        change.forget_secrets()

@@ -68,10 +68,12 @@ async def test_rotation_covers_the_copies_live_runs_hold(empty_db_url: str) -> N
             now=now,
         )
         ring = KeyRing(old)
-        secrets = {"job_token_ciphertext": "tljb_secret", "provider_key_ciphertext": "rpa_key"}
 
         def hold(current: Any) -> Change:
-            return Change({name: ring.encrypt(value) for name, value in secrets.items()})
+            return Change(
+                job_token_ciphertext=ring.encrypt("tljb_secret"),
+                provider_key_ciphertext=ring.encrypt("rpa_key"),
+            )
 
         await store.mutate(run.id, now, hold)
         await store.rotate_keys(KeyRing(f"{new},{old}").rotate, now)

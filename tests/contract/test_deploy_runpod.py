@@ -274,7 +274,7 @@ async def test_a_pod_rented_while_its_run_was_cancelled_is_found_and_terminated(
     key = await deploy.parts.store.key_ciphertext(deploy.datasets.user, "runpod")
 
     def asked_for(current: Any) -> Any:
-        change = Change({"provider_key_ciphertext": key})
+        change = Change(provider_key_ciphertext=key)
         change.become(current.state, State.PROVISIONING, "asking runpod for a pod")
         return change
 
@@ -477,7 +477,7 @@ async def test_a_run_that_reports_before_its_pod_is_recorded_is_still_supervised
     secret = "tljb_" + "R" * 43
 
     def asked_for(current: Any) -> Any:
-        change = Change({"job_token_hash": bearer.digest(secret)})
+        change = Change(job_token_hash=bearer.digest(secret))
         change.become(current.state, State.PROVISIONING, "asking runpod for a pod")
         return change
 
