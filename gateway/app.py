@@ -59,9 +59,11 @@ UPSTREAMS = {
 STREAMING = {"UploadDataset", "RedeemDownloadToken", "UploadOutput", "DownloadOutput"}
 DOWNLOAD_ROUTE = "/v1/dataset-downloads/{token}"
 # Routes that cost the services much per call: limited per user (gateway/limits.py).
-EXPENSIVE = {"ExportSpans", "GetAnalytics", "WatchDeployment"}
+EXPENSIVE = {"ExportSpans", "GetAnalytics", "WatchDeployment", "StreamDeploymentLogs"}
 IDEMPOTENT = [
     ("tunelab.datasets.v1.DatasetsService", "FinishDownload"),
+    # The pod numbers its lines: a batch sent again is stored once.
+    ("tunelab.deploy.v1.DeployService", "AppendDeploymentLogs"),
     # Idempotent on (trace_id, span_id): a retried batch adds nothing.
     ("tunelab.tracing.v1.TracingService", "IngestSpans"),
     ("opentelemetry.proto.collector.trace.v1.TraceService", "Export"),

@@ -1,13 +1,14 @@
-"""Server-streaming methods as server-sent events (WatchDeployment's live progress).
+"""Server-streaming methods as server-sent events (a watch's live progress, a run's log lines).
 
 The first message is awaited before the response starts, so that an error such as NOT_FOUND is
 an ordinary HTTP error; after that each message is one `data:` event, a comment line keeps idle
 connections (and the proxies on the way) open, and a mid-stream error is a final `error` event.
 
-A watch is resumable: each frame that carries events has the last one's sequence as its SSE
-`id`, and a reconnecting client's `Last-Event-ID` (what a browser's EventSource sends by
-itself) is the request's `after_sequence`. So a stream that reaches its deadline simply ends,
-as the service's own limit ends it, and the client carries on from where it was.
+A watch (and a log) is resumable: each frame that carries events (log lines) has the last one's
+sequence as its SSE `id`, and a reconnecting client's `Last-Event-ID` (what a browser's
+EventSource sends by itself) is the request's `after_sequence`. So a stream that reaches its
+deadline simply ends, as the service's own limit ends it, and the client carries on from where
+it was.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ KEEPALIVE_SECONDS = 15.0
 _DONE = object()
 
 
-# The request field a reconnecting client's Last-Event-ID fills, per method.
-RESUME_FIELDS = {"WatchDeployment": "after_sequence"}
+# Per method: the request field a reconnecting client's Last-Event-ID fills, and the reply's
+# list whose items carry the sequence numbers.
+RESUME_FIELDS = {
+    "WatchDeployment": ("after_sequence", "events"),
+    "StreamDeploymentLogs": ("after_sequence", "lines"),
+}
 
 
 def sse_endpoint(
@@ -49,7 +54,7 @@ def sse_endpoint(
     """`timeout`: the stream's deadline, sized to it (a watch: past the service's own limit)."""
     request_type, call_kind = server_stream(rule, channel)
     query = query_fields(rule)
-    resume_field = RESUME_FIELDS.get(rule.method.name, "")
+    resume_field, sequenced = RESUME_FIELDS.get(rule.method.name, ("", ""))
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -64,7 +69,7 @@ def sse_endpoint(
         except grpc.aio.AioRpcError as exc:
             return from_rpc_error(exc, service)
         return StreamingResponse(
-            _events(call, first, service),
+            _events(call, first, service, sequenced),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -72,7 +77,7 @@ def sse_endpoint(
     return endpoint
 
 
-async def _events(call: Any, first: Any, service: str) -> AsyncIterator[bytes]:
+async def _events(call: Any, first: Any, service: str, sequenced: str) -> AsyncIterator[bytes]:
     # Bounded: a slow reader holds the stream back (gRPC flow control), not our memory.
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
 
@@ -94,7 +99,7 @@ async def _events(call: Any, first: Any, service: str) -> AsyncIterator[bytes]:
                 yield _frame("error", orjson.loads(from_rpc_error(item, service).body))
                 return
             if isinstance(item, Message):
-                yield _frame("message", to_json(item), _event_id(item))
+                yield _frame("message", to_json(item), _event_id(item, sequenced))
             try:
                 item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
             except TimeoutError:
@@ -116,12 +121,12 @@ def _resume(message: Any, field: str, last_event_id: str) -> None:
     setattr(message, field, int(last_event_id))
 
 
-def _event_id(message: Message) -> str:
-    """The sequence of the last event a message carries ('' when it carries none)."""
-    events = getattr(message, "events", None)
-    if not events:
+def _event_id(message: Message, sequenced: str) -> str:
+    """The sequence of the last item (event, log line) a message carries ('' when none)."""
+    items = getattr(message, sequenced, None) if sequenced else None
+    if not items:
         return ""
-    return str(events[-1].sequence)
+    return str(items[-1].sequence)
 
 
 def _frame(event: str, data: dict[str, Any], event_id: str = "") -> bytes:

@@ -291,6 +291,7 @@ LINKS: dict[str, dict[str, dict[str, str]]] = {
             "ListDeploymentEvents",
             "ListDeploymentMetrics",
             "WatchDeployment",
+            "StreamDeploymentLogs",
             "CancelDeployment",
             "DownloadOutput",
         )

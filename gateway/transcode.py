@@ -33,7 +33,7 @@ LARGE_BODIES = {"IngestSpans": 16 << 20}
 # logs): the idempotency key, and for routes whose credential is a token of the service's own
 # (the pod's job token) the Authorization header's bearer token.
 IDEMPOTENCY_FIELD = "request_id"
-BEARER_FIELDS = {"ReportDeployment": "job_token"}
+BEARER_FIELDS = {"ReportDeployment": "job_token", "AppendDeploymentLogs": "job_token"}
 ASK_FOR_JOB_CREDENTIAL = "send the run's job token: Authorization: Bearer tljb_..."
 # A request message field whose own fields are query parameters of their own (?model=x rather
 # than ?filter.model=x): list filters.

@@ -581,6 +581,137 @@ class ReportDeploymentResponse(_message.Message):
 Global___ReportDeploymentResponse: _TypeAlias = ReportDeploymentResponse  # noqa: Y015
 
 @_typing.final
+class AppendDeploymentLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    JOB_TOKEN_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    job_token: _builtins.str
+    """The deployment's job token. Over HTTP it comes from the Authorization header only."""
+    @_builtins.property
+    def batch(self) -> Global___LogBatch: ...
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        job_token: _builtins.str = ...,
+        batch: Global___LogBatch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deployment_id", b"deployment_id", "job_token", b"job_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendDeploymentLogsRequest: _TypeAlias = AppendDeploymentLogsRequest  # noqa: Y015
+
+@_typing.final
+class LogBatch(_message.Message):
+    """Consecutive lines of the pod's log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_LINE_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    first_line: _builtins.int
+    """The number of the first line in the pod's log, from 1. Lines the control plane already
+    has (a batch sent again) are skipped; a number past the next one says that lines were
+    lost on the way (readers see the gap).
+    """
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 500 lines, without their newline; a longer line is cut to 1000 characters."""
+
+    def __init__(
+        self,
+        *,
+        first_line: _builtins.int = ...,
+        lines: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_line", b"first_line", "lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogBatch: _TypeAlias = LogBatch  # noqa: Y015
+
+@_typing.final
+class AppendDeploymentLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAST_LINE_FIELD_NUMBER: _builtins.int
+    last_line: _builtins.int
+    """The number of the last line the control plane has: the pod sends from the next one."""
+    def __init__(
+        self,
+        *,
+        last_line: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_line", b"last_line"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendDeploymentLogsResponse: _TypeAlias = AppendDeploymentLogsResponse  # noqa: Y015
+
+@_typing.final
+class StreamDeploymentLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    follow: _builtins.bool
+    """Keep the stream open for new lines until the run is over."""
+    after_sequence: _builtins.int
+    """Lines after this sequence number are sent; 0 sends every line kept."""
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        follow: _builtins.bool = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "deployment_id", b"deployment_id", "follow", b"follow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamDeploymentLogsRequest: _TypeAlias = StreamDeploymentLogsRequest  # noqa: Y015
+
+@_typing.final
+class StreamDeploymentLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    missing: _builtins.int
+    """How many lines before the first one here are not kept: the oldest are dropped once a run
+    has logged more than the service keeps, and a pod may lose lines it could not send.
+    """
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[_deployments_pb2.LogLine]: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[_deployments_pb2.LogLine] | None = ...,
+        missing: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "missing", b"missing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamDeploymentLogsResponse: _TypeAlias = StreamDeploymentLogsResponse  # noqa: Y015
+
+@_typing.final
 class UploadOutputRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

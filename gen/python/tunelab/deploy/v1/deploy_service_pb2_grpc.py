@@ -84,6 +84,16 @@ class DeployServiceStub:
                 request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentRequest.SerializeToString,
                 response_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentResponse.FromString,
                 _registered_method=True)
+        self.AppendDeploymentLogs = channel.unary_unary(
+                '/tunelab.deploy.v1.DeployService/AppendDeploymentLogs',
+                request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.AppendDeploymentLogsRequest.SerializeToString,
+                response_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.AppendDeploymentLogsResponse.FromString,
+                _registered_method=True)
+        self.StreamDeploymentLogs = channel.unary_stream(
+                '/tunelab.deploy.v1.DeployService/StreamDeploymentLogs',
+                request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.StreamDeploymentLogsRequest.SerializeToString,
+                response_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.StreamDeploymentLogsResponse.FromString,
+                _registered_method=True)
         self.UploadOutput = channel.stream_unary(
                 '/tunelab.deploy.v1.DeployService/UploadOutput',
                 request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.UploadOutputRequest.SerializeToString,
@@ -194,6 +204,29 @@ class DeployServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendDeploymentLogs(self, request, context):
+        """Lines of the pod's log, pushed by the pod with its job token (over HTTP: the bearer token),
+        as ReportDeployment. The pod numbers its lines, so a batch sent again is stored once.
+        Lines are sanitized before they are stored (credentials masked); a run keeps its newest
+        lines only, up to a limit, and notes in its event log when older ones start to be dropped.
+        UNAUTHENTICATED for a token that is not this deployment's, FAILED_PRECONDITION once the
+        run is terminal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamDeploymentLogs(self, request, context):
+        """The pod's log lines, oldest first, sanitized. Without follow the stream ends after the
+        lines stored now; with follow it stays open and sends new lines as they arrive, and ends
+        once the run is over and every line is sent, or after an hour (reconnect with
+        after_sequence). The first message may hold no lines. Over HTTP: server-sent events, each
+        with the sequence of its last line as its id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadOutput(self, request_iterator, context):
         """The pod sends what the run trained (the model or adapter, as a .tar.gz) before it reports
         success. The first message names the deployment and carries its job token; every later
@@ -289,6 +322,16 @@ def add_DeployServiceServicer_to_server(servicer, server):
                     servicer.ReportDeployment,
                     request_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentRequest.FromString,
                     response_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentResponse.SerializeToString,
+            ),
+            'AppendDeploymentLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendDeploymentLogs,
+                    request_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.AppendDeploymentLogsRequest.FromString,
+                    response_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.AppendDeploymentLogsResponse.SerializeToString,
+            ),
+            'StreamDeploymentLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamDeploymentLogs,
+                    request_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.StreamDeploymentLogsRequest.FromString,
+                    response_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.StreamDeploymentLogsResponse.SerializeToString,
             ),
             'UploadOutput': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadOutput,
@@ -569,6 +612,60 @@ class DeployService:
             '/tunelab.deploy.v1.DeployService/ReportDeployment',
             tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentRequest.SerializeToString,
             tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.ReportDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendDeploymentLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.deploy.v1.DeployService/AppendDeploymentLogs',
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.AppendDeploymentLogsRequest.SerializeToString,
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.AppendDeploymentLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamDeploymentLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tunelab.deploy.v1.DeployService/StreamDeploymentLogs',
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.StreamDeploymentLogsRequest.SerializeToString,
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.StreamDeploymentLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

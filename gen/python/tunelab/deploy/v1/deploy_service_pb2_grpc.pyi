@@ -68,6 +68,21 @@ class DeployServiceStub:
     the bearer token). UNAUTHENTICATED for a token that is not this deployment's,
     FAILED_PRECONDITION once the run is terminal (the token is dead then).
     """
+    AppendDeploymentLogs: _grpc.UnaryUnaryMultiCallable[_deploy_service_pb2.AppendDeploymentLogsRequest, _deploy_service_pb2.AppendDeploymentLogsResponse]
+    """Lines of the pod's log, pushed by the pod with its job token (over HTTP: the bearer token),
+    as ReportDeployment. The pod numbers its lines, so a batch sent again is stored once.
+    Lines are sanitized before they are stored (credentials masked); a run keeps its newest
+    lines only, up to a limit, and notes in its event log when older ones start to be dropped.
+    UNAUTHENTICATED for a token that is not this deployment's, FAILED_PRECONDITION once the
+    run is terminal.
+    """
+    StreamDeploymentLogs: _grpc.UnaryStreamMultiCallable[_deploy_service_pb2.StreamDeploymentLogsRequest, _deploy_service_pb2.StreamDeploymentLogsResponse]
+    """The pod's log lines, oldest first, sanitized. Without follow the stream ends after the
+    lines stored now; with follow it stays open and sends new lines as they arrive, and ends
+    once the run is over and every line is sent, or after an hour (reconnect with
+    after_sequence). The first message may hold no lines. Over HTTP: server-sent events, each
+    with the sequence of its last line as its id.
+    """
     UploadOutput: _grpc.StreamUnaryMultiCallable[_deploy_service_pb2.UploadOutputRequest, _deploy_service_pb2.UploadOutputResponse]
     """The pod sends what the run trained (the model or adapter, as a .tar.gz) before it reports
     success. The first message names the deployment and carries its job token; every later
@@ -131,6 +146,21 @@ class DeployServiceAsyncStub(DeployServiceStub):
     """Progress and status from the pod, authenticated by the deployment's job token (over HTTP:
     the bearer token). UNAUTHENTICATED for a token that is not this deployment's,
     FAILED_PRECONDITION once the run is terminal (the token is dead then).
+    """
+    AppendDeploymentLogs: _aio.UnaryUnaryMultiCallable[_deploy_service_pb2.AppendDeploymentLogsRequest, _deploy_service_pb2.AppendDeploymentLogsResponse]  # type: ignore[assignment]
+    """Lines of the pod's log, pushed by the pod with its job token (over HTTP: the bearer token),
+    as ReportDeployment. The pod numbers its lines, so a batch sent again is stored once.
+    Lines are sanitized before they are stored (credentials masked); a run keeps its newest
+    lines only, up to a limit, and notes in its event log when older ones start to be dropped.
+    UNAUTHENTICATED for a token that is not this deployment's, FAILED_PRECONDITION once the
+    run is terminal.
+    """
+    StreamDeploymentLogs: _aio.UnaryStreamMultiCallable[_deploy_service_pb2.StreamDeploymentLogsRequest, _deploy_service_pb2.StreamDeploymentLogsResponse]  # type: ignore[assignment]
+    """The pod's log lines, oldest first, sanitized. Without follow the stream ends after the
+    lines stored now; with follow it stays open and sends new lines as they arrive, and ends
+    once the run is over and every line is sent, or after an hour (reconnect with
+    after_sequence). The first message may hold no lines. Over HTTP: server-sent events, each
+    with the sequence of its last line as its id.
     """
     UploadOutput: _aio.StreamUnaryMultiCallable[_deploy_service_pb2.UploadOutputRequest, _deploy_service_pb2.UploadOutputResponse]  # type: ignore[assignment]
     """The pod sends what the run trained (the model or adapter, as a .tar.gz) before it reports
@@ -246,6 +276,33 @@ class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
         """Progress and status from the pod, authenticated by the deployment's job token (over HTTP:
         the bearer token). UNAUTHENTICATED for a token that is not this deployment's,
         FAILED_PRECONDITION once the run is terminal (the token is dead then).
+        """
+
+    @_abc_1.abstractmethod
+    def AppendDeploymentLogs(
+        self,
+        request: _deploy_service_pb2.AppendDeploymentLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deploy_service_pb2.AppendDeploymentLogsResponse, _abc.Awaitable[_deploy_service_pb2.AppendDeploymentLogsResponse]]:
+        """Lines of the pod's log, pushed by the pod with its job token (over HTTP: the bearer token),
+        as ReportDeployment. The pod numbers its lines, so a batch sent again is stored once.
+        Lines are sanitized before they are stored (credentials masked); a run keeps its newest
+        lines only, up to a limit, and notes in its event log when older ones start to be dropped.
+        UNAUTHENTICATED for a token that is not this deployment's, FAILED_PRECONDITION once the
+        run is terminal.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamDeploymentLogs(
+        self,
+        request: _deploy_service_pb2.StreamDeploymentLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_deploy_service_pb2.StreamDeploymentLogsResponse], _abc.AsyncIterator[_deploy_service_pb2.StreamDeploymentLogsResponse]]:
+        """The pod's log lines, oldest first, sanitized. Without follow the stream ends after the
+        lines stored now; with follow it stays open and sends new lines as they arrive, and ends
+        once the run is over and every line is sent, or after an hour (reconnect with
+        after_sequence). The first message may hold no lines. Over HTTP: server-sent events, each
+        with the sequence of its last line as its id.
         """
 
     @_abc_1.abstractmethod
