@@ -9,12 +9,17 @@ and carries on (the control plane watches the pod itself too).
     report.py relay --log FILE     (stdin to stdout and FILE; progress lines become reports)
     report.py config JSON DATASET OUTPUT_DIR   (prints the trainer's config.json)
 
+Every report first sends the pod's log lines the control plane does not have yet
+($TUNELAB_WORK_DIR/bootstrap.log: the bootstrap's own lines and the trainer's), and so does the
+relay every few seconds (`ship_log`).
+
 Environment: TUNELAB_REPORT_URL, TUNELAB_JOB_TOKEN.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -24,7 +29,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO, NamedTuple
 
 PROGRESS_PREFIX = "TUNELAB_PROGRESS "
 PHASES = ("starting", "downloading", "training", "succeeded", "failed")
@@ -32,11 +38,26 @@ PROGRESS_FIELDS = ("step", "total_steps", "epoch", "loss", "learning_rate", "gra
 TAIL_LINES = 40
 MIN_INTERVAL_SECONDS = 2.0
 GPU_SAMPLE_SECONDS = 15.0
+# The pod's log goes to the control plane in numbered batches (`ship_log`).
+LOG_FILE = "bootstrap.log"
+LOG_STATE_FILE = "log.sent"
+LOG_BATCH_LINES = 200
+LOG_BATCH_BYTES = 256 * 1024
+LOG_BATCHES_PER_CALL = 10
+LOG_BACKLOG_LINES = 5000
+LOG_INTERVAL_SECONDS = 2.0
+LOG_RETRY_SECONDS = 30.0
+MAX_LINE_CHARS = 1000
+_LOG_HEAD_BYTES = 64
+_READ_LIMIT = 64 * 1024
 
 
-def post(report: dict[str, Any], attempts: int = 3) -> dict[str, Any] | None:
-    """POST one report; retried on network errors, 429 and 5xx. None when it could not land."""
-    url = os.environ["TUNELAB_REPORT_URL"]
+def post(
+    report: dict[str, Any], attempts: int = 3, url: str | None = None
+) -> dict[str, Any] | None:
+    """POST one report (or another body to `url`); retried on network errors, 429 and 5xx.
+    None when it could not land."""
+    url = url or os.environ["TUNELAB_REPORT_URL"]
     body = json.dumps(report).encode()
     headers = {
         "Authorization": "Bearer " + os.environ["TUNELAB_JOB_TOKEN"],
@@ -129,14 +150,133 @@ def parse_progress(line: str) -> dict[str, float] | None:
     return progress or None
 
 
+class _Shipped(NamedTuple):
+    """How far the log has been sent: the byte offset past the last line sent, that line's
+    number, and the log's first bytes then (hex): a log started over has other ones."""
+
+    offset: int = 0
+    line: int = 0
+    head: str = ""
+
+
+def ship_log(*, wait: bool = True, attempts: int = 3) -> bool:
+    """Send the log's lines the control plane does not have yet, numbered, in batches of at
+    most LOG_BATCH_LINES lines and LOG_BATCH_BYTES; each line is cut to MAX_LINE_CHARS. One
+    process sends at a time (a lock): with `wait` False, one that finds another sending leaves
+    it to that one. Lines go up to the last complete one; past LOG_BACKLOG_LINES unsent ones
+    the oldest are skipped (the control plane sees the gap in the numbers). A batch that was
+    not delivered is sent again next time with the same numbers, and stored once. False when
+    one was not delivered."""
+    work_dir = os.environ.get("TUNELAB_WORK_DIR", "")
+    url = os.environ.get("TUNELAB_REPORT_URL", "")
+    if not work_dir or not url:
+        return True
+    url = url.rsplit("/", 1)[0] + "/logs"
+    with open(os.path.join(work_dir, LOG_STATE_FILE), "a+", encoding="utf-8") as state:
+        try:
+            fcntl.flock(state, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return True
+        state.seek(0)
+        shipped = _read_shipped(state.read())
+        try:
+            with open(os.path.join(work_dir, LOG_FILE), "rb") as log:
+                shipped, pending = _unsent(log, shipped)
+        except OSError:
+            return True
+        for count, batch in enumerate(_batches(pending)):
+            if count == LOG_BATCHES_PER_CALL:
+                break  # the rest goes next time
+            body = {"first_line": batch[0][0], "lines": [text for _, text, _ in batch]}
+            if post(body, attempts, url) is None:
+                return False
+            shipped = shipped._replace(line=batch[-1][0], offset=batch[-1][2])
+            state.seek(0)
+            state.truncate()
+            state.write(json.dumps(shipped._asdict()))
+            state.flush()
+    return True
+
+
+def _read_shipped(text: str) -> _Shipped:
+    try:
+        data = json.loads(text)
+        return _Shipped(int(data["offset"]), int(data["line"]), str(data["head"]))
+    except (ValueError, KeyError, TypeError):
+        return _Shipped()
+
+
+def _unsent(log: BinaryIO, shipped: _Shipped) -> tuple[_Shipped, list[tuple[int, str, int]]]:
+    """The log's complete lines past what was sent, as (number, text, offset past it); a log
+    that was started over is read from its start, its lines numbered on from the last sent."""
+    head = log.read(_LOG_HEAD_BYTES).hex()
+    if not head.startswith(shipped.head) or os.fstat(log.fileno()).st_size < shipped.offset:
+        shipped = _Shipped(0, shipped.line, "")
+    shipped = shipped._replace(head=head)
+    log.seek(shipped.offset)
+    pending: deque[tuple[str, int]] = deque(maxlen=LOG_BACKLOG_LINES)
+    seen = 0
+    for raw, end in _complete_lines(log):
+        seen += 1
+        pending.append((_clean(raw), end))
+    first = shipped.line + 1 + seen - len(pending)
+    return shipped, [(first + i, text, end) for i, (text, end) in enumerate(pending)]
+
+
+def _complete_lines(log: BinaryIO) -> Iterator[tuple[bytes, int]]:
+    """Each line that has its newline: its first _READ_LIMIT bytes (it is cut shorter
+    anyway), and the offset past it. A line still being written is left for next time."""
+    while True:
+        line = piece = log.readline(_READ_LIMIT)
+        while piece and not piece.endswith(b"\n"):
+            if len(piece) < _READ_LIMIT:
+                return
+            piece = log.readline(_READ_LIMIT)
+        if not piece:
+            return
+        yield line, log.tell()
+
+
+def _clean(raw: bytes) -> str:
+    """The line as a terminal leaves it (what follows the last carriage return: progress bars
+    redraw themselves with them), cut to MAX_LINE_CHARS."""
+    text = raw.decode("utf-8", "replace").rstrip("\r\n").rpartition("\r")[2]
+    return text[:MAX_LINE_CHARS]
+
+
+def _batches(pending: list[tuple[int, str, int]]) -> Iterator[list[tuple[int, str, int]]]:
+    batch: list[tuple[int, str, int]] = []
+    size = 0
+    for item in pending:
+        cost = len(json.dumps(item[1])) + 2
+        if batch and (len(batch) == LOG_BATCH_LINES or size + cost > LOG_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += cost
+    if batch:
+        yield batch
+
+
+def _ship_quietly(*, wait: bool = True, attempts: int = 3) -> bool:
+    """`ship_log`, which must never stop a report or the relay."""
+    try:
+        return ship_log(wait=wait, attempts=attempts)
+    except Exception as exc:
+        print(f"tunelab: log lines not sent: {type(exc).__name__}", file=sys.stderr)
+        return False
+
+
 def relay(log_path: str) -> None:
     """Copy the trainer's output through, forwarding progress at most every few seconds (the
-    latest wins) and always the last one. Reads to the end whatever happens, so the trainer
-    never dies of a broken pipe."""
+    latest wins) and always the last one, and the log's new lines every LOG_INTERVAL_SECONDS
+    or LOG_BATCH_LINES lines (after a failure, not again for LOG_RETRY_SECONDS). Reads to the
+    end whatever happens, so the trainer never dies of a broken pipe."""
     last_sent = 0.0
     last_gpu = 0.0
     gpu: dict[str, float] = {}
     pending: dict[str, float] | None = None
+    ship_at, unsent, shipping = 0.0, 0, True
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         for raw in sys.stdin.buffer:
             line = raw.decode("utf-8", "replace").rstrip("\n")
@@ -144,6 +284,11 @@ def relay(log_path: str) -> None:
             sys.stdout.flush()
             log.write(line + "\n")
             log.flush()
+            unsent += 1
+            if time.monotonic() >= ship_at or (shipping and unsent >= LOG_BATCH_LINES):
+                shipping = _ship_quietly(wait=False, attempts=1)
+                wait = LOG_INTERVAL_SECONDS if shipping else LOG_RETRY_SECONDS
+                ship_at, unsent = time.monotonic() + wait, 0
             progress = parse_progress(line)
             if progress is None:
                 continue
@@ -156,6 +301,8 @@ def relay(log_path: str) -> None:
                 pending, last_sent = None, now
     if pending is not None:
         _send_progress(pending, gpu)
+    if unsent and shipping:
+        _ship_quietly(wait=False, attempts=1)
 
 
 def _send_progress(progress: dict[str, float], gpu: dict[str, float]) -> None:
@@ -203,6 +350,7 @@ def main(argv: list[str]) -> int:
         report["log_tail"] = tail(args.log)
     if args.info:
         report["system_info"] = dict(item.partition("=")[::2] for item in args.info)
+    _ship_quietly()  # the lines logged so far land before what the report changes
     reply = post(report)
     if reply and reply.get("stop") and args.phase not in ("succeeded", "failed"):
         print(f"tunelab: the control plane says the run is {reply.get('state')}", file=sys.stderr)
