@@ -13,7 +13,10 @@ import re
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from services.common import redact
+from services.common.errors import invalid_argument
 
+# "huggingface": a token pods get as HF_TOKEN, for gated base models.
+KEYED_PROVIDERS = ("runpod", "huggingface")
 # What a key may look like: printable ASCII without spaces (RunPod keys are ~40 characters).
 _KEY_SHAPE = re.compile(r"[\x21-\x7e]{8,512}")
 
@@ -70,3 +73,12 @@ def valid_api_key(api_key: str) -> bool:
 
 def last4(api_key: str) -> str:
     return api_key[-4:]
+
+
+def keyed_provider(provider: str) -> str:
+    """The provider a key is set for, checked: one that takes a key."""
+    if provider == "local":
+        raise invalid_argument("provider", "the local provider needs no key")
+    if provider not in KEYED_PROVIDERS:
+        raise invalid_argument("provider", f"provider must be one of {', '.join(KEYED_PROVIDERS)}")
+    return provider

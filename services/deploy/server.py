@@ -4,40 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from functools import partial
 
 import grpc
 
-from services.common import redact
-from services.common.blobstore import BlobError, LocalBlobStore, read_range
-from services.common.errors import (
-    ServiceError,
-    invalid_argument,
-    not_found,
-    storage_unavailable,
-    unauthenticated,
-)
+from services.common.blobstore import LocalBlobStore
+from services.common.errors import ServiceError, invalid_argument, not_found
 from services.common.identity import require_user
 from services.common.pagination import page_size
-from services.common.receive import receive
-from services.deploy import convert, keys
+from services.deploy import convert, keys, pricing, reports
+from services.deploy import outputs as run_outputs
 from services.deploy.changes import Changes
 from services.deploy.preflight import Outcome, Preflight
-from services.deploy.providers.base import ProviderError, ProviderErrorKind
 from services.deploy.providers.registry import Providers
 from services.deploy.settings import DeploySettings
 from services.deploy.spec import Spec, check_request_id, parse
-from services.deploy.states import State, Stop
-from services.deploy.store import (
-    Change,
-    Deployment,
-    DeploymentStore,
-    Output,
-    RunError,
-)
-from services.deploy.supervisor import JOB_TOKENS, Supervisor
+from services.deploy.states import State
+from services.deploy.store import Deployment, DeploymentStore
+from services.deploy.supervisor import Supervisor
 from tunelab.common.v1 import errors_pb2
 from tunelab.deploy.v1 import deploy_service_pb2 as api
 from tunelab.deploy.v1 import deploy_service_pb2_grpc as api_grpc
@@ -48,17 +34,7 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[object, object]
 Clock = Callable[[], datetime]
 
-# "huggingface": a token pods get as HF_TOKEN, for gated base models.
-KEYED_PROVIDERS = ("runpod", "huggingface")
 WATCH_POLL_SECONDS = 1.0
-MAX_LOG_TAIL_LINES = 100
-AUTH_DRAIN_BYTES = 64 * 1024**2
-MAX_LINE_CHARS = 1000
-_PHASE_STATE = {
-    api.REPORT_PHASE_STARTING: State.STARTING,
-    api.REPORT_PHASE_DOWNLOADING: State.DOWNLOADING,
-    api.REPORT_PHASE_TRAINING: State.TRAINING,
-}
 
 
 class DeployServicer(api_grpc.DeployServiceServicer):
@@ -232,24 +208,8 @@ class DeployServicer(api_grpc.DeployServiceServicer):
     async def ReportDeployment(
         self, request: api.ReportDeploymentRequest, context: Context
     ) -> api.ReportDeploymentResponse:
-        d = await self._run_of(request.deployment_id, request.job_token)
-        report = request.report
-        if report.phase not in api.ReportPhase.values() or not report.phase:
-            raise invalid_argument(
-                "report.phase",
-                "report.phase is required: starting, downloading, training, succeeded or failed",
-            )
-        _check_report(report)
-        now = self.clock()
-
-        def apply(current: Deployment) -> Change | None:
-            if current.state.terminal:
-                raise _finished(current)
-            return _apply_report(current, report, now)
-
-        d, _ = await self.store.mutate(d.id, now, apply)
-        if report.HasField("progress"):
-            await self.store.add_metric(d.id, _progress(report.progress), now)
+        d = await reports.run_of(self.store, request.deployment_id, request.job_token)
+        d = await reports.record(self.store, d, request.report, self.clock())
         if d.state.terminal and d.pod_id and not d.pod_released_at:
             # Answer the pod first; terminating it is the supervisor's job from here.
             task = asyncio.create_task(self.supervisor.release(d))
@@ -260,86 +220,28 @@ class DeployServicer(api_grpc.DeployServiceServicer):
     async def UploadOutput(
         self, request_iterator: AsyncIterator[api.UploadOutputRequest], context: Context
     ) -> api.UploadOutputResponse:
-        try:
-            first = await anext(aiter(request_iterator))
-        except StopAsyncIteration:
-            raise invalid_argument("deployment_id", "the stream is empty") from None
-        # A stranger's upload is read on only this far before the refusal (see below).
-        budget = AUTH_DRAIN_BYTES
-        try:
-            d = await self._run_of(first.deployment_id, first.job_token)
-            if d.state.terminal:
-                raise _finished(d)
-            if first.chunk:
-                raise invalid_argument(
-                    "chunk", "the first message names the run; the file starts in the second"
-                )
-            budget = self.settings.max_output_bytes
-            stored = await receive(_chunks(request_iterator), self.outputs, max_bytes=budget)
-        except ServiceError:
-            # Refused while the pod is still sending: read the rest first (a gRPC client whose
-            # send fails reports that, not our status).
-            await _drain(request_iterator, budget)
-            raise
-        now = self.clock()
-        output = Output(stored.blob_key, stored.size_bytes, stored.sha256, now)
-        replaced: Output | None = None
-
-        def attach(current: Deployment) -> Change:
-            nonlocal replaced
-            if current.state.terminal:
-                raise _finished(current)
-            replaced = current.output
-            change = Change(output=output)
-            change.log("output_received", f"{stored.size_bytes} bytes, sha256 {stored.sha256}")
-            return change
-
-        try:
-            after, _ = await self.store.mutate(d.id, now, attach)
-        except BaseException:
-            await asyncio.to_thread(self.outputs.delete, stored.blob_key)
-            raise
-        if replaced is not None:
-            await asyncio.to_thread(self.outputs.delete, replaced.blob_key)
-        log.info("output stored", extra={"deployment": d.id, "size_bytes": stored.size_bytes})
-        assert after.output is not None
-        return api.UploadOutputResponse(output=convert.output(after.output))
+        output = await run_outputs.upload(
+            request_iterator,
+            authenticate=partial(reports.run_of, self.store),
+            store=self.store,
+            blobs=self.outputs,
+            max_bytes=self.settings.max_output_bytes,
+            clock=self.clock,
+        )
+        return api.UploadOutputResponse(output=convert.output(output))
 
     async def DownloadOutput(
         self, request: api.DownloadOutputRequest, context: Context
     ) -> AsyncIterator[api.DownloadOutputResponse]:
         d = await self.store.get(require_user(), request.deployment_id)
-        if d.output is None:
-            raise ServiceError(
-                grpc.StatusCode.NOT_FOUND,
-                f"deployment {d.id} has no output (yet): its pod sends it when training succeeds",
-                errors_pb2.ERROR_REASON_NOT_FOUND,
-                {"kind": "output"},
-            )
-        try:
-            blob = await asyncio.to_thread(self.outputs.open, d.output.blob_key)
-        except BlobError as exc:
-            log.error("output blob unreadable", extra={"deployment": d.id, "error": str(exc)})
-            raise storage_unavailable() from None
-        try:
-            yield api.DownloadOutputResponse(output=convert.output(d.output))
-            async for chunk in read_range(blob, 0, blob.size):
-                yield api.DownloadOutputResponse(chunk=chunk)
-        finally:
-            blob.close()
-
-    async def _run_of(self, deployment_id: str, job_token: str) -> Deployment:
-        """The deployment whose job token this is; UNAUTHENTICATED for anything else."""
-        d = await self.store.get_any(deployment_id) if deployment_id else None
-        if d is None or not JOB_TOKENS.matches(job_token, d.job_token_hash):
-            raise _not_the_job_token()
-        return d
+        async for message in run_outputs.download(d, self.outputs):
+            yield message
 
     async def SetProviderKey(
         self, request: api.SetProviderKeyRequest, context: Context
     ) -> api.SetProviderKeyResponse:
         owner = require_user()
-        provider = _keyed_provider(request.provider)
+        provider = keys.keyed_provider(request.provider)
         if not keys.valid_api_key(request.api_key):
             raise invalid_argument(
                 "api_key", "api_key must be 8 to 512 printable characters without spaces"
@@ -361,7 +263,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         self, request: api.DeleteProviderKeyRequest, context: Context
     ) -> api.DeleteProviderKeyResponse:
         owner = require_user()
-        provider = _keyed_provider(request.provider)
+        provider = keys.keyed_provider(request.provider)
         if not await self.store.delete_key(owner, provider):
             raise not_found("provider key", provider)
         return api.DeleteProviderKeyResponse()
@@ -369,34 +271,10 @@ class DeployServicer(api_grpc.DeployServiceServicer):
     async def ListGpuTypes(
         self, request: api.ListGpuTypesRequest, context: Context
     ) -> api.ListGpuTypesResponse:
-        owner = require_user()
-        provider = request.provider or "runpod"
-        if provider == "local":
-            return api.ListGpuTypesResponse()
-        if provider != "runpod":
-            raise invalid_argument("provider", "GPU types come from provider runpod (or local)")
-        if not 0 <= request.gpu_count <= 8:
-            raise invalid_argument("gpu_count", "gpu_count must be between 1 and 8")
-        try:
-            async with self.providers.open(owner, provider) as client:
-                found = await client.gpu_types()
-        except ProviderError as exc:
-            raise _provider_error(exc) from None
-        count = request.gpu_count or 1
-        return api.ListGpuTypesResponse(
-            gpu_types=[
-                pb.GpuType(
-                    id=g.id,
-                    display_name=g.display_name,
-                    memory_gb=g.memory_gb,
-                    secure_usd=(g.secure_usd or 0) * count,
-                    community_usd=(g.community_usd or 0) * count,
-                    secure_spot_usd=(g.secure_spot_usd or 0) * count,
-                    community_spot_usd=(g.community_spot_usd or 0) * count,
-                )
-                for g in found
-            ]
+        found = await pricing.gpu_types(
+            self.providers, require_user(), request.provider, request.gpu_count
         )
+        return api.ListGpuTypesResponse(gpu_types=found)
 
 
 def _preflight_response(outcome: Outcome) -> api.PreflightDeploymentResponse:
@@ -405,102 +283,3 @@ def _preflight_response(outcome: Outcome) -> api.PreflightDeploymentResponse:
         checks=[convert.check(c) for c in outcome.checks],
         estimate=convert.estimate(outcome.estimate),
     )
-
-
-def _keyed_provider(provider: str) -> str:
-    if provider == "local":
-        raise invalid_argument("provider", "the local provider needs no key")
-    if provider not in KEYED_PROVIDERS:
-        raise invalid_argument("provider", f"provider must be one of {', '.join(KEYED_PROVIDERS)}")
-    return provider
-
-
-def _provider_error(exc: ProviderError) -> ServiceError:
-    if exc.kind is ProviderErrorKind.UNAUTHENTICATED:
-        return ServiceError(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            exc.message,
-            errors_pb2.ERROR_REASON_PROVIDER_KEY_MISSING,
-        )
-    if exc.kind is ProviderErrorKind.QUOTA:
-        return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
-    return ServiceError(
-        grpc.StatusCode.UNAVAILABLE, exc.message, errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE
-    )
-
-
-def _not_the_job_token() -> ServiceError:
-    return unauthenticated(
-        "this is not the job token of that deployment: only the token its pod was given works"
-    )
-
-
-async def _chunks(messages: AsyncIterator[api.UploadOutputRequest]) -> AsyncIterator[bytes]:
-    async for message in messages:
-        if message.chunk:
-            yield message.chunk
-
-
-async def _drain(messages: AsyncIterator[api.UploadOutputRequest], budget: int) -> None:
-    async for message in messages:
-        budget -= len(message.chunk)
-        if budget < 0:
-            break
-
-
-def _finished(d: Deployment) -> ServiceError:
-    return ServiceError(
-        grpc.StatusCode.FAILED_PRECONDITION,
-        f"the run is over ({d.state.value}): its job token reports nothing more; stop the pod",
-        errors_pb2.ERROR_REASON_RUN_FINISHED,
-        {"state": d.state.value},
-    )
-
-
-def _check_report(report: api.Report) -> None:
-    if len(report.message) > 2000:
-        raise invalid_argument("report.message", "report.message is longer than 2000 characters")
-    if len(report.log_tail) > MAX_LOG_TAIL_LINES:
-        raise invalid_argument(
-            "report.log_tail", f"report.log_tail holds more than {MAX_LOG_TAIL_LINES} lines"
-        )
-    if len(report.system_info) > 32 or any(
-        len(k) > 64 or len(v) > 512 for k, v in report.system_info.items()
-    ):
-        raise invalid_argument(
-            "report.system_info", "system_info: at most 32 entries, keys 64 and values 512 long"
-        )
-
-
-def _progress(p: pb.Progress) -> dict[str, float]:
-    """The fields set, finite ones only (a diverged loss is NaN: it is left out)."""
-    values: dict[str, float] = {}
-    for field, value in p.ListFields():
-        if isinstance(value, int | float) and math.isfinite(value):
-            values[field.name] = value
-    return values
-
-
-def _apply_report(current: Deployment, report: api.Report, now: datetime) -> Change:
-    change = Change(last_report_at=now)
-    if report.system_info:
-        info = {k[:64]: redact.redact(v)[:512] for k, v in report.system_info.items()}
-        change.system_info = {**current.system_info, **info}
-    if report.HasField("progress"):
-        change.progress = {**current.progress, **_progress(report.progress)}
-    message = redact.redact(report.message)
-    if report.phase in _PHASE_STATE:
-        target = _PHASE_STATE[report.phase]
-        if current.state.can_become(target):
-            change.become(current.state, target, message or f"the pod reports {target.value}")
-        elif message:
-            change.log("report", message)
-    elif report.phase == api.REPORT_PHASE_SUCCEEDED:
-        change.become(current.state, State.SUCCEEDED, message or "the pod reports success")
-    else:
-        stop = Stop.TRAINER_FAILED if current.state is State.TRAINING else Stop.BOOTSTRAP_FAILED
-        tail = tuple(redact.redact(line)[:MAX_LINE_CHARS] for line in report.log_tail)
-        error = RunError(stop, message or "the pod reports failure", report.exit_code or None, tail)
-        change.become(current.state, State.FAILED, error.message)
-        change.error = error
-    return change
