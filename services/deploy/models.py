@@ -158,3 +158,22 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128), doc="The replica holding it.")
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LogLineRow(Base):
+    """One line of a pod's log, as the pod pushed it with its job token, credentials masked.
+    A run keeps its newest lines only (DeploySettings.max_log_lines)."""
+
+    __tablename__ = "deployment_log_lines"
+
+    deployment_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    sequence: Mapped[int] = mapped_column(
+        Integer,
+        primary_key=True,
+        doc="The line's number in the pod's log, from 1, as the pod numbered it: a batch sent "
+        "again is stored once; a gap is lines lost or dropped.",
+    )
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    text: Mapped[str] = mapped_column(Text, doc="Sanitized, at most MAX_LINE_CHARS long.")

@@ -17,6 +17,8 @@ from services.common.pagination import page_size
 from services.deploy import convert, keys, pricing, reports
 from services.deploy import outputs as run_outputs
 from services.deploy.changes import Changes
+from services.deploy.pod_log_store import PodLogStore
+from services.deploy.pod_logs import PodLogs
 from services.deploy.preflight import Outcome, Preflight
 from services.deploy.providers.registry import Providers
 from services.deploy.settings import DeploySettings
@@ -58,6 +60,14 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         self.settings = settings
         self.clock = clock
         self._releases: set[asyncio.Task[None]] = set()
+        self.logs = PodLogs(
+            store,
+            PodLogStore(store.db),
+            providers.keyring,
+            max_lines=settings.max_log_lines,
+            follow_seconds=settings.watch_max_seconds,
+            clock=clock,
+        )
 
     def _spec(self, message: api.DeploymentSpec) -> Spec:
         return parse(message, default_image=self.settings.runpod_image)
@@ -216,6 +226,17 @@ class DeployServicer(api_grpc.DeployServiceServicer):
             self._releases.add(task)
             task.add_done_callback(self._releases.discard)
         return api.ReportDeploymentResponse(state=d.state.to_proto(), stop=d.state.terminal)
+
+    async def AppendDeploymentLogs(
+        self, request: api.AppendDeploymentLogsRequest, context: Context
+    ) -> api.AppendDeploymentLogsResponse:
+        return await self.logs.append(request)
+
+    async def StreamDeploymentLogs(
+        self, request: api.StreamDeploymentLogsRequest, context: Context
+    ) -> AsyncIterator[api.StreamDeploymentLogsResponse]:
+        async for message in self.logs.stream(require_user(), request):
+            yield message
 
     async def UploadOutput(
         self, request_iterator: AsyncIterator[api.UploadOutputRequest], context: Context

@@ -43,8 +43,16 @@ class DeploySettings(CommonSettings):
     watch_max_seconds: float = Field(
         3600.0,
         gt=0,
-        description="A watch ends after this long even if the run goes on; clients reconnect "
-        "with after_sequence (the gateway's watch deadline is a little longer).",
+        description="A watch (or a follow of a run's log) ends after this long even if the run "
+        "goes on; clients reconnect with after_sequence (the gateway's watch deadline is a "
+        "little longer).",
+    )
+    max_log_lines: int = Field(
+        10_000,
+        ge=100,
+        le=1_000_000,
+        description="The newest lines of a pod's log a run keeps (each at most 1000 "
+        "characters); older ones are dropped, and the run's event log says when that began.",
     )
     provision_timeout_minutes: float = Field(
         30.0,

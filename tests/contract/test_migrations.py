@@ -39,7 +39,14 @@ def drift(conn: Connection, migrations: Migrations = MIGRATIONS, base: Any = Bas
         (
             deploy_service.MIGRATIONS,
             deploy_models.Base,
-            {"deployments", "deployment_events", "deployment_metrics", "provider_keys", "leases"},
+            {
+                "deployments",
+                "deployment_events",
+                "deployment_metrics",
+                "deployment_log_lines",
+                "provider_keys",
+                "leases",
+            },
         ),
         (tracing_service.MIGRATIONS, tracing_models.Base, {"spans", "span_tags"}),
     ],
