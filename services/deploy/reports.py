@@ -12,9 +12,9 @@ import grpc
 
 from services.common import redact
 from services.common.errors import ServiceError, invalid_argument, unauthenticated
+from services.deploy.launch import JOB_TOKENS
 from services.deploy.states import State, Stop
 from services.deploy.store import Change, Deployment, DeploymentStore, RunError
-from services.deploy.supervisor import JOB_TOKENS
 from tunelab.common.v1 import errors_pb2
 from tunelab.deploy.v1 import deploy_service_pb2 as api
 from tunelab.deploy.v1 import deployments_pb2 as pb

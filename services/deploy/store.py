@@ -159,6 +159,14 @@ class Change:
     def log(self, kind: str, message: str) -> None:
         self.events.append((kind, None, message))
 
+    def end(self, current: State, state: State, error: RunError) -> None:
+        """End the run in `state`, recording why unless it succeeded."""
+        self.become(current, state, error.message)
+        if state is not State.SUCCEEDED:
+            self.error = error
+        if current is State.PENDING:  # no pod was ever asked for: no secret is needed more
+            self.forget_secrets()
+
     def forget_secrets(self) -> None:
         """A run whose pod is gone (or was never asked for) needs its secrets no more."""
         self.job_token_ciphertext = None
