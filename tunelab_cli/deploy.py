@@ -2,6 +2,7 @@
 
     tunelab deploy create DATASET_ID [--watch] [--dry-run] ...   preflight, then launch
     tunelab deploy watch ID                     a live progress bar until the run ends
+    tunelab deploy logs ID [--follow]           the pod's log (with --follow, until the run ends)
     tunelab deploy list | get ID | cancel ID | events ID
 
 `create` exits with status 2, renting nothing, when a pre-flight check fails. `watch` (and
@@ -247,6 +248,74 @@ def cmd_watch(args: argparse.Namespace) -> None:
         sys.exit(follow(client, args.id))
 
 
+def show_logs(client: httpx.Client, deployment_id: str, *, follow: bool) -> None:
+    """Print the run's log lines to stdout; with `follow`, new ones too until the run is over.
+    A stream that is cut (the service restarted, its time ran out) is resumed after the last
+    line printed, so no line is printed twice; a gap in the numbers is said on stderr."""
+    after, failures = 0, 0
+    params = {"follow": "true" if follow else "false"}
+    while True:
+        try:
+            with client.stream(
+                "GET",
+                f"/v1/deployments/{deployment_id}/logs",
+                params={**params, "after_sequence": after},
+                timeout=WATCH_TIMEOUT,
+            ) as response:
+                if 400 <= response.status_code < 500:
+                    response.read()
+                    checked(response)
+                if response.status_code >= 500:
+                    raise httpx.RemoteProtocolError(f"HTTP {response.status_code}")
+                reason = ""
+                for kind, data in _sse(response.iter_lines()):
+                    failures = 0
+                    if kind == "error":
+                        error = data.get("error", {})
+                        if error.get("status") not in RETRYABLE:
+                            raise CliError(f"reading the log failed: {error.get('message', data)}")
+                        reason = f"the stream was cut: {error.get('message', '')}"
+                        break
+                    after = _print_lines(data.get("lines", []), after)
+            if not reason:
+                if not follow or _state(client, deployment_id) in TERMINAL:
+                    return
+                continue  # the stream's time ran out, not the run: carry on at once
+        except httpx.TransportError as exc:
+            reason = f"{exc.__class__.__name__}: {exc}"
+        failures += 1
+        if failures > RECONNECTS:
+            raise CliError(f"lost the log of {deployment_id} ({reason}); gave up")
+        delay = min(2.0 ** (failures - 1), 10.0)
+        _say(f"({reason}; reconnecting in {delay:g} s)")
+        time.sleep(delay)
+
+
+def _print_lines(lines: list[dict[str, Any]], after: int) -> int:
+    """Print the lines past `after` (a line is never printed twice); the last one's number."""
+    for line in lines:
+        sequence = int(line.get("sequence", 0))
+        if sequence <= after:
+            continue
+        if sequence > after + 1:
+            _say(f"({sequence - after - 1} lines not kept here)")
+        print(line.get("text", ""), flush=True)
+        after = sequence
+    return after
+
+
+def _state(client: httpx.Client, deployment_id: str) -> str:
+    return str(checked(client.get(f"/v1/deployments/{deployment_id}")).get("state", ""))
+
+
+def cmd_logs(args: argparse.Namespace) -> None:
+    with api_client(args) as client:
+        try:
+            show_logs(client, args.id, follow=args.follow)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     with api_client(args) as client:
         token, shown = "", 0
@@ -378,6 +447,12 @@ def register(commands: Any) -> None:
     watch = sub.add_parser("watch", help="follow a run live until it ends")
     watch.add_argument("id")
     watch.set_defaults(func=cmd_watch)
+    logs = sub.add_parser("logs", help="a run's log lines (credentials masked)")
+    logs.add_argument("id")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="print new lines until the run ends"
+    )
+    logs.set_defaults(func=cmd_logs)
     sub.add_parser("list", help="your runs, newest first").set_defaults(func=cmd_list)
     for name, func, text in (
         ("get", cmd_get, "a run, as JSON"),
