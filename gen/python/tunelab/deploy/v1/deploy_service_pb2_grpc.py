@@ -28,9 +28,10 @@ if _version_not_supported:
 class DeployServiceStub:
     """Launches training runs on GPU providers and supervises them until their pod is gone.
 
-    Every call but ReportDeployment acts for the user named in the caller metadata and sees only
-    that user's deployments and keys: another user's is NOT_FOUND. ReportDeployment is
-    authenticated by the deployment's job token instead. Every call needs the internal credential.
+    Every call but the pod's (ReportDeployment, AppendDeploymentLogs, UploadOutput) acts for the
+    user named in the caller metadata and sees only that user's deployments and keys: another
+    user's is NOT_FOUND. The pod's calls are authenticated by the deployment's job token instead.
+    Every call needs the internal credential.
     """
 
     def __init__(self, channel):
@@ -129,9 +130,10 @@ class DeployServiceStub:
 class DeployServiceServicer:
     """Launches training runs on GPU providers and supervises them until their pod is gone.
 
-    Every call but ReportDeployment acts for the user named in the caller metadata and sees only
-    that user's deployments and keys: another user's is NOT_FOUND. ReportDeployment is
-    authenticated by the deployment's job token instead. Every call needs the internal credential.
+    Every call but the pod's (ReportDeployment, AppendDeploymentLogs, UploadOutput) acts for the
+    user named in the caller metadata and sees only that user's deployments and keys: another
+    user's is NOT_FOUND. The pod's calls are authenticated by the deployment's job token instead.
+    Every call needs the internal credential.
     """
 
     def PreflightDeployment(self, request, context):
@@ -374,9 +376,10 @@ def add_DeployServiceServicer_to_server(servicer, server):
 class DeployService:
     """Launches training runs on GPU providers and supervises them until their pod is gone.
 
-    Every call but ReportDeployment acts for the user named in the caller metadata and sees only
-    that user's deployments and keys: another user's is NOT_FOUND. ReportDeployment is
-    authenticated by the deployment's job token instead. Every call needs the internal credential.
+    Every call but the pod's (ReportDeployment, AppendDeploymentLogs, UploadOutput) acts for the
+    user named in the caller metadata and sees only that user's deployments and keys: another
+    user's is NOT_FOUND. The pod's calls are authenticated by the deployment's job token instead.
+    Every call needs the internal credential.
     """
 
     @staticmethod

@@ -29,9 +29,10 @@ GRPC_VERSION: str
 class DeployServiceStub:
     """Launches training runs on GPU providers and supervises them until their pod is gone.
 
-    Every call but ReportDeployment acts for the user named in the caller metadata and sees only
-    that user's deployments and keys: another user's is NOT_FOUND. ReportDeployment is
-    authenticated by the deployment's job token instead. Every call needs the internal credential.
+    Every call but the pod's (ReportDeployment, AppendDeploymentLogs, UploadOutput) acts for the
+    user named in the caller metadata and sees only that user's deployments and keys: another
+    user's is NOT_FOUND. The pod's calls are authenticated by the deployment's job token instead.
+    Every call needs the internal credential.
     """
 
     @_typing.overload
@@ -111,9 +112,10 @@ class DeployServiceStub:
 class DeployServiceAsyncStub(DeployServiceStub):
     """Launches training runs on GPU providers and supervises them until their pod is gone.
 
-    Every call but ReportDeployment acts for the user named in the caller metadata and sees only
-    that user's deployments and keys: another user's is NOT_FOUND. ReportDeployment is
-    authenticated by the deployment's job token instead. Every call needs the internal credential.
+    Every call but the pod's (ReportDeployment, AppendDeploymentLogs, UploadOutput) acts for the
+    user named in the caller metadata and sees only that user's deployments and keys: another
+    user's is NOT_FOUND. The pod's calls are authenticated by the deployment's job token instead.
+    Every call needs the internal credential.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -189,9 +191,10 @@ class DeployServiceAsyncStub(DeployServiceStub):
 class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
     """Launches training runs on GPU providers and supervises them until their pod is gone.
 
-    Every call but ReportDeployment acts for the user named in the caller metadata and sees only
-    that user's deployments and keys: another user's is NOT_FOUND. ReportDeployment is
-    authenticated by the deployment's job token instead. Every call needs the internal credential.
+    Every call but the pod's (ReportDeployment, AppendDeploymentLogs, UploadOutput) acts for the
+    user named in the caller metadata and sees only that user's deployments and keys: another
+    user's is NOT_FOUND. The pod's calls are authenticated by the deployment's job token instead.
+    Every call needs the internal credential.
     """
 
     @_abc_1.abstractmethod
