@@ -219,7 +219,7 @@ class Launcher:
                 billing_started_at=current.billing_started_at or started,
             )
             where = (
-                f" ({pod.gpu_count} x {pod.gpu_type}{', spot' if pod.spot else ''})"
+                f" ({pod.gpu_count} x {pod.gpu_type}{', spot' if d.spec.gpu.spot else ''})"
                 if pod.gpu_type
                 else ""
             )

@@ -52,6 +52,10 @@ def provider_error(exc: ProviderError) -> ServiceError:
         )
     if exc.kind is ProviderErrorKind.QUOTA:
         return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+    if exc.kind is ProviderErrorKind.NOT_ALLOWED:
+        return ServiceError(grpc.StatusCode.PERMISSION_DENIED, exc.message)
+    if exc.kind is ProviderErrorKind.INSUFFICIENT_BALANCE:
+        return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, exc.message)
     return ServiceError(
         grpc.StatusCode.UNAVAILABLE, exc.message, errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE
     )

@@ -18,13 +18,21 @@ import secrets
 import socket
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import replace
 from datetime import datetime, timedelta
 
-from services.deploy import metrics
+from services.deploy import metrics, pod_logs
 from services.deploy.datasets import DatasetsClient
+from services.deploy.keys import KeyRingError
 from services.deploy.launch import Launcher, pod_name, provider_of
 from services.deploy.pod import render
-from services.deploy.providers.base import Pod, PodStatus, ProviderError, ProviderErrorKind
+from services.deploy.providers.base import (
+    Pod,
+    PodStatus,
+    Provider,
+    ProviderError,
+    ProviderErrorKind,
+)
 from services.deploy.providers.registry import Providers
 from services.deploy.settings import DeploySettings
 from services.deploy.states import State, Stop
@@ -36,6 +44,8 @@ log = logging.getLogger(__name__)
 LEASE = "supervisor"
 # Steps of different runs go on side by side (a slow provider must not hold up the others).
 CONCURRENT_STEPS = 16
+# How much of a pod's own log a run that died unreported keeps in its error.
+POD_LOG_TAIL_LINES = 40
 Clock = Callable[[], datetime]
 
 
@@ -132,9 +142,12 @@ class Supervisor:
 
     async def watch(self, d: Deployment) -> None:
         assert d.pod_id is not None
+        tail: tuple[str, ...] = ()
         try:
             async with provider_of(self.providers, d) as provider:
                 pod = await provider.get(d.pod_id)
+                if pod is not None and pod.status in _STOPPED and not _finished_quietly(d, pod):
+                    tail = await self._log_tail(provider, d, pod)
         except ProviderError as exc:
             log.warning("could not read the pod", extra={"deployment": d.id, "error": exc.message})
             pod = _UNKNOWN
@@ -162,12 +175,28 @@ class Supervisor:
                 message = "the pod exited with status 0 after sending its output"
                 change.end(current.state, State.SUCCEEDED, RunError("", message))
             elif verdict := self._verdict(current, pod, now):
+                if tail and not verdict.log_tail:  # the provider says why no better than this
+                    verdict = replace(verdict, log_tail=tail)
                 change.end(current.state, State.FAILED, verdict)
             return change
 
         d, _ = await self.store.mutate(d.id, now, update)
         if d.state.terminal:
             await self.release(d)
+
+    async def _log_tail(self, provider: Provider, d: Deployment, pod: Pod) -> tuple[str, ...]:
+        """The stopped pod's last lines as the provider kept them, sanitized: the only account
+        of a pod that died before it could report (RunPod tells no exit status or reason)."""
+        try:
+            lines = await provider.log_tail(pod.id, POD_LOG_TAIL_LINES)
+        except ProviderError as exc:
+            log.info("no log tail", extra={"deployment": d.id, "error": exc.message})
+            return ()
+        secrets = []
+        if d.job_token_ciphertext:
+            with suppress(KeyRingError):
+                secrets.append(self.providers.keyring.decrypt(d.job_token_ciphertext))
+        return tuple(pod_logs.sanitize(lines, secrets))
 
     def _verdict(self, d: Deployment, pod: Pod | None, now: datetime) -> RunError | None:
         """Why the run must end now, or None."""
@@ -272,6 +301,7 @@ class Supervisor:
 
 
 _UNKNOWN = Pod(id="", name="", status=PodStatus.RUNNING, message="unknown")
+_STOPPED = (PodStatus.FAILED, PodStatus.EXITED)
 
 
 def _finished_quietly(d: Deployment, pod: Pod) -> bool:

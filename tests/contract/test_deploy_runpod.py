@@ -1,5 +1,7 @@
-"""The deploy service against a RunPod that speaks RunPod's wire format (tests/fakes/runpod):
-the servicer over real gRPC, the supervisor driven pass by pass with a controlled clock."""
+"""The deploy service against a RunPod built from RunPod's published contracts
+(tests/fakes/runpod): the servicer over real gRPC, the supervisor driven pass by pass with a
+controlled clock. Every test ends with the fake's check: no request, answer or read of a field
+outside RunPod's documents."""
 
 from __future__ import annotations
 
@@ -40,8 +42,9 @@ CHAT = (
 
 @pytest.fixture
 def runpod() -> Iterator[FakeRunPod]:
-    with FakeRunPod() as fake:
+    with FakeRunPod() as fake, fake.strict_reading():
         yield fake
+        fake.check()
 
 
 @dataclass
@@ -168,20 +171,23 @@ async def test_create_rents_one_named_pod_and_follows_it(deploy: Deploy) -> None
     d = await deploy.get(created.id)
     assert d.state == pb.DEPLOYMENT_STATE_PROVISIONING
     assert d.pod_id == pod["id"]
-    assert d.hourly_usd == pytest.approx(pod["costPerHr"])
+    assert d.hourly_usd == pytest.approx(pod["cost"])
     deploy.fake.set_status(pod["id"], "RUNNING")
     await deploy.tick(60)
     d = await deploy.get(created.id)
     assert d.state == pb.DEPLOYMENT_STATE_STARTING
-    assert d.cost_usd == pytest.approx(pod["costPerHr"] / 60, rel=0.01)
+    assert d.cost_usd == pytest.approx(pod["cost"] / 60, rel=0.01)
 
 
 async def test_spot_pods_are_rented_through_graphql_with_a_bid(deploy: Deploy) -> None:
     created = await deploy.create(deploy.spec(spot=True, bid_per_gpu_usd=1.5))
     await deploy.tick()
     (pod,) = deploy.fake.live_pods(f"tunelab-{created.id}")
-    assert pod["interruptible"] is True
-    assert pod["bidPerGpu"] == pytest.approx(1.5)
+    assert deploy.fake.spot_bid(pod["id"]) == pytest.approx(1.5)
+    events = await deploy.stub.ListDeploymentEvents(
+        api.ListDeploymentEventsRequest(deployment_id=created.id), metadata=deploy.as_()
+    )
+    assert any(", spot)" in e.message for e in events.events)  # from our record: v2 never says
 
 
 @pytest.mark.parametrize(
@@ -196,8 +202,9 @@ async def test_a_pod_that_stops_on_its_own_fails_the_run(
     pod_id = (await deploy.get(created.id)).pod_id
     deploy.fake.set_status(pod_id, "RUNNING")
     await deploy.tick(5)
+    deploy.fake.logs[pod_id] = ["Traceback (most recent call last):", "CUDA error: no device"]
     if change == "exit":
-        deploy.fake.exit(pod_id, 3)
+        deploy.fake.exit(pod_id)
     elif change == "remove":
         deploy.fake.remove(pod_id)
     else:
@@ -206,8 +213,8 @@ async def test_a_pod_that_stops_on_its_own_fails_the_run(
     d = await deploy.get(created.id)
     assert d.state == pb.DEPLOYMENT_STATE_FAILED
     assert d.error.code == code
-    if change == "exit":
-        assert d.error.exit_code == 3
+    if change != "remove":  # RunPod tells no reason: the container's last lines do
+        assert list(d.error.log_tail)[-1:] == ["CUDA error: no device"]
     assert deploy.fake.live_pods(f"tunelab-{created.id}") == []
     await no_secrets_left(deploy, created.id)
 
@@ -644,7 +651,7 @@ async def test_a_pod_that_sent_its_output_and_exited_cleanly_succeeded(deploy: D
         yield api.UploadOutputRequest(chunk=b"adapter")
 
     await deploy.stub.UploadOutput(messages(), timeout=60)
-    deploy.fake.exit(pod["id"], 0)  # and its "succeeded" report never arrived
+    deploy.fake.exit(pod["id"])  # and its "succeeded" report never arrived
     await deploy.tick(5)
     d = await deploy.get(created.id)
     assert d.state == pb.DEPLOYMENT_STATE_SUCCEEDED

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal, Protocol
 
 Cloud = Literal["secure", "community"]
@@ -45,6 +46,9 @@ class PodSpec:
     command: Sequence[str]
     env: Mapping[str, str] = field(repr=False)
     disk_gb: int = 40
+    # The oldest CUDA the image's framework runs on ("12.8"): hosts whose driver is older are
+    # not rented, so that a GPU the image cannot use is never billed.
+    min_cuda_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Pod:
     spot: bool = False
     exit_code: int | None = None
     message: str = ""
+    # The CUDA version the host's driver reports, where the provider says.
+    cuda_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,9 @@ class GpuType:
     community_usd: float | None = None
     secure_spot_usd: float | None = None
     community_spot_usd: float | None = None
+    # Whether any is free now (None: the provider does not say), and the hosts' CUDA versions.
+    available: bool | None = None
+    cuda_versions: tuple[str, ...] = ()
 
     def price(self, cloud: Cloud, spot: bool) -> float | None:
         if cloud == "secure":
@@ -81,7 +90,11 @@ class GpuType:
 class ProviderErrorKind(enum.Enum):
     NO_CAPACITY = "no_capacity"  # no machine of that type now: try another type or later
     UNAUTHENTICATED = "unauthenticated"  # the API key was refused
-    QUOTA = "quota"  # rate limit or account quota (spend limit, balance)
+    QUOTA = "quota"  # rate limit: try again later
+    # Not enough money on the provider account: nothing will start until someone pays.
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    # The account may not use what was asked for (a GPU pool, an action of the key).
+    NOT_ALLOWED = "not_allowed"
     INVALID = "invalid"  # the provider refused the request as malformed
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"  # provider down, timed out, or answered 5xx past our retries
@@ -120,6 +133,15 @@ class Provider(Protocol):
 
     async def gpu_types(self) -> list[GpuType]:
         """The catalogue with current prices."""
+        ...
+
+    async def billed_usd(self, pod_id: str, since: datetime) -> float | None:
+        """What the provider has billed for the pod since `since`; None where it does not say."""
+        ...
+
+    async def log_tail(self, pod_id: str, lines: int) -> list[str]:
+        """The last lines the pod's container printed, as the provider keeps them (may hold
+        secrets: callers sanitize); [] where it keeps none."""
         ...
 
     async def aclose(self) -> None: ...

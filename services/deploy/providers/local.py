@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from services.common.children import proc_stat
@@ -158,6 +159,12 @@ class LocalProvider:
     async def gpu_types(self) -> list[GpuType]:
         return []
 
+    async def billed_usd(self, pod_id: str, since: datetime) -> float | None:
+        return None  # a local pod costs nothing
+
+    async def log_tail(self, pod_id: str, lines: int) -> list[str]:
+        return await asyncio.to_thread(_tail, self._dir(pod_id) / "pod.log", lines)
+
     async def aclose(self) -> None:
         return None
 
@@ -165,6 +172,17 @@ class LocalProvider:
         if not name or "/" in name or name.startswith("."):
             raise ProviderError(ProviderErrorKind.INVALID, f"bad local pod name {name!r}")
         return self.work_dir / name
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines of a file, reading only its end."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(max(0, file.seek(0, os.SEEK_END) - 64 * 1024))
+            text = file.read().decode(errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-lines:] if lines > 0 else []
 
 
 def _read_record(pod_dir: Path) -> _Record | None:

@@ -1,0 +1,300 @@
+"""RunPod's published contracts, loaded for the fake: its v2 OpenAPI document and the GraphQL
+subset we call (tests/fixtures/runpod/, see SOURCE.md there).
+
+The fake checks every request it receives and every answer it gives against them, and
+`StrictReading` makes the client's own reads visible: a JSON object the client decodes from a
+RunPod answer remembers which keys were asked for, and a key the answer's schema does not define
+is a violation. A client reading `costPerHr` from a v2 pod therefore fails the test that made it,
+whatever the fake happens to serve.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import graphql
+import httpx
+import jsonschema
+import referencing
+import referencing.jsonschema
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "runpod"
+_URI = "urn:runpod:openapi-v2"
+# Names every GraphQL answer may carry besides the schema's fields.
+_GRAPHQL_ENVELOPE = frozenset({"data", "errors", "message", "locations", "path", "extensions"})
+
+
+def _pointer(*parts: str) -> str:
+    return "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+@dataclass(frozen=True)
+class Operation:
+    id: str
+    method: str
+    template: str
+    spec: Mapping[str, Any]
+    pointer: str  # of the operation within the document
+
+
+class OpenApi:
+    def __init__(self, path: Path = FIXTURES / "openapi-v2.json") -> None:
+        self.doc: dict[str, Any] = json.loads(path.read_text())
+        resource = referencing.Resource.from_contents(
+            self.doc, default_specification=referencing.jsonschema.DRAFT202012
+        )
+        self._registry: referencing.Registry[Any] = referencing.Registry().with_resource(
+            _URI, resource
+        )
+        self._resolver = self._registry.resolver(_URI)
+        self._operations: list[tuple[re.Pattern[str], Operation]] = []
+        self._names: dict[str, frozenset[str]] = {}
+        for template, item in self.doc["paths"].items():
+            pattern = re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
+            for method, spec in item.items():
+                if method == "parameters":
+                    continue
+                pointer = _pointer("paths", template, method)
+                operation = Operation(spec["operationId"], method.upper(), template, spec, pointer)
+                self._operations.append((pattern, operation))
+
+    @property
+    def version(self) -> str:
+        return str(self.doc["info"]["version"])
+
+    def operation(self, method: str, path: str) -> Operation | None:
+        for pattern, operation in self._operations:
+            if operation.method == method and pattern.match(path):
+                return operation
+        return None
+
+    def resolve(self, node: Any) -> Any:
+        """A node with its `$ref` (if any) followed."""
+        while isinstance(node, dict) and "$ref" in node:
+            node = self._resolver.lookup(node["$ref"]).contents
+        return node
+
+    # -- requests --------------------------------------------------------------------------
+
+    def check_request(
+        self, operation: Operation, query: str, body: Any, has_body: bool
+    ) -> list[str]:
+        """What is wrong with a request, as RunPod's 422 `errors` would list it."""
+        problems: list[str] = []
+        params = [
+            self.resolve(p)
+            for p in (
+                *self.doc["paths"][operation.template].get("parameters", []),
+                *operation.spec.get("parameters", []),
+            )
+        ]
+        query_params = {p["name"]: p for p in params if p["in"] == "query"}
+        sent = parse_qsl(query, keep_blank_values=True)
+        for name, raw in sent:
+            param = query_params.get(name)
+            if param is None:
+                problems.append(f"query: unknown parameter {name!r}")
+                continue
+            value = _query_value(self.resolve(param["schema"]), raw, param)
+            problems += self._errors(param["schema"], value, f"query.{name}")
+        for name, param in query_params.items():
+            if param.get("required") and name not in dict(sent):
+                problems.append(f"query: {name} is required")
+        request_body = operation.spec.get("requestBody")
+        if request_body is None:
+            if has_body:
+                problems.append("body: this operation takes no body")
+            return problems
+        if not has_body:
+            if request_body.get("required"):
+                problems.append("body: required")
+            return problems
+        content = self.resolve(request_body)["content"]
+        schema = content["application/json"]["schema"]
+        return problems + self._errors(schema, body, "$")
+
+    # -- responses -------------------------------------------------------------------------
+
+    def response_schema(self, operation: Operation, status: int, media: str) -> Any:
+        responses = operation.spec["responses"]
+        response = self.resolve(responses.get(str(status)) or responses.get("default"))
+        if response is None:
+            raise AssertionError(f"{operation.id} documents no {status} answer")
+        content = response.get("content")
+        if not content:
+            return None
+        if media not in content:
+            raise AssertionError(
+                f"{operation.id} documents {sorted(content)} for {status}, not {media}"
+            )
+        return content[media].get("schema")
+
+    def check_response(self, operation: Operation, status: int, media: str, body: Any) -> list[str]:
+        schema = self.response_schema(operation, status, media)
+        if schema is None:
+            return [] if body in (None, b"", "") else [f"{operation.id} {status} has no body"]
+        if media.endswith("json"):
+            return self._errors(schema, body, "$")
+        return []
+
+    def names(self, schema: Any) -> frozenset[str]:
+        """Every property name the schema defines, at any depth."""
+        text = json.dumps(schema, sort_keys=True)
+        if text not in self._names:
+            self._names[text] = _names(self, text)
+        return self._names[text]
+
+    def _errors(self, schema: Any, instance: Any, where: str) -> list[str]:
+        validator = jsonschema.Draft202012Validator(
+            {"$ref": f"{_URI}#/$defs/none"} if schema is None else _anchored(schema),
+            registry=self._registry,
+            format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+        )
+        return [
+            f"{where}{''.join(f'[{p!r}]' for p in error.absolute_path)}: {error.message}"
+            for error in validator.iter_errors(instance)
+        ]
+
+
+def _anchored(schema: Any) -> Any:
+    """The schema with its document-relative `$ref`s made absolute."""
+    if isinstance(schema, dict):
+        return {
+            key: (_URI + value if key == "$ref" and value.startswith("#") else _anchored(value))
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_anchored(item) for item in schema]
+    return schema
+
+
+def _names(api: OpenApi, text: str) -> frozenset[str]:
+    found: set[str] = set()
+    seen: set[int] = set()
+
+    def walk(node: Any) -> None:
+        node = api.resolve(node)
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict) or id(node) in seen:
+            return
+        seen.add(id(node))
+        for name, child in (node.get("properties") or {}).items():
+            found.add(name)
+            walk(child)
+        for key in ("allOf", "anyOf", "oneOf", "items", "additionalProperties", "then", "else"):
+            if key in node:
+                walk(node[key])
+
+    walk(json.loads(text))
+    return frozenset(found)
+
+
+def _query_value(schema: Mapping[str, Any], raw: str, param: Mapping[str, Any]) -> Any:
+    """A query string value as the schema's type, the way an OpenAPI server parses it."""
+    kind = schema.get("type")
+    if kind == "array":
+        items = raw.split(",") if param.get("explode") is False else [raw]
+        return items
+    if kind == "integer":
+        return int(raw) if re.fullmatch(r"-?\d+", raw) else raw
+    if kind == "boolean":
+        return {"true": True, "false": False}.get(raw, raw)
+    return raw
+
+
+class GraphQLSchema:
+    def __init__(self, path: Path = FIXTURES / "runpod-graphql-subset.graphql") -> None:
+        self.schema = graphql.build_schema(path.read_text())
+        self.names = frozenset(
+            name
+            for type_ in self.schema.type_map.values()
+            if isinstance(type_, graphql.GraphQLObjectType) and not type_.name.startswith("__")
+            for name in type_.fields
+        )
+
+    def check(self, query: str) -> tuple[graphql.DocumentNode | None, list[str]]:
+        try:
+            document = graphql.parse(query)
+        except graphql.GraphQLError as error:
+            return None, [error.message]
+        return document, [e.message for e in graphql.validate(self.schema, document)]
+
+
+# -- what the client reads ---------------------------------------------------------------------
+
+
+class _Strict(dict[str, Any]):
+    """A decoded JSON object that reports reads of keys its schema does not define."""
+
+    def __init__(
+        self, data: Mapping[str, Any], allowed: frozenset[str], where: str, seen: list[str]
+    ) -> None:
+        super().__init__(data)
+        self._allowed, self._where, self._seen = allowed, where, seen
+
+    def _check(self, key: object) -> None:
+        if key not in self._allowed:
+            self._seen.append(f"{self._where}: the client read {key!r}, which the schema lacks")
+
+    def __getitem__(self, key: str) -> Any:
+        self._check(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._check(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._check(key)
+        return super().__contains__(key)
+
+
+def _wrap(value: Any, allowed: frozenset[str], where: str, seen: list[str]) -> Any:
+    if isinstance(value, dict):
+        return _Strict(
+            {k: _wrap(v, allowed, where, seen) for k, v in value.items()}, allowed, where, seen
+        )
+    if isinstance(value, list):
+        return [_wrap(item, allowed, where, seen) for item in value]
+    return value
+
+
+@contextmanager
+def strict_reading(
+    base_url: str, openapi: OpenApi, graphql_schema: GraphQLSchema, seen: list[str]
+) -> Iterator[None]:
+    """While active, JSON decoded from answers of the server at `base_url` is strict."""
+    original = httpx.Response.json
+
+    def json_of(self: httpx.Response, **kwargs: Any) -> Any:
+        value = original(self, **kwargs)
+        url = str(self.request.url)
+        if not url.startswith(base_url):
+            return value
+        path = self.request.url.path
+        if path == "/graphql":
+            allowed = graphql_schema.names | _GRAPHQL_ENVELOPE
+            return _wrap(value, allowed, "graphql", seen)
+        operation = openapi.operation(self.request.method, path)
+        if operation is None:
+            seen.append(f"{self.request.method} {path}: not an operation of RunPod's API")
+            return value
+        media = self.headers.get("content-type", "").split(";")[0].strip()
+        schema = openapi.response_schema(operation, self.status_code, media)
+        return _wrap(value, openapi.names(schema), operation.id, seen)
+
+    httpx.Response.json = json_of  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        httpx.Response.json = original  # type: ignore[method-assign]
