@@ -1,9 +1,10 @@
 """What both trainers share: the config, the dataset rows, the progress line, the exit status.
 
 Standard library only (Python 3.10+): it ships to the pod with the trainer that imports it, and
-the pod has numpy or torch, never both for sure. The trainers differ in their default learning
-rate and sequence length and in the base models they accept, so `load_config` takes those as
-arguments.
+the pod has numpy or torch, never both for sure. The deploy service imports `Hyperparameters`
+and `parse_hyperparameters` from here too, so a request is checked and given its defaults
+exactly as the trainer reads them. The trainers differ in their default learning rate and in
+the base models they accept, so `load_config` takes those as arguments.
 
 Errors. A ConfigError means the config or the dataset cannot be trained as given (exit status
 2); a TrainingError that training stopped for a reason its message gives in full (exit status
@@ -35,6 +36,14 @@ Turns = list[tuple[str, str]]
 
 class ConfigError(Exception):
     """The config or the dataset cannot be trained as given (exit status 2)."""
+
+
+class HyperparameterError(ConfigError):
+    """A hyperparameter that is not a value of its type within its range."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class TrainingError(Exception):
@@ -74,17 +83,25 @@ def run_main(work: Callable[[], None], explain: Callable[[str], str] = str) -> i
 
 @dataclass(frozen=True, kw_only=True)
 class Hyperparameters:
-    """Each trainer sets its own learning_rate and max_seq_length defaults (its DEFAULTS)."""
+    """How a run trains. The one definition: the deploy service checks a request with it and
+    applies its defaults, and the trainer reads the config the pod receives back into it. The
+    types and ranges are the API's (protos/tunelab/deploy/v1/deployments.proto)."""
 
-    epochs: float = 1.0
-    learning_rate: float
+    epochs: int = 1
+    learning_rate: float = 2e-4
     batch_size: int = 8
-    max_steps: int = 0
+    max_steps: int = 0  # 0: no cap; otherwise the exact number of steps, whatever the epochs
     seed: int = 0
-    max_seq_length: int
+    max_seq_length: int = 1024
     lora_r: int = 16
     beta: float = 0.1
     warmup_ratio: float = 0.0
+
+
+# Each trainer's defaults: the tiny model, trained from scratch, learns at a higher rate than a
+# pretrained model fine-tuned with LoRA.
+TINY_DEFAULTS = Hyperparameters(learning_rate=1e-3)
+TRL_DEFAULTS = Hyperparameters()
 
 
 @dataclass(frozen=True)
@@ -98,18 +115,18 @@ class Config:
 
 
 _INTEGER_RANGES: dict[str, tuple[int, int]] = {
-    "batch_size": (1, 65536),
-    "max_steps": (0, 100_000_000),
-    "seed": (0, 2**32 - 1),
-    "max_seq_length": (16, 1 << 20),
-    "lora_r": (1, 1024),
+    "epochs": (1, 100),
+    "batch_size": (1, 1024),
+    "max_steps": (0, 10_000_000),
+    "seed": (0, 2**31 - 1),
+    "max_seq_length": (16, 32768),
+    "lora_r": (1, 256),
 }
 # name: (low, high, low included, high included)
 _NUMBER_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "epochs": (0.0, 10000.0, False, True),
     "learning_rate": (0.0, 1.0, False, True),
     "beta": (0.0, 100.0, False, True),
-    "warmup_ratio": (0.0, 1.0, True, False),
+    "warmup_ratio": (0.0, 0.5, True, True),
 }
 
 
@@ -118,8 +135,8 @@ def _integer(name: str, value: object) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(
-            f"hyperparameters.{name} must be an integer from {low} to {high}, got {value!r}"
+        raise HyperparameterError(
+            name, f"hyperparameters.{name} must be an integer from {low} to {high}, got {value!r}"
         )
     return value
 
@@ -134,12 +151,15 @@ def _number(name: str, value: object) -> float:
         and (number <= high if high_in else number < high)
     ):
         bounds = f"{'>=' if low_in else '>'} {low:g} and {'<=' if high_in else '<'} {high:g}"
-        raise ConfigError(f"hyperparameters.{name} must be a number {bounds}, got {value!r}")
+        raise HyperparameterError(
+            name, f"hyperparameters.{name} must be a number {bounds}, got {value!r}"
+        )
     return number
 
 
 def parse_hyperparameters(raw: object, defaults: Hyperparameters) -> Hyperparameters:
-    """Validates the hyperparameters; absent or null ones take their defaults."""
+    """Validates the hyperparameters; absent or null ones take their defaults. A value out of
+    its range is a HyperparameterError that names it."""
     if raw is None:
         return defaults
     if not isinstance(raw, dict):

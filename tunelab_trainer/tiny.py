@@ -59,6 +59,7 @@ from typing import Any
 
 from tunelab_trainer.common import (
     PROGRESS_INTERVAL_S,
+    TINY_DEFAULTS,
     Config,
     ConfigError,
     Hyperparameters,
@@ -88,7 +89,7 @@ Doubles = npt.NDArray[np.float64]
 Params = dict[str, Floats]
 
 BASE_MODEL = "tiny"
-DEFAULTS = Hyperparameters(learning_rate=1e-3, max_seq_length=512)
+DEFAULTS = TINY_DEFAULTS
 
 CONTEXT = 8
 EMBED = 24

@@ -44,9 +44,9 @@ from typing import Any
 from tunelab_trainer.common import (
     PREFERENCE_FIELDS,
     PROGRESS_INTERVAL_S,
+    TRL_DEFAULTS,
     Config,
     ConfigError,
-    Hyperparameters,
     load_config,
     note,
     preference_content,
@@ -57,7 +57,7 @@ from tunelab_trainer.common import (
 )
 
 TINY_MODEL = "tiny"
-DEFAULTS = Hyperparameters(learning_rate=2e-4, max_seq_length=1024)
+DEFAULTS = TRL_DEFAULTS
 LORA_DROPOUT = 0.05
 # Trainer log key -> progress line key
 LOG_FIGURES = {

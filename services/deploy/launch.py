@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict
 from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
 
@@ -24,6 +25,7 @@ from services.deploy.pod import render
 from services.deploy.providers.base import Pod, PodSpec, Provider, ProviderError, ProviderErrorKind
 from services.deploy.providers.registry import Providers
 from services.deploy.settings import DeploySettings
+from services.deploy.spec import Spec
 from services.deploy.states import State, Stop
 from services.deploy.store import Change, Deployment, DeploymentStore, RunError
 
@@ -47,6 +49,16 @@ def pod_name(settings: DeploySettings, deployment_id: str) -> str:
 def provider_of(providers: Providers, d: Deployment) -> AbstractAsyncContextManager[Provider]:
     """The provider with the key the run's pod is (or will be) rented with."""
     return providers.open(d.owner, d.spec.provider, d.provider_key_ciphertext)
+
+
+def pod_config(deployment_id: str, spec: Spec) -> dict[str, Any]:
+    """The trainer's config.json, less the paths the pod adds (tunelab_trainer.common.Config)."""
+    return {
+        "deployment_id": deployment_id,
+        "method": spec.method,
+        "base_model": spec.base_model,
+        "hyperparameters": asdict(spec.hyperparameters),
+    }
 
 
 class Launcher:
@@ -161,19 +173,13 @@ class Launcher:
         if not changed:
             await self.datasets.revoke(d.owner, d.spec.dataset_id, link.token_id)
             return None, None, d
-        config = {
-            "deployment_id": d.id,
-            "method": d.spec.method,
-            "base_model": d.spec.base_model,
-            "hyperparameters": asdict(d.spec.hyperparameters),
-        }
         script = render.render(
             render.Bootstrap(
                 deployment_id=d.id,
                 api_url=self.settings.public_url,
                 dataset_sha256=d.dataset_sha256,
                 dataset_size=d.dataset_size,
-                config=config,
+                config=pod_config(d.id, d.spec),
                 trainer=self.trainers[d.spec.provider],
                 heartbeat_seconds=self.settings.heartbeat_seconds,
                 download_attempts=max(1, self.settings.download_token_uses - 1),

@@ -10,13 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from services.common.errors import invalid_argument
 from services.deploy.providers.base import Cloud, GpuRequest
 from tunelab.deploy.v1 import deploy_service_pb2 as api
 from tunelab.deploy.v1 import deployments_pb2 as pb
+from tunelab_trainer.common import (
+    TINY_DEFAULTS,
+    TRL_DEFAULTS,
+    HyperparameterError,
+    Hyperparameters,
+    parse_hyperparameters,
+)
 
 PROVIDERS = ("local", "runpod")
 LOCAL_MODEL = "tiny"
@@ -26,19 +33,6 @@ _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9.
 _GPU_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()/-]{0,127}")
 _IMAGE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,255}")
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    epochs: int = 1
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    max_steps: int = 0
-    seed: int = 0
-    max_seq_length: int = 1024
-    lora_r: int = 16
-    beta: float = 0.1
-    warmup_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,28 +99,14 @@ def parse(message: api.DeploymentSpec, *, default_image: str) -> Spec:
 
 
 def _hyperparameters(h: pb.Hyperparameters, provider: str) -> Hyperparameters:
-    default = Hyperparameters(learning_rate=1e-3 if provider == "local" else 2e-4)
-    checks: list[tuple[str, float, float, float]] = [
-        # name, value, lowest, highest
-        ("epochs", h.epochs, 1, 100),
-        ("learning_rate", h.learning_rate, 0, 1),
-        ("batch_size", h.batch_size, 1, 1024),
-        ("max_steps", h.max_steps, 0, 10_000_000),
-        ("seed", h.seed, 0, 2**31 - 1),
-        ("max_seq_length", h.max_seq_length, 16, 32768),
-        ("lora_r", h.lora_r, 1, 256),
-        ("beta", h.beta, 0, 100),
-        ("warmup_ratio", h.warmup_ratio, 0, 0.5),
-    ]
-    values: dict[str, Any] = {}
-    for name, value, lowest, highest in checks:
-        if value != value or (not lowest <= value <= highest and value != 0):  # NaN, or range
-            raise invalid_argument(
-                f"deployment.hyperparameters.{name}",
-                f"hyperparameters.{name} must be between {lowest:g} and {highest:g}; got {value:g}",
-            )
-        values[name] = value if value else getattr(default, name)
-    return Hyperparameters(**values)
+    """The values set, checked as the trainer checks them, and the trainer's defaults for the
+    rest (proto3's 0 is "not set": each field's 0 is its default or outside its range)."""
+    defaults = TINY_DEFAULTS if provider == "local" else TRL_DEFAULTS
+    given = {f.name: getattr(h, f.name) for f in fields(Hyperparameters) if getattr(h, f.name)}
+    try:
+        return parse_hyperparameters(given, defaults)
+    except HyperparameterError as exc:
+        raise invalid_argument(f"deployment.hyperparameters.{exc.name}", str(exc)) from None
 
 
 def _gpu(gpu: pb.GpuSpec, provider: str) -> GpuRequest:

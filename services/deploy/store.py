@@ -30,8 +30,9 @@ from services.deploy.models import (
     ProviderKeyRow,
 )
 from services.deploy.providers.base import GpuRequest
-from services.deploy.spec import Hyperparameters, Spec
+from services.deploy.spec import Spec
 from services.deploy.states import LIVE, State
+from tunelab_trainer.common import Hyperparameters
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,24 @@ pre-flight check that would have caught the old platform's http://localhost:3000
 
 from __future__ import annotations
 
+import contextlib
+import io
+import shlex
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
 import pytest
 
 from services.common.errors import ServiceError
+from services.deploy.launch import pod_config
+from services.deploy.pod import render, report
 from services.deploy.preflight import Preflight, Status, _gpu_check, _unreachable_from_outside
 from services.deploy.providers.base import GpuType
 from services.deploy.spec import parse
 from tunelab.deploy.v1 import deploy_service_pb2 as api
 from tunelab.deploy.v1 import deployments_pb2 as pb
+from tunelab_trainer.common import TINY_DEFAULTS, TRL_DEFAULTS, load_config
 
 
 def spec(**changes: object) -> api.DeploymentSpec:
@@ -86,6 +93,58 @@ def test_bad_values_name_their_field(changes: dict[str, object], field: str) -> 
         parse(spec(**changes), default_image="img:1")
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.metadata["field"] == field
+
+
+@pytest.mark.parametrize("provider", ["local", "runpod"])
+@pytest.mark.parametrize(
+    "given",
+    [
+        pb.Hyperparameters(),
+        pb.Hyperparameters(
+            epochs=3,
+            learning_rate=5e-5,
+            batch_size=4,
+            max_steps=100,
+            seed=7,
+            max_seq_length=256,
+            lora_r=8,
+            beta=0.25,
+            warmup_ratio=0.1,
+        ),
+    ],
+    ids=["defaults", "every-field"],
+)
+def test_hyperparameters_reach_the_trainer_as_the_service_checked_them(
+    tmp_path: Path, provider: str, given: pb.Hyperparameters
+) -> None:
+    local = {"base_model": "", "gpu__type": ""} if provider == "local" else {}
+    message = spec(provider=provider, **local)
+    message.hyperparameters.CopyFrom(given)
+    parsed = parse(message, default_image="img:1")
+    script = render.render(
+        render.Bootstrap(
+            deployment_id="dep_x",
+            api_url="https://tunelab.example",
+            dataset_sha256="0" * 64,
+            dataset_size=1,
+            config=pod_config("dep_x", parsed),
+            trainer=render.trainer("tiny"),
+        )
+    )
+    # The pod's path: the script's CONFIG_JSON, completed by report.py into config.json.
+    line = next(ln for ln in script.splitlines() if ln.startswith("readonly CONFIG_JSON="))
+    (config_json,) = shlex.split(line.removeprefix("readonly CONFIG_JSON="))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report.config(config_json, str(tmp_path / "data.jsonl"), str(tmp_path / "out"))
+    (tmp_path / "config.json").write_text(printed.getvalue())
+    defaults = TINY_DEFAULTS if provider == "local" else TRL_DEFAULTS
+    loaded = load_config(
+        str(tmp_path / "config.json"), defaults=defaults, check_base_model=lambda _: None
+    )
+    assert loaded.hyperparameters == parsed.hyperparameters
+    if not given.ListFields():
+        assert parsed.hyperparameters == defaults
 
 
 def test_the_same_request_has_the_same_digest_and_another_does_not() -> None:
