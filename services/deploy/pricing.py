@@ -7,6 +7,7 @@ import grpc
 from services.common.errors import ServiceError, invalid_argument
 from services.deploy.providers.base import ProviderError, ProviderErrorKind
 from services.deploy.providers.registry import Providers
+from services.deploy.spec import MAX_GPUS
 from tunelab.common.v1 import errors_pb2
 from tunelab.deploy.v1 import deployments_pb2 as pb
 
@@ -20,8 +21,12 @@ async def gpu_types(
         return []
     if provider != "runpod":
         raise invalid_argument("provider", "GPU types come from provider runpod (or local)")
-    if not 0 <= gpu_count <= 8:
-        raise invalid_argument("gpu_count", "gpu_count must be between 1 and 8")
+    if not 0 <= gpu_count <= MAX_GPUS:
+        raise invalid_argument(
+            "gpu_count",
+            f"gpu_count must be a whole number from 1 to {MAX_GPUS} (0 or unset means 1); "
+            f"got {gpu_count}",
+        )
     try:
         async with providers.open(owner, provider) as client:
             found = await client.gpu_types()

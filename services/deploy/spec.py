@@ -28,6 +28,7 @@ from tunelab_trainer.common import (
 PROVIDERS = ("local", "runpod")
 LOCAL_MODEL = "tiny"
 MAX_RUNTIME_MINUTES = 7 * 24 * 60
+MAX_GPUS = 8
 # A Hugging Face model id: owner/name, or a bare name.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 _GPU_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()/-]{0,127}")
@@ -126,8 +127,12 @@ def _gpu(gpu: pb.GpuSpec, provider: str) -> GpuRequest:
             )
     if len(gpu.fallback_types) > 8:
         raise invalid_argument("deployment.gpu.fallback_types", "at most 8 fallback types")
-    if not 0 <= gpu.count <= 8:
-        raise invalid_argument("deployment.gpu.count", "gpu.count must be between 1 and 8")
+    if not 0 <= gpu.count <= MAX_GPUS:
+        raise invalid_argument(
+            "deployment.gpu.count",
+            f"gpu.count must be a whole number from 1 to {MAX_GPUS} (0 or unset means 1); "
+            f"got {gpu.count}",
+        )
     if gpu.bid_per_gpu_usd < 0 or gpu.bid_per_gpu_usd != gpu.bid_per_gpu_usd:
         raise invalid_argument("deployment.gpu.bid_per_gpu_usd", "the bid must be 0 or more")
     if gpu.bid_per_gpu_usd and not gpu.spot:

@@ -147,6 +147,21 @@ def test_hyperparameters_reach_the_trainer_as_the_service_checked_them(
         assert parsed.hyperparameters == defaults
 
 
+@pytest.mark.parametrize("count", [-1, 9, 16])
+def test_a_gpu_count_out_of_range_says_what_is_accepted(count: int) -> None:
+    with pytest.raises(ServiceError) as caught:
+        parse(spec(gpu__count=count), default_image="img:1")
+    assert caught.value.metadata["field"] == "deployment.gpu.count"
+    assert caught.value.message == (
+        f"gpu.count must be a whole number from 1 to 8 (0 or unset means 1); got {count}"
+    )
+
+
+@pytest.mark.parametrize(("count", "rented"), [(0, 1), (1, 1), (3, 3), (8, 8)])
+def test_every_gpu_count_the_message_names_is_accepted(count: int, rented: int) -> None:
+    assert parse(spec(gpu__count=count), default_image="img:1").gpu.count == rented
+
+
 def test_the_same_request_has_the_same_digest_and_another_does_not() -> None:
     first = parse(spec(), default_image="img")
     assert first.digest() == parse(spec(), default_image="img").digest()
