@@ -156,8 +156,15 @@ def _postfix(deployment: dict[str, Any]) -> str:
     parts = [str(deployment.get("state", ""))]
     if progress.get("step"):
         parts.append(f"loss={float(progress.get('loss', 0)):.3f}")
-    parts.append(f"cost=${float(deployment.get('cost_usd', 0)):.2f}")
+    parts.append(f"cost=${float(deployment.get('cost_usd', 0)):.2f}{_billed(deployment, '=')}")
     return " ".join(parts)
+
+
+def _billed(deployment: dict[str, Any], sep: str) -> str:
+    """The provider's bill beside our estimate, once it has been read."""
+    if "billed_usd" not in deployment:
+        return ""
+    return f" (billed{sep}${float(deployment['billed_usd']):.2f})"
 
 
 def follow(client: httpx.Client, deployment_id: str) -> int:
@@ -227,7 +234,7 @@ def _finish(deployment: dict[str, Any]) -> int:
             f": step {progress['step']}/{progress.get('total_steps', '?')}, "
             f"loss={float(progress.get('loss', 0)):.4f}"
         )
-    summary += f", cost ${float(deployment.get('cost_usd', 0)):.2f}"
+    summary += f", cost ${float(deployment.get('cost_usd', 0)):.2f}{_billed(deployment, ' ')}"
     _say(summary)
     if state == "succeeded":
         return 0

@@ -54,6 +54,10 @@ def deployment(d: Deployment) -> pb.Deployment:
         last_report_at=timestamp(d.last_report_at),
         system_info=d.system_info,
     )
+    if d.billed_usd is not None:
+        message.billed_usd = d.billed_usd
+        if billed_at := timestamp(d.billed_at):
+            message.billed_at.CopyFrom(billed_at)
     if spec.provider != "local":
         message.gpu.CopyFrom(
             pb.GpuSpec(

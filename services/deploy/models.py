@@ -109,6 +109,10 @@ class DeploymentRow(Base):
         doc="When the provider confirmed the pod gone; until then the supervisor keeps "
         "terminating it, whatever the state.",
     )
+    billed_usd: Mapped[float | None] = mapped_column(
+        Float, doc="What the provider billed for the pod, as last read (RunPod's billing)."
+    )
+    billed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class DeploymentEventRow(Base):

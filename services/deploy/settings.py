@@ -61,6 +61,18 @@ class DeploySettings(CommonSettings):
         "rate-limits us, retrying, before it fails (its max_runtime_minutes caps it too).",
     )
     orphan_sweep_interval_seconds: float = Field(300.0, gt=0)
+    billing_check_minutes: float = Field(
+        30.0,
+        gt=0,
+        description="How often a finished RunPod run's bill is read from RunPod's billing "
+        "records, beside the estimate (billed_usd).",
+    )
+    billing_settle_hours: float = Field(
+        24.0,
+        ge=0,
+        description="For how long after a run ends its bill is read again (bills settle late); "
+        "0 reads none.",
+    )
     heartbeat_seconds: int = Field(
         60,
         gt=0,

@@ -81,6 +81,9 @@ class Deployment:
     last_report_at: datetime | None
     finished_at: datetime | None
     pod_released_at: datetime | None
+    # What the provider billed for the pod, when it was last read (None: not yet, or never).
+    billed_usd: float | None = None
+    billed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,8 @@ class Change:
     started_at: datetime | Unset = UNSET
     last_report_at: datetime | Unset = UNSET
     pod_released_at: datetime | Unset = UNSET
+    billed_usd: float | Unset = UNSET
+    billed_at: datetime | Unset = UNSET
     events: list[tuple[str, State | None, str]] = field(default_factory=list)
 
     def become(self, current: State, new: State, message: str) -> bool:
@@ -292,6 +297,19 @@ class DeploymentStore:
                 DeploymentRow.provider_key_ciphertext.is_not(None),
                 DeploymentRow.job_token_ciphertext.is_not(None),
             )
+        )
+        async with self.db.session() as session:
+            return [_deployment(r) for r in (await session.scalars(query)).all()]
+
+    async def to_bill(
+        self, provider: str, released_after: datetime, checked_before: datetime
+    ) -> list[Deployment]:
+        """Runs of `provider` whose pod was released after `released_after` and whose bill
+        was not read since `checked_before`: providers settle bills late, so it is read again."""
+        query = select(DeploymentRow).where(
+            DeploymentRow.provider == provider,
+            DeploymentRow.pod_released_at > released_after,
+            or_(DeploymentRow.billed_at.is_(None), DeploymentRow.billed_at < checked_before),
         )
         async with self.db.session() as session:
             return [_deployment(r) for r in (await session.scalars(query)).all()]
@@ -572,6 +590,8 @@ def _deployment(row: DeploymentRow) -> Deployment:
         last_report_at=row.last_report_at,
         finished_at=row.finished_at,
         pod_released_at=row.pod_released_at,
+        billed_usd=row.billed_usd,
+        billed_at=row.billed_at,
     )
 
 
@@ -640,3 +660,7 @@ def _apply(change: Change, row: DeploymentRow) -> None:
         row.last_report_at = change.last_report_at
     if change.pod_released_at is not UNSET:
         row.pod_released_at = change.pod_released_at
+    if change.billed_usd is not UNSET:
+        row.billed_usd = change.billed_usd
+    if change.billed_at is not UNSET:
+        row.billed_at = change.billed_at

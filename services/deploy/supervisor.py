@@ -22,6 +22,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from services.deploy import metrics, pod_logs
+from services.deploy.billing import Billing
 from services.deploy.datasets import DatasetsClient
 from services.deploy.keys import KeyRingError
 from services.deploy.launch import Launcher, pod_name, provider_of
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 LEASE = "supervisor"
 # Steps of different runs go on side by side (a slow provider must not hold up the others).
 CONCURRENT_STEPS = 16
+# How often the supervisor looks for bills due (each is read every billing_check_minutes).
+BILLING_EVERY = timedelta(minutes=1)
 # How much of a pod's own log a run that died unreported keeps in its error.
 POD_LOG_TAIL_LINES = 40
 Clock = Callable[[], datetime]
@@ -66,6 +69,8 @@ class Supervisor:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         self._last_sweep: datetime | None = None
+        self._last_billing: datetime | None = None
+        self.billing = Billing(store, providers, settings, clock)
         self._last_tick: datetime | None = None
         self._gap = timedelta(seconds=settings.supervise_interval_seconds)
         self.launcher = Launcher(
@@ -119,6 +124,9 @@ class Supervisor:
         if due and await self._leader():  # a long pass may have lost the lease
             self._last_sweep = now
             await self.sweep()
+        if self._last_billing is None or now - self._last_billing >= BILLING_EVERY:
+            self._last_billing = now
+            await self.billing.reconcile()
 
     async def _leader(self) -> bool:
         """Take or renew the lease; False while another replica holds it."""

@@ -657,3 +657,63 @@ async def test_a_pod_that_sent_its_output_and_exited_cleanly_succeeded(deploy: D
     assert d.state == pb.DEPLOYMENT_STATE_SUCCEEDED
     assert not d.HasField("error")
     assert deploy.fake.pods[pod["id"]]["status"] == "TERMINATED"
+
+
+async def test_the_bill_is_read_after_the_run_and_again_until_it_settles(deploy: Deploy) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    pod_id = (await deploy.get(created.id)).pod_id
+    deploy.fake.set_status(pod_id, "RUNNING")
+    await deploy.tick(600)
+    await deploy.stub.CancelDeployment(
+        api.CancelDeploymentRequest(deployment_id=created.id), metadata=deploy.as_()
+    )
+    await deploy.tick(60)
+    d = await deploy.get(created.id)
+    assert d.state == pb.DEPLOYMENT_STATE_CANCELLED
+    assert not d.HasField("billed_usd")  # RunPod has no record of it yet
+
+    def bills() -> list[str]:
+        return [r.query for r in deploy.fake.requests if r.path == "/v2/billing/pods"]
+
+    deploy.fake.billed[pod_id] = 0.3712
+    await deploy.tick(31 * 60)
+    d = await deploy.get(created.id)
+    assert d.billed_usd == pytest.approx(0.3712)
+    assert d.cost_usd == pytest.approx(1.64 * 10 / 60, abs=1e-5)  # our estimate stays
+    assert all(f"podId={pod_id}" in query for query in bills())
+
+    deploy.fake.billed[pod_id] = 0.4022  # RunPod settled late
+    await deploy.tick(10 * 60)
+    assert (await deploy.get(created.id)).billed_usd == pytest.approx(0.3712)  # not due yet
+    await deploy.tick(21 * 60)
+    assert (await deploy.get(created.id)).billed_usd == pytest.approx(0.4022)
+    events = await deploy.stub.ListDeploymentEvents(
+        api.ListDeploymentEventsRequest(deployment_id=created.id), metadata=deploy.as_()
+    )
+    billed = [e.message for e in events.events if e.kind == "billed"]
+    assert billed == [
+        f"runpod billed $0.37 for pod {pod_id} (estimated ${d.cost_usd:.2f})",
+        f"runpod billed $0.40 for pod {pod_id} (estimated ${d.cost_usd:.2f})",
+    ]
+
+    read = len(bills())
+    await deploy.tick(25 * 3600)  # settled: never read again
+    await deploy.tick(31 * 60)
+    assert len(bills()) == read
+
+
+async def test_a_bill_that_cannot_be_read_is_tried_again_later(deploy: Deploy) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    pod_id = (await deploy.get(created.id)).pod_id
+    await deploy.stub.CancelDeployment(
+        api.CancelDeploymentRequest(deployment_id=created.id), metadata=deploy.as_()
+    )
+    await deploy.tick(60)
+    deploy.fake.billed[pod_id] = 0.05
+    deploy.fake.fail_next(1, status=403, only="GET /v2/billing")  # a key without billing access
+    await deploy.tick(120)
+    assert not (await deploy.get(created.id)).HasField("billed_usd")
+    await deploy.tick(120)
+    assert (await deploy.get(created.id)).billed_usd == pytest.approx(0.05)

@@ -35,6 +35,8 @@ EVERY_FIELD = Change(
     started_at=NOW - timedelta(minutes=50),
     last_report_at=NOW - timedelta(minutes=2),
     pod_released_at=NOW,
+    billed_usd=0.42,
+    billed_at=NOW,
 )
 
 

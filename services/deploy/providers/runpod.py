@@ -236,6 +236,8 @@ class RunPodProvider:
         response = await self._request("GET", f"{self._rest}/billing/pods", action, params=params)
         body = self._ok_json(response, action)
         metadata = body.get("metadata") if isinstance(body, dict) else None
+        if isinstance(metadata, dict) and metadata.get("recordCount") == 0:
+            return None  # no record of the pod yet: bills settle late
         totals = metadata.get("totals") if isinstance(metadata, dict) else None
         total = totals.get("totalAmount") if isinstance(totals, dict) else None
         if not isinstance(total, int | float):

@@ -169,6 +169,8 @@ class Deployment(_message.Message):
     LAST_REPORT_AT_FIELD_NUMBER: _builtins.int
     SYSTEM_INFO_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    BILLED_USD_FIELD_NUMBER: _builtins.int
+    BILLED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """"dep_" and 26 characters; the pod is named "tunelab-<id>"."""
     state: Global___DeploymentState.ValueType
@@ -187,6 +189,11 @@ class Deployment(_message.Message):
     """The GPU type actually rented (a fallback type when the first had no capacity)."""
     image: _builtins.str
     """The container image the pod runs."""
+    billed_usd: _builtins.float
+    """What the provider billed for the pod, as its billing records say (RunPod's, read after
+    the run ended and again for a day, since bills settle late); unset until then, and for
+    providers that bill nothing. cost_usd stays the estimate the limits were enforced with.
+    """
     @_builtins.property
     def hyperparameters(self) -> Global___Hyperparameters: ...
     @_builtins.property
@@ -225,6 +232,10 @@ class Deployment(_message.Message):
     def output(self) -> Global___Output:
         """What the run trained, once the pod has sent it (GET .../output downloads it)."""
 
+    @_builtins.property
+    def billed_at(self) -> _timestamp_pb2.Timestamp:
+        """When billed_usd was last read."""
+
     def __init__(
         self,
         *,
@@ -251,12 +262,16 @@ class Deployment(_message.Message):
         last_report_at: _timestamp_pb2.Timestamp | None = ...,
         system_info: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         output: Global___Output | None = ...,
+        billed_usd: _builtins.float | None = ...,
+        billed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "gpu", b"gpu", "hyperparameters", b"hyperparameters", "last_report_at", b"last_report_at", "limits", b"limits", "output", b"output", "progress", b"progress", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_billed_usd", b"_billed_usd", "billed_at", b"billed_at", "billed_usd", b"billed_usd", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "gpu", b"gpu", "hyperparameters", b"hyperparameters", "last_report_at", b"last_report_at", "limits", b"limits", "output", b"output", "progress", b"progress", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "cost_usd", b"cost_usd", "created_at", b"created_at", "dataset_id", b"dataset_id", "error", b"error", "finished_at", b"finished_at", "gpu", b"gpu", "gpu_type", b"gpu_type", "hourly_usd", b"hourly_usd", "hyperparameters", b"hyperparameters", "id", b"id", "image", b"image", "last_report_at", b"last_report_at", "limits", b"limits", "method", b"method", "output", b"output", "pod_id", b"pod_id", "progress", b"progress", "provider", b"provider", "started_at", b"started_at", "state", b"state", "system_info", b"system_info", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_billed_usd", b"_billed_usd", "base_model", b"base_model", "billed_at", b"billed_at", "billed_usd", b"billed_usd", "cost_usd", b"cost_usd", "created_at", b"created_at", "dataset_id", b"dataset_id", "error", b"error", "finished_at", b"finished_at", "gpu", b"gpu", "gpu_type", b"gpu_type", "hourly_usd", b"hourly_usd", "hyperparameters", b"hyperparameters", "id", b"id", "image", b"image", "last_report_at", b"last_report_at", "limits", b"limits", "method", b"method", "output", b"output", "pod_id", b"pod_id", "progress", b"progress", "provider", b"provider", "started_at", b"started_at", "state", b"state", "system_info", b"system_info", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__billed_usd: _TypeAlias = _typing.Literal["billed_usd"]  # noqa: Y015
+    _WhichOneofArgType__billed_usd: _TypeAlias = _typing.Literal["_billed_usd", b"_billed_usd"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__billed_usd) -> _WhichOneofReturnType__billed_usd | None: ...
 
 Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
 
