@@ -557,6 +557,33 @@ async def test_a_transient_refusal_is_retried_until_the_provisioning_deadline(
     assert deploy.fake.live_pods(f"tunelab-{late.id}") == []
 
 
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        ("balance", "insufficient balance: add funds to the RunPod account"),
+        ("pool", f"the RunPod account may not rent {GPU} (access denied)"),
+    ],
+)
+async def test_a_refusal_no_retry_can_mend_fails_the_run_at_once(
+    deploy: Deploy, fault: str, says: str
+) -> None:
+    if fault == "balance":
+        deploy.fake.balance_usd = 0.10  # less than one hour of the pod
+    else:
+        deploy.fake.deny_pool(GPU)
+    created = await deploy.create()
+    await deploy.tick()
+    d = await deploy.get(created.id)
+    assert d.state == pb.DEPLOYMENT_STATE_FAILED  # at once, not after 30 minutes of retries
+    assert d.error.code == "PROVIDER_REFUSED"
+    assert says in d.error.message
+    posts = [r for r in deploy.fake.requests if (r.method, r.path) == ("POST", "/v2/pods")]
+    assert len(posts) == 1
+    assert deploy.fake.live_pods() == []
+    await deploy.tick(10)  # looks once more for a pod of its name, then forgets the secrets
+    await no_secrets_left(deploy, created.id)
+
+
 async def test_an_unknown_state_filter_is_invalid(deploy: Deploy) -> None:
     error = await rpc_error(
         deploy.stub.ListDeployments(api.ListDeploymentsRequest(state=99), metadata=deploy.as_())  # type: ignore[arg-type]
