@@ -199,14 +199,15 @@ class RunPodProvider:
         if response.is_success or response.status_code == 404:
             return  # 404: already gone, which is what we wanted
         if response.status_code == 409:
-            # RunPod refuses a termination that is already under way: done if the pod is gone.
+            # Documented for a pod that belongs to a cluster (ours never do): done if it is gone
+            # meanwhile; else it keeps billing, which the supervisor must keep saying.
             pod = await self.get(pod_id)
             if pod is None or pod.status is PodStatus.TERMINATED:
                 return
             raise ProviderError(
                 ProviderErrorKind.UNAVAILABLE,
-                f"RunPod refused to terminate pod {pod_id} while it is {pod.status.value}: "
-                "try again shortly",
+                f"RunPod refused to terminate pod {pod_id} while it is {pod.status.value} "
+                f"({self._scrub(_problem_detail(response))}): terminate it in RunPod's console",
             )
         raise self._error(response, action)
 
