@@ -42,6 +42,8 @@ async def gpu_types(
             community_usd=(g.community_usd or 0) * count,
             secure_spot_usd=(g.secure_spot_usd or 0) * count,
             community_spot_usd=(g.community_spot_usd or 0) * count,
+            available=g.available,
+            cuda_versions=g.cuda_versions,
         )
         for g in found
     ]

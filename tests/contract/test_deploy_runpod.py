@@ -744,3 +744,24 @@ async def test_a_bill_that_cannot_be_read_is_tried_again_later(deploy: Deploy) -
     assert not (await deploy.get(created.id)).HasField("billed_usd")
     await deploy.tick(120)
     assert (await deploy.get(created.id)).billed_usd == pytest.approx(0.05)
+
+
+async def test_gpu_types_are_priced_for_the_count_with_stock_and_cuda(deploy: Deploy) -> None:
+    deploy.fake.set_capacity("NVIDIA RTX A6000", 0)
+    reply = await deploy.stub.ListGpuTypes(
+        api.ListGpuTypesRequest(provider="runpod", gpu_count=2), metadata=deploy.as_()
+    )
+    types = {t.id: t for t in reply.gpu_types}
+    a100 = types[GPU]
+    assert (a100.secure_usd, a100.community_usd) == (pytest.approx(3.28), pytest.approx(2.38))
+    assert a100.secure_spot_usd == pytest.approx(1.64)  # GraphQL's spot price, times two
+    assert (a100.HasField("available"), a100.available) == (True, True)
+    assert list(a100.cuda_versions) == ["12.2", "12.4", "12.8"]
+    assert types["NVIDIA RTX A6000"].available is False
+
+    deploy.fake.fail_next(1, status=403, only="GET /v2/catalog")  # a key that may not read it
+    denied = await rpc_error(
+        deploy.stub.ListGpuTypes(api.ListGpuTypesRequest(provider="runpod"), metadata=deploy.as_())
+    )
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "read and write access to pods" in (denied.details() or "")

@@ -706,6 +706,8 @@ class GpuType(_message.Message):
     COMMUNITY_USD_FIELD_NUMBER: _builtins.int
     SECURE_SPOT_USD_FIELD_NUMBER: _builtins.int
     COMMUNITY_SPOT_USD_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    CUDA_VERSIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The id to put in GpuSpec.type."""
     display_name: _builtins.str
@@ -715,6 +717,12 @@ class GpuType(_message.Message):
     community_usd: _builtins.float
     secure_spot_usd: _builtins.float
     community_spot_usd: _builtins.float
+    available: _builtins.bool
+    """Whether the provider has a free machine of this type now; unset where it does not say."""
+    @_builtins.property
+    def cuda_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The CUDA versions its hosts' drivers run ("12.8"); a pod needs one its image runs on."""
+
     def __init__(
         self,
         *,
@@ -725,11 +733,15 @@ class GpuType(_message.Message):
         community_usd: _builtins.float = ...,
         secure_spot_usd: _builtins.float = ...,
         community_spot_usd: _builtins.float = ...,
+        available: _builtins.bool | None = ...,
+        cuda_versions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_available", b"_available", "available", b"available"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["community_spot_usd", b"community_spot_usd", "community_usd", b"community_usd", "display_name", b"display_name", "id", b"id", "memory_gb", b"memory_gb", "secure_spot_usd", b"secure_spot_usd", "secure_usd", b"secure_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_available", b"_available", "available", b"available", "community_spot_usd", b"community_spot_usd", "community_usd", b"community_usd", "cuda_versions", b"cuda_versions", "display_name", b"display_name", "id", b"id", "memory_gb", b"memory_gb", "secure_spot_usd", b"secure_spot_usd", "secure_usd", b"secure_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__available: _TypeAlias = _typing.Literal["available"]  # noqa: Y015
+    _WhichOneofArgType__available: _TypeAlias = _typing.Literal["_available", b"_available"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__available) -> _WhichOneofReturnType__available | None: ...
 
 Global___GpuType: _TypeAlias = GpuType  # noqa: Y015
