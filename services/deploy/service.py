@@ -28,8 +28,6 @@ from tunelab.deploy.v1 import deploy_service_pb2, deploy_service_pb2_grpc
 MIGRATIONS = Migrations("deploy", Path(__file__).parent / "migrations")
 DOMAIN = "deploy.tunelab.dev"
 SERVICE_NAME = deploy_service_pb2.DESCRIPTOR.services_by_name["DeployService"].full_name
-# What a RunPod pod installs before training; the image brings Python, CUDA and PyTorch.
-RUNPOD_REQUIREMENTS = ("trl>=0.12", "peft>=0.13", "datasets>=3.0", "accelerate>=1.0")
 
 
 def utc_now() -> datetime:
@@ -71,7 +69,8 @@ def assemble(
     datasets = DatasetsClient(settings.datasets_address, internal_token)
     trainers = {
         "local": render.trainer("tiny"),
-        "runpod": render.trainer("trl_train", RUNPOD_REQUIREMENTS),
+        # The image brings Python, CUDA and torch; pods install pod/stack.py's pinned packages.
+        "runpod": render.gpu_trainer(),
     }
     supervisor = Supervisor(store, providers, datasets, settings, trainers, clock)
     preflight = Preflight(

@@ -8,8 +8,9 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings, shared
+from services.deploy.pod import stack
 
-DEFAULT_RUNPOD_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
+DEFAULT_RUNPOD_IMAGE = stack.IMAGE
 
 
 class DeploySettings(CommonSettings):
@@ -103,5 +104,18 @@ class DeploySettings(CommonSettings):
     # RunPod.
     runpod_rest_url: str = "https://api.runpod.io/v2"
     runpod_graphql_url: str = "https://api.runpod.io/graphql"
-    runpod_image: str = DEFAULT_RUNPOD_IMAGE
+    runpod_image: str = Field(
+        DEFAULT_RUNPOD_IMAGE,
+        description="The pods' image (Python, CUDA, torch); a request's `image` overrides it. The "
+        "pod's packages are pinned for the default (Python 3.12, CUDA 12.8, torch 2.8.0): on "
+        "another image the pre-flight warns that the combination is untested, and a pod whose "
+        "torch is not 2.8.0 fails before it downloads anything.",
+    )
+    pod_min_cuda_version: str = Field(
+        stack.CUDA_VERSION,
+        pattern=r"^\d+\.\d+$",
+        description="RunPod pods go only to hosts whose driver runs at least this CUDA version "
+        "(major.minor; RunPod's minCudaVersion): the image's CUDA, or its torch cannot see the "
+        "GPU. Change it with runpod_image.",
+    )
     runpod_disk_gb: int = Field(60, ge=10, le=2000)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.deploy.pod import render
-from services.deploy.service import RUNPOD_REQUIREMENTS
+from services.deploy.pod import render, stack
 
 SHELLCHECK = str(Path(sys.executable).parent / "shellcheck")
 HOSTILE = [
@@ -26,7 +25,7 @@ HOSTILE = [
 ]
 TRAINERS = {
     "local": render.trainer("tiny"),
-    "runpod": render.trainer("trl_train", RUNPOD_REQUIREMENTS),
+    "runpod": render.gpu_trainer(),
 }
 
 
@@ -74,7 +73,8 @@ def test_the_script_embeds_its_files_verbatim() -> None:
     text = script("dep_x", TRAINERS["runpod"])
     for _, source in TRAINERS["runpod"].files:
         assert source.rstrip("\n") in text
-    assert "'trl>=0.12'" in text
+    assert "trl==0.24.0" in text
+    assert stack.constraints().rstrip("\n") in text
 
 
 def test_the_launch_command_unpacks_and_runs_the_packed_script(tmp_path: Path) -> None:

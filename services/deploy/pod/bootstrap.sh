@@ -3,6 +3,15 @@
 # Secrets reach it through the environment (TUNELAB_JOB_TOKEN, TUNELAB_DATASET_URL), never
 # through this file, so the file can be shown and kept. Every value below was shell-quoted by
 # the generator.
+#
+# RunPod restarts a container whose command exits, and this script then runs again in the same
+# work directory. It never redoes a run that ended: the end is recorded on the pod's disk
+# ($WORK_DIR/finished), and the control plane refuses reports to a run that is over; either way
+# nothing is downloaded or trained again. After its final report it waits to be terminated.
+#
+# Exit statuses of its own: 3 and 4 the dataset download (size, sha256), 5 the output upload,
+# 6 no usable GPU on a pod that asked for one (gpu_unavailable), 7 the image's torch is not the
+# one the packages are pinned for (torch_mismatch).
 # shellcheck disable=SC2016  # a value's $(...) or `...` is text, never run: on purpose
 set -Eeuo pipefail
 umask 077
@@ -15,35 +24,96 @@ readonly CONFIG_JSON=@@{config_json}
 readonly HEARTBEAT_SECONDS=@@{heartbeat_seconds}
 readonly TRAINER_MODULE=@@{trainer_module}
 readonly PIP_REQUIREMENTS=(@@{pip_requirements})
+readonly TORCH_VERSION=@@{torch_version}
 readonly DOWNLOAD_ATTEMPTS=@@{download_attempts}
+readonly DEFAULT_LINGER_SECONDS=@@{linger_seconds}
+readonly RUN_OVER=3 # report.py's exit status when the control plane says the run is over
 
 : "${TUNELAB_JOB_TOKEN:?the job token is missing from the pod environment}"
 : "${TUNELAB_DATASET_URL:?the dataset URL is missing from the pod environment}"
 WORK_DIR="${TUNELAB_WORK_DIR:-/workspace/tunelab}"
-PYTHON="${TUNELAB_PYTHON:-python3}"
+# RunPod's images link `python` to the interpreter their torch is installed in (python3 is
+# another one, the system's, on their Ubuntu 22.04 images).
+PYTHON="${TUNELAB_PYTHON:-$(command -v python || echo python3)}"
+# The GPUs the pod asked for: RunPod tells every pod its count.
+GPU_COUNT="${TUNELAB_GPU_COUNT:-${RUNPOD_GPU_COUNT:-0}}"
+[[ "$GPU_COUNT" =~ ^[0-9]+$ ]] || GPU_COUNT=0
+# How long the pod waits to be terminated after its final report before the script exits.
+LINGER_SECONDS="${TUNELAB_LINGER_SECONDS:-$DEFAULT_LINGER_SECONDS}"
+[[ "$LINGER_SECONDS" =~ ^[0-9]+$ ]] || LINGER_SECONDS="$DEFAULT_LINGER_SECONDS"
+export TUNELAB_GPU_COUNT="$GPU_COUNT"
 export TUNELAB_REPORT_URL="${API_URL%/}/v1/deployments/${DEPLOYMENT_ID}/reports"
 export TUNELAB_WORK_DIR="$WORK_DIR"
 mkdir -p "$WORK_DIR/output"
 cd "$WORK_DIR"
 readonly LOG="$WORK_DIR/bootstrap.log"
 readonly DATASET="$WORK_DIR/dataset.jsonl"
+# How the run ended, once it has: the final phase, the exit status and the message, a line each.
+readonly FINISHED="$WORK_DIR/finished"
 STAGE="setup"
-SUCCEEDED=""
+ENDED=""      # set once the run's end is recorded
+FINAL=()      # the final report's arguments
+DELIVERED=""  # set once the control plane has the final report, or knew the run was over
+FAILURE=""    # why the run failed, where a step can say more than its exit status
+STOPPING=""   # set by SIGTERM or SIGINT: the pod is being stopped, nothing waits
 HEARTBEAT_PID=""
 
 log() {
   printf '%s tunelab: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" | tee -a "$LOG"
 }
 
-# Reports never fail the run: the control plane also watches the pod itself.
+# Reports never fail the run: the control plane also watches the pod itself. A report it
+# answers with "the run is over" (cancelled, a limit reached, or over before this container
+# started) ends the script: nothing more is done for a run that is over.
 report() {
-  "$PYTHON" "$WORK_DIR/report.py" "$@" || log "could not report $1 (continuing)"
+  local status=0
+  "$PYTHON" "$WORK_DIR/report.py" "$@" || status=$?
+  if ((status == RUN_OVER)); then
+    run_over
+  elif ((status != 0)); then
+    log "could not report $1 (continuing)"
+  fi
 }
 
 set_stage() {
   STAGE="$1"
   printf '%s\n' "$1" > "$WORK_DIR/phase"
   report "$1"
+}
+
+run_over() {
+  log "the control plane says the run is over: nothing more is done for it"
+  record_end over 0 "the control plane says the run is over"
+  DELIVERED=1
+  exit 0
+}
+
+# On the pod's disk first (a restarted container reads it), then to the control plane.
+finish() {
+  local phase="$1" code="$2" message="${3//$'\n'/ }"
+  record_end "$phase" "$code" "$message"
+  FINAL=("$phase" --exit-code "$code" --message "$message" --log "$LOG")
+  deliver || log "the final report did not land; it is sent again while the pod waits"
+}
+
+record_end() {
+  printf '%s\n%s\n%s\n' "$1" "$2" "$3" > "$FINISHED.tmp"
+  mv -f "$FINISHED.tmp" "$FINISHED"
+  ENDED=1
+}
+
+# True once the control plane has the final report (or knew the run was over).
+deliver() {
+  if [[ -n "$DELIVERED" ]] || ((${#FINAL[@]} == 0)); then
+    return 0
+  fi
+  local status=0
+  "$PYTHON" "$WORK_DIR/report.py" "${FINAL[@]}" || status=$?
+  if ((status == 0 || status == RUN_OVER)); then
+    DELIVERED=1
+    return 0
+  fi
+  return 1
 }
 
 on_error() {
@@ -59,13 +129,14 @@ on_exit() {
   if [[ -n "$HEARTBEAT_PID" ]]; then
     kill "$HEARTBEAT_PID" 2>/dev/null
   fi
-  if [[ -z "$SUCCEEDED" ]]; then
+  if [[ -z "$ENDED" ]]; then
     [[ "$code" -ne 0 ]] || code=1
-    log "$STAGE failed with exit status $code"
-    report failed --exit-code "$code" --message "$STAGE failed with exit status $code" \
-      --log "$LOG"
+    local message="${FAILURE:-$STAGE failed with exit status $code}"
+    log "$message"
+    finish failed "$code" "$message"
   fi
   self_stop
+  [[ -n "$STOPPING" ]] || linger
   exit "$code"
 }
 
@@ -77,31 +148,78 @@ self_stop() {
   fi
 }
 
+# A container whose command exits is restarted, and would run this script again: the pod
+# waits to be terminated instead, sending an undelivered final report again meanwhile, and
+# exits after LINGER_SECONDS all the same, so that a lost report cannot keep it forever.
+linger() {
+  local deadline=$((SECONDS + LINGER_SECONDS))
+  if ((LINGER_SECONDS > 0)); then
+    log "waiting to be terminated (at most $LINGER_SECONDS s)"
+  fi
+  while ((SECONDS < deadline)); do
+    sleep "$((deadline - SECONDS < HEARTBEAT_SECONDS ? deadline - SECONDS : HEARTBEAT_SECONDS))" &
+    wait "$!"
+    deliver
+  done
+  if ((LINGER_SECONDS > 0)); then
+    log "not terminated after $LINGER_SECONDS s: exiting"
+  fi
+}
+
 trap on_error ERR
 trap on_exit EXIT
-trap 'exit 143' TERM INT
+trap 'STOPPING=1; exit 143' TERM INT
 
 write_files() {
   cat > "$WORK_DIR/report.py" <<'TUNELAB_REPORT_PY'
 @@{report_py}
 TUNELAB_REPORT_PY
+  cat > "$WORK_DIR/environment.py" <<'TUNELAB_ENVIRONMENT_PY'
+@@{environment_py}
+TUNELAB_ENVIRONMENT_PY
+  cat > "$WORK_DIR/constraints.txt" <<'TUNELAB_CONSTRAINTS'
+@@{constraints_txt}
+TUNELAB_CONSTRAINTS
 @@{trainer_files}
 }
 
+# A container started again after the run ended: nothing is downloaded or trained again. The
+# final report goes once more (the first may have been lost; if not, it is refused).
+already_ended() {
+  local phase="" code="" message=""
+  { read -r phase && read -r code && read -r message; } < "$FINISHED" || true
+  [[ "$code" =~ ^[0-9]+$ ]] || code=1
+  log "the run already ended (${phase:-unknown}) before this container started: not running it again"
+  ENDED=1
+  if [[ "$phase" == succeeded || "$phase" == failed ]]; then
+    FINAL=("$phase" --exit-code "$code" --message "$message" --log "$LOG")
+    deliver || true
+  else
+    DELIVERED=1
+  fi
+  exit "$code"
+}
+
 system_info() {
-  local gpu="none" cuda="none" disk python
+  local gpu="none" cuda="none" disk python restarted=()
   if command -v nvidia-smi >/dev/null 2>&1; then
     gpu="$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null \
       | paste -sd ';' - || echo unknown)"
     cuda="$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' \
       | head -n 1 || echo unknown)"
   fi
+  export TUNELAB_DRIVER_CUDA="$cuda"
   disk="$(df -Pk "$WORK_DIR" | awk 'NR == 2 {printf "%.1f GB free of %.1f GB", $4 / 1048576, $2 / 1048576}')"
   python="$("$PYTHON" --version 2>&1 || echo none)"
-  log "gpu: $gpu; cuda: $cuda; disk: $disk; $python"
+  log "gpu: $gpu ($GPU_COUNT asked for); cuda: $cuda; disk: $disk; $python"
+  if [[ -f "$WORK_DIR/phase" ]]; then
+    restarted=(--message "the container restarted during $(cat "$WORK_DIR/phase"); the run starts over")
+    log "${restarted[1]}"
+  fi
   STAGE="starting"
   printf 'starting\n' > "$WORK_DIR/phase"
-  report starting --info "gpu=$gpu" --info "cuda=$cuda" --info "disk=$disk" \
+  # The control plane answers with the run's state: a run that is over ends here.
+  report starting "${restarted[@]}" --info "gpu=$gpu" --info "cuda=$cuda" --info "disk=$disk" \
     --info "python=$python" --info "cpus=$(nproc)" --info "kernel=$(uname -srm)"
 }
 
@@ -109,6 +227,41 @@ heartbeat() {
   while sleep "$HEARTBEAT_SECONDS"; do
     "$PYTHON" "$WORK_DIR/report.py" heartbeat || true
   done
+}
+
+# Before anything is installed or downloaded: the GPUs the pod asked for are visible to torch,
+# and the image's torch is the version the packages are pinned for.
+check_environment() {
+  if ((GPU_COUNT == 0)) && [[ -z "$TORCH_VERSION" ]]; then
+    return 0
+  fi
+  STAGE="checking the environment"
+  local verdict status=0
+  verdict="$("$PYTHON" "$WORK_DIR/environment.py" --torch "$TORCH_VERSION" 2>> "$LOG")" \
+    || status=$?
+  log "${verdict:-the environment check printed nothing}"
+  if ((status != 0)); then
+    FAILURE="$verdict"
+    return "$status"
+  fi
+}
+
+# Exactly the pinned versions, or a failure: with torch pinned at the image's version, pip can
+# never swap the image's torch for another.
+install() {
+  if ((${#PIP_REQUIREMENTS[@]} == 0)); then
+    return 0
+  fi
+  STAGE="installing"
+  log "installing ${PIP_REQUIREMENTS[*]}, every dependency pinned (constraints.txt)"
+  local status=0
+  PIP_BREAK_SYSTEM_PACKAGES=1 "$PYTHON" -m pip install --quiet --disable-pip-version-check \
+    --no-input --only-binary=:all: --constraint "$WORK_DIR/constraints.txt" \
+    "${PIP_REQUIREMENTS[@]}" 2>&1 | tee -a "$LOG" || status=$?
+  if ((status != 0)); then
+    FAILURE="pip could not install the pinned packages beside the image's torch (its reasons are in the log); the default image fits them"
+    return "$status"
+  fi
 }
 
 # Each attempt resumes where the last one stopped; each costs one use of the download token.
@@ -140,11 +293,6 @@ download() {
 }
 
 train() {
-  if ((${#PIP_REQUIREMENTS[@]} > 0)); then
-    log "installing ${PIP_REQUIREMENTS[*]}"
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check "${PIP_REQUIREMENTS[@]}" 2>&1 \
-      | tee -a "$LOG"
-  fi
   "$PYTHON" "$WORK_DIR/report.py" config "$CONFIG_JSON" "$DATASET" "$WORK_DIR/output" \
     > "$WORK_DIR/config.json"
   set_stage training
@@ -177,18 +325,21 @@ upload_output() {
 }
 
 main() {
-  : > "$LOG"
   write_files
   log "deployment $DEPLOYMENT_ID starting in $WORK_DIR"
+  if [[ -f "$FINISHED" ]]; then
+    already_ended
+  fi
   system_info
   heartbeat &
   HEARTBEAT_PID=$!
+  check_environment
+  install
   download
   train
   upload_output
-  SUCCEEDED=1
   log "training finished"
-  report succeeded --message "training finished" --log "$LOG"
+  finish succeeded 0 "training finished"
 }
 
 main "$@"

@@ -1,10 +1,11 @@
 """Generates a deployment's bootstrap script from the bootstrap.sh template.
 
 Values go into the template only through `shlex.quote`, whatever they hold (quotes, `$()`,
-backticks, newlines); files (the reporter, the trainer) go in as quoted here-documents, which
-the shell does not expand. The script is secret-free: the pod's environment carries the job
-token and the dataset URL. Pods receive the script gzipped and base64-encoded in an environment
-variable, and `launch_command` unpacks and runs it, on RunPod and in a local process alike.
+backticks, newlines); files (the reporter, the environment check, the packages' lock, the
+trainer) go in as quoted here-documents, which the shell does not expand. The script is
+secret-free: the pod's environment carries the job token and the dataset URL. Pods receive the
+script gzipped and base64-encoded in an environment variable, and `launch_command` unpacks and
+runs it, on RunPod and in a local process alike.
 """
 
 from __future__ import annotations
@@ -19,9 +20,16 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from services.deploy.pod import stack
+
 PACKED_ENV = "TUNELAB_BOOTSTRAP"
 _TEMPLATE = "bootstrap.sh"
-_REPORT_DELIMITER = "TUNELAB_REPORT_PY"
+# The pod's own scripts, written under its work directory before anything runs.
+_POD_FILES = {
+    "report_py": ("report.py", "TUNELAB_REPORT_PY"),
+    "environment_py": ("environment.py", "TUNELAB_ENVIRONMENT_PY"),
+}
+_CONSTRAINTS_DELIMITER = "TUNELAB_CONSTRAINTS"
 # The trainers' package: what every trainer imports, shipped with the one the run uses.
 _PACKAGE = "tunelab_trainer"
 _SHARED = ("__init__.py", "common.py")
@@ -34,11 +42,19 @@ class _Template(string.Template):
 @dataclass(frozen=True)
 class Trainer:
     """What trains: a module the pod runs with `python -m`, the files it needs (relative path,
-    text), and the packages to install first."""
+    text), the packages to install first, and their lock (a constraints file of exact pins,
+    torch among them: pip installs these versions or fails, and never replaces the image's
+    torch)."""
 
     module: str
     files: tuple[tuple[str, str], ...]
     pip_requirements: tuple[str, ...] = ()
+    pip_constraints: str = ""
+
+    @property
+    def torch_version(self) -> str:
+        """The torch the lock pins, which the image must have; empty without one."""
+        return stack.pins(self.pip_constraints).get("torch", "")
 
 
 @dataclass(frozen=True)
@@ -51,21 +67,35 @@ class Bootstrap:
     trainer: Trainer
     heartbeat_seconds: int = 60
     download_attempts: int = 4
+    # After its final report the pod waits this long to be terminated before it exits
+    # (TUNELAB_LINGER_SECONDS in its environment overrides it).
+    linger_seconds: int = 3600
 
 
-def trainer(name: str, pip_requirements: Sequence[str] = ()) -> Trainer:
+def trainer(name: str, pip_requirements: Sequence[str] = (), pip_constraints: str = "") -> Trainer:
     """One of the trainers of the tunelab_trainer package ("tiny", "trl_train")."""
     package = resources.files(_PACKAGE)
     files = tuple(
         (f"{_PACKAGE}/{filename}", package.joinpath(filename).read_text())
         for filename in (*_SHARED, f"{name}.py")
     )
-    return Trainer(f"{_PACKAGE}.{name}", files, tuple(pip_requirements))
+    if pip_requirements and not stack.pins(pip_constraints):
+        raise ValueError("pip requirements need their lock: pass the constraints file's text")
+    return Trainer(f"{_PACKAGE}.{name}", files, tuple(pip_requirements), pip_constraints)
+
+
+def gpu_trainer() -> Trainer:
+    """The GPU pods' trainer, with the packages pinned for the default image."""
+    return trainer("trl_train", stack.REQUIREMENTS, stack.constraints())
 
 
 def render(spec: Bootstrap) -> str:
-    template = resources.files(__package__).joinpath(_TEMPLATE).read_text()
-    report_py = resources.files(__package__).joinpath("report.py").read_text()
+    here = resources.files(__package__)
+    template = here.joinpath(_TEMPLATE).read_text()
+    files = {
+        name: _heredoc_body(here.joinpath(filename).read_text(), delimiter)
+        for name, (filename, delimiter) in _POD_FILES.items()
+    }
     values = {
         "deployment_id": spec.deployment_id,
         "api_url": spec.api_url,
@@ -75,12 +105,15 @@ def render(spec: Bootstrap) -> str:
         "heartbeat_seconds": str(spec.heartbeat_seconds),
         "trainer_module": spec.trainer.module,
         "download_attempts": str(spec.download_attempts),
+        "linger_seconds": str(spec.linger_seconds),
+        "torch_version": spec.trainer.torch_version,
     }
     quoted = {name: shlex.quote(value) for name, value in values.items()}
     quoted["pip_requirements"] = " ".join(shlex.quote(r) for r in spec.trainer.pip_requirements)
     return _Template(template).substitute(
         quoted,
-        report_py=_heredoc_body(report_py, _REPORT_DELIMITER),
+        **files,
+        constraints_txt=_heredoc_body(spec.trainer.pip_constraints, _CONSTRAINTS_DELIMITER),
         trainer_files=_write_files(spec.trainer.files),
     )
 

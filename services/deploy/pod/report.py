@@ -5,6 +5,8 @@ library only. It never makes the run fail: when the control plane cannot be reac
 and carries on (the control plane watches the pod itself too).
 
     report.py PHASE [--message M] [--exit-code N] [--log FILE] [--info KEY=VALUE ...]
+        exit status 0; RUN_OVER (3) when the control plane says the run is over (not for
+        succeeded and failed: that is their answer), NOT_DELIVERED (4) when it did not land
     report.py heartbeat            (the phase from $TUNELAB_WORK_DIR/phase)
     report.py relay --log FILE     (stdin to stdout and FILE; progress lines become reports)
     report.py config JSON DATASET OUTPUT_DIR   (prints the trainer's config.json)
@@ -34,6 +36,9 @@ from typing import Any, BinaryIO, NamedTuple
 
 PROGRESS_PREFIX = "TUNELAB_PROGRESS "
 PHASES = ("starting", "downloading", "training", "succeeded", "failed")
+FINAL_PHASES = ("succeeded", "failed")
+RUN_OVER = 3
+NOT_DELIVERED = 4
 PROGRESS_FIELDS = ("step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm")
 TAIL_LINES = 40
 MIN_INTERVAL_SECONDS = 2.0
@@ -53,10 +58,11 @@ _READ_LIMIT = 64 * 1024
 
 
 def post(
-    report: dict[str, Any], attempts: int = 3, url: str | None = None
+    report: dict[str, Any], attempts: int = 3, url: str | None = None, *, over: bool = False
 ) -> dict[str, Any] | None:
     """POST one report (or another body to `url`); retried on network errors, 429 and 5xx.
-    None when it could not land."""
+    None when it could not land. With `over`, the refusal of a run that is over (RUN_FINISHED)
+    is an answer too: {"state": its state, "stop": True}."""
     url = url or os.environ["TUNELAB_REPORT_URL"]
     body = json.dumps(report).encode()
     headers = {
@@ -72,9 +78,14 @@ def post(
                 reply: dict[str, Any] = json.loads(answer.read() or b"{}")
                 return reply
         except urllib.error.HTTPError as exc:
-            detail = _error_message(exc)
+            error = _error_body(exc)
+            detail = str(
+                error.get("message") or (exc.reason if isinstance(exc.reason, str) else "")
+            )
             if exc.code < 500 and exc.code != 429:
                 print(f"tunelab: report refused ({exc.code}): {detail}", file=sys.stderr)
+                if over and error.get("reason") == "RUN_FINISHED":
+                    return {"state": _finished_state(error), "stop": True}
                 return None
             problem = f"{exc.code} {detail}"
             delay = _retry_after(exc) or delay
@@ -92,11 +103,22 @@ def _retry_after(exc: urllib.error.HTTPError) -> float:
     return float(min(int(value), 60)) if value.isdigit() else 0.0
 
 
-def _error_message(exc: urllib.error.HTTPError) -> str:
+def _error_body(exc: urllib.error.HTTPError) -> dict[str, Any]:
+    """The "error" object of the gateway's JSON error body; {} where there is none."""
     try:
-        return str(json.loads(exc.read())["error"]["message"])
+        error = json.loads(exc.read())["error"]
     except (OSError, ValueError, KeyError, TypeError):
-        return exc.reason if isinstance(exc.reason, str) else ""
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
+def _finished_state(error: dict[str, Any]) -> str:
+    """A finished run's state, from the refusal's ErrorInfo metadata."""
+    for detail in error.get("details") or []:
+        metadata = detail.get("metadata") if isinstance(detail, dict) else None
+        if isinstance(metadata, dict) and isinstance(metadata.get("state"), str):
+            return str(metadata["state"])
+    return "over"
 
 
 def tail(path: str | None, lines: int = TAIL_LINES) -> list[str]:
@@ -351,9 +373,12 @@ def main(argv: list[str]) -> int:
     if args.info:
         report["system_info"] = dict(item.partition("=")[::2] for item in args.info)
     _ship_quietly()  # the lines logged so far land before what the report changes
-    reply = post(report)
-    if reply and reply.get("stop") and args.phase not in ("succeeded", "failed"):
+    reply = post(report, over=True)
+    if reply is None:
+        return NOT_DELIVERED
+    if reply.get("stop") and args.phase not in FINAL_PHASES:
         print(f"tunelab: the control plane says the run is {reply.get('state')}", file=sys.stderr)
+        return RUN_OVER
     return 0
 
 
