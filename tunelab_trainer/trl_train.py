@@ -16,6 +16,15 @@ all linear layers) in bf16 where the GPU supports it, float32 otherwise. DPO's r
 is the base model itself (PEFT disables the adapter to compute it), as TRL does with a
 peft_config. Chat rows need a chat template: a tokenizer without one gets a ChatML one.
 
+On a pod that asked for GPUs ($TUNELAB_GPU_COUNT, set by the bootstrap) torch must see them
+all: otherwise training stops at once with a "gpu_unavailable: ..." error that says what torch
+saw, never a run on the CPU while the GPUs bill. Without GPUs asked for it trains where it can
+(`make test-trl` runs it on the CPU).
+
+Pinned for the GPU pods (services/deploy/pod/stack.py): transformers 4.57.6, trl 0.24.0, peft
+0.17.1, datasets 4.3.0, accelerate 1.11.0 with torch 2.8.0; every call below was checked
+against those releases, and the fallbacks keep older and newer ones working.
+
 The hyperparameters map onto TRL's config (SFTConfig or DPOConfig, both transformers
 TrainingArguments): epochs -> num_train_epochs, batch_size -> per_device_train_batch_size,
 max_steps (0: unset) -> max_steps, max_seq_length -> max_length (max_seq_length before TRL
@@ -36,6 +45,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -47,6 +57,7 @@ from tunelab_trainer.common import (
     TRL_DEFAULTS,
     Config,
     ConfigError,
+    TrainingError,
     load_config,
     note,
     preference_content,
@@ -247,18 +258,41 @@ def progress_callback(transformers: Any, progress: Progress) -> Any:
     return TunelabProgress()
 
 
+def use_cuda(torch: Any, wanted: int) -> bool:
+    """Whether to train on CUDA. A pod that asked for `wanted` GPUs and cannot use them all is
+    a TrainingError (gpu_unavailable) that says what torch saw."""
+    available = bool(torch.cuda.is_available())
+    count = int(torch.cuda.device_count()) if available else 0
+    if wanted > 0 and count < wanted:
+        built = torch.version.cuda or "none (a CPU build)"
+        driver = os.environ.get("TUNELAB_DRIVER_CUDA") or "unknown"
+        raise TrainingError(
+            f"gpu_unavailable: the pod asked for {wanted} GPU{'s' if wanted != 1 else ''} but "
+            f"torch sees {count} (torch.cuda.is_available() is {available}; torch "
+            f"{torch.__version__} was built for CUDA {built}; the driver runs CUDA {driver})"
+        )
+    if not available:
+        note("no CUDA device: training on the CPU, which is very slow")
+    return available
+
+
+def wanted_gpus() -> int:
+    value = os.environ.get("TUNELAB_GPU_COUNT", "").strip()
+    return int(value) if value.isdigit() else 0
+
+
 def train(config: Config, dataset_info: DatasetInfo) -> None:
+    import torch
+
+    cuda = use_cuda(torch, wanted_gpus())  # before anything else is loaded
+
     import datasets
     import peft
-    import torch
     import transformers
     import trl
 
     hyper = config.hyperparameters
     transformers.set_seed(hyper.seed)
-    cuda = bool(torch.cuda.is_available())
-    if not cuda:
-        note("no CUDA device: training on the CPU, which is very slow")
     bf16 = cuda and bool(torch.cuda.is_bf16_supported())
 
     try:

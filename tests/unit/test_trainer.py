@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 import tunelab_trainer
+from tests.fakes.gpu import fake_torch
 
 TRAINERS = Path(tunelab_trainer.__file__).parent
 TINY = TRAINERS / "tiny.py"
@@ -573,6 +574,42 @@ def test_trl_checks_the_dataset_before_importing_ml_libraries(tmp_path: Path) ->
     )
     assert run.returncode == 2
     assert "dataset line 4 is a text row but line 1 is a messages row" in run.error
+
+
+@pytest.mark.parametrize(
+    ("available", "devices", "seen"),
+    [(False, 0, "torch sees 0 (torch.cuda.is_available() is False"), (True, 1, "torch sees 1 (")],
+)
+def test_trl_fails_at_once_when_the_gpus_asked_for_are_not_there(
+    tmp_path: Path, available: bool, devices: int, seen: str
+) -> None:
+    """A pod that asked for GPUs never trains on its CPU: with fewer GPUs than it asked for,
+    trl_train stops before it loads anything but torch, and says what torch saw."""
+    dataset = write_jsonl(tmp_path / "dataset.jsonl", chat_rows(3))
+    ship(TRL, tmp_path)
+    write_config(tmp_path, dataset=dataset, base_model="Qwen/Qwen2.5-0.5B-Instruct")
+    stubs = fake_torch(tmp_path / "stubs", available=available, devices=devices)
+    env = {
+        **pod_environment(),
+        "PYTHONPATH": str(stubs),
+        "TUNELAB_GPU_COUNT": "2",
+        "TUNELAB_DRIVER_CUDA": "12.2",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "tunelab_trainer.trl_train", "config.json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("tunelab trainer: gpu_unavailable: the pod asked for 2 GPUs but ")
+    assert seen in error
+    assert "torch 2.8.0+cu128 was built for CUDA 12.8; the driver runs CUDA 12.2" in error
+    # The stub has no transformers, datasets, peft or trl: nothing past torch was loaded.
+    assert "ModuleNotFoundError" not in done.stderr
 
 
 # ---------------------------------------------------------------------------------------------
