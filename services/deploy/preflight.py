@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import grpc
 
 from services.deploy.datasets import DatasetFacts, DatasetsClient, describe
+from services.deploy.pod import stack
 from services.deploy.providers.base import GpuType, ProviderError
 from services.deploy.providers.registry import HUGGING_FACE, NO_KEY, Providers
 from services.deploy.spec import LOCAL_MODEL, Spec
@@ -89,6 +90,7 @@ class Preflight:
         checks = [
             *dataset_checks,
             self._model(spec),
+            *_image_check(spec),
             *provider_checks,
             await self._callback(spec),
         ]
@@ -266,6 +268,27 @@ def _format_check(method: str, dataset: DatasetFacts) -> Check:
         f"{', '.join(sorted(fields))}; missing {', '.join(missing)}): use method {fitting} for "
         f"this dataset, or upload a dataset in the {method} format",
     )
+
+
+def _image_check(spec: Spec) -> list[Check]:
+    """The pod's packages are pinned for one image (pod/stack.py): another is allowed, but
+    untested with them."""
+    if spec.provider == "local":
+        return []
+    pinned = (
+        f"Python {stack.PYTHON_VERSION}, torch {stack.TORCH_VERSION}, CUDA {stack.CUDA_VERSION}"
+    )
+    if spec.image == stack.IMAGE:
+        return [Check("image", Status.PASS, f"{spec.image}: the tested image ({pinned})")]
+    return [
+        Check(
+            "image",
+            Status.WARN,
+            f"image {spec.image} is untested with the pod's pinned packages (tested: "
+            f"{stack.IMAGE}, {pinned}): the pod fails before it downloads anything if its "
+            f"torch is not {stack.TORCH_VERSION}, and may fail later if the rest differs",
+        )
+    ]
 
 
 def _gpu_check(spec: Spec, catalogue: dict[str, GpuType]) -> tuple[Check, float | None]:
