@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.deploy.pod import render
 from tests.e2e.conftest import Suite
 
 pytestmark = pytest.mark.e2e
@@ -318,3 +320,73 @@ def test_watch_streams_server_sent_events_until_the_end(suite: Suite) -> None:
                 states.append(json.loads(line[6:])["deployment"]["state"])
     assert states[-1] == "succeeded"
     assert len(states) >= 2
+
+
+def test_a_pod_started_again_after_its_run_ended_does_not_run_it_again(suite: Suite) -> None:
+    """RunPod restarts a container whose command exits: the bootstrap then runs again in the
+    same pod directory. It must neither download (a use of the dataset link) nor train again,
+    nor report "starting" as a new run: first the pod's disk says the run ended, and without
+    that record the control plane's refusal of the "starting" report does."""
+    alice = suite.client("alice")
+    dataset_id = upload(alice, "again.jsonl", chat_rows(50))
+    created = alice.post("/v1/deployments", json=request(dataset_id, max_steps=4000)).json()
+    deployment_id = created["id"]
+    wait_until(alice, deployment_id, {"training"}, seconds=60)
+    environment = _pod_environment_of(suite, deployment_id)
+    done = wait_until(alice, deployment_id, TERMINAL)
+    assert done["state"] == "succeeded", done
+    released(alice, deployment_id)
+    work = pod_dir(suite, deployment_id) / "work"
+    assert (work / "finished").read_text().splitlines()[0] == "succeeded"
+
+    def downloads() -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = alice.get(
+            f"/v1/datasets/{dataset_id}/download-events"
+        ).json()["download_events"]
+        return events
+
+    def events() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = alice.get(f"/v1/deployments/{deployment_id}/events").json()[
+            "events"
+        ]
+        return found
+
+    seen_downloads, seen_events = downloads(), events()
+    assert [e["outcome"] for e in seen_downloads] == ["granted"]
+
+    def start_again() -> str:
+        again = subprocess.run(
+            render.launch_command(),
+            cwd=pod_dir(suite, deployment_id),
+            env={**environment, "TUNELAB_LINGER_SECONDS": "0"},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        return again.stdout + again.stderr
+
+    output = start_again()
+    assert "the run already ended (succeeded) before this container started" in output
+    # Its final report, sent once more in case the first was lost, is refused: the run is over.
+    assert "the run is over (succeeded)" in output
+    assert downloads() == seen_downloads
+    assert events() == seen_events
+    assert not (work / "dataset.jsonl").exists()
+
+    (work / "finished").unlink()
+    output = start_again()
+    assert "the control plane says the run is over" in output
+    assert downloads() == seen_downloads
+    assert events() == seen_events
+    assert alice.get(f"/v1/deployments/{deployment_id}").json()["state"] == "succeeded"
+
+
+def _pod_environment_of(suite: Suite, deployment_id: str) -> dict[str, str]:
+    """The environment the pod's command was started with (the packed script, the job token,
+    the dataset link), read from its process: what a restarted container gets again."""
+    pid = json.loads((pod_dir(suite, deployment_id) / "pod.json").read_text())["pid"]
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    pairs = (entry.decode().partition("=") for entry in entries if b"=" in entry)
+    return {name: value for name, _, value in pairs}
