@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 
-.PHONY: setup run test pytest lint protos protos-check bench bench-tracing fuzz load clean
+.PHONY: setup run test pytest lint protos protos-check bench bench-tracing fuzz load test-trl pod-lock clean
 
 setup: $(INSTALLED)
 
@@ -62,6 +62,17 @@ fuzz: setup
 	TUNELAB_FUZZ_EXAMPLES=$${TUNELAB_FUZZ_EXAMPLES:-500} \
 	TUNELAB_FUZZ_SEED=$${TUNELAB_FUZZ_SEED:-$$(date +%s)} \
 	$(BIN)/python -m pytest tests/e2e/test_fuzz.py -s
+
+## make test-trl: the GPU pods' trainer (trl_train) end to end on this machine's CPU, for SFT and
+## DPO on a tiny model built locally, with the pods' pinned packages in a scratch virtual
+## environment under /tmp (not the project's; about 1 GB, so not part of make test).
+test-trl: setup
+	$(BIN)/python scripts/trl_on_cpu.py
+
+## make pod-lock: resolve the pods' packages again (services/deploy/pod/stack.py) and rewrite
+## their lock, services/deploy/pod/constraints.txt.
+pod-lock: setup
+	$(BIN)/python -m services.deploy.pod.lock
 
 clean:
 	rm -rf $(VENV) node_modules .build .mypy_cache .ruff_cache .pytest_cache
