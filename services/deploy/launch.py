@@ -191,8 +191,12 @@ class Launcher:
             "TUNELAB_DATASET_URL": link.url,
             "TUNELAB_DEPLOYMENT_ID": d.id,
         }
-        if d.spec.provider != "local" and (hf := await self.providers.hugging_face_token(d.owner)):
-            env["HF_TOKEN"] = hf
+        if d.spec.provider != "local":
+            # The GPUs the pod must see before it installs or downloads anything (from our
+            # record: the provider's own variable is a fallback the pod reads only without it).
+            env["TUNELAB_GPU_COUNT"] = str(d.spec.gpu.count)
+            if hf := await self.providers.hugging_face_token(d.owner):
+                env["HF_TOKEN"] = hf
         spec = PodSpec(
             name=name,
             image=d.spec.image,
@@ -200,6 +204,12 @@ class Launcher:
             command=render.launch_command(),
             env=env,
             disk_gb=self.settings.runpod_disk_gb,
+            # Hosts whose driver the image's torch runs on; another image's needs are unknown.
+            min_cuda_version=(
+                self.settings.pod_min_cuda_version
+                if d.spec.image == self.settings.runpod_image
+                else None
+            ),
         )
         return spec, link, d
 
