@@ -29,6 +29,8 @@ MAX_LINE_BYTES = 16 << 20
 
 PROGRESS_PREFIX = "TUNELAB_PROGRESS "
 PROGRESS_INTERVAL_S = 0.5
+# The trainer's exit status when the GPUs it must train on are not usable (the bootstrap's too).
+NO_GPU_STATUS = 6
 
 # A chat conversation: (role, content) per message.
 Turns = list[tuple[str, str]]
@@ -50,6 +52,11 @@ class TrainingError(Exception):
     """Training stopped for a reason that the message gives in full (exit status 1)."""
 
 
+class GpuUnavailable(TrainingError):
+    """The pod asked for GPUs its torch cannot use (exit status NO_GPU_STATUS, which the
+    bootstrap reports as gpu_unavailable)."""
+
+
 def note(message: str) -> None:
     print(f"tunelab trainer: note: {message}", file=sys.stderr, flush=True)
 
@@ -68,7 +75,7 @@ def run_main(work: Callable[[], None], explain: Callable[[str], str] = str) -> i
         return 2
     except TrainingError as error:
         print(f"tunelab trainer: {error}", file=sys.stderr, flush=True)
-        return 1
+        return NO_GPU_STATUS if isinstance(error, GpuUnavailable) else 1
     except Exception as error:
         traceback.print_exc()
         message = explain(" ".join(str(error).split()) or type(error).__name__)

@@ -57,7 +57,7 @@ from tunelab_trainer.common import (
     TRL_DEFAULTS,
     Config,
     ConfigError,
-    TrainingError,
+    GpuUnavailable,
     load_config,
     note,
     preference_content,
@@ -266,7 +266,7 @@ def use_cuda(torch: Any, wanted: int) -> bool:
     if wanted > 0 and count < wanted:
         built = torch.version.cuda or "none (a CPU build)"
         driver = os.environ.get("TUNELAB_DRIVER_CUDA") or "unknown"
-        raise TrainingError(
+        raise GpuUnavailable(
             f"gpu_unavailable: the pod asked for {wanted} GPU{'s' if wanted != 1 else ''} but "
             f"torch sees {count} (torch.cuda.is_available() is {available}; torch "
             f"{torch.__version__} was built for CUDA {built}; the driver runs CUDA {driver})"

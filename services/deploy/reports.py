@@ -38,6 +38,10 @@ async def run_of(store: DeploymentStore, deployment_id: str, job_token: str) -> 
     return d
 
 
+# What a failed report may say of why (Report.reason), and the error code it becomes.
+_REASONS = {"gpu_unavailable": Stop.GPU_UNAVAILABLE, "torch_mismatch": Stop.TORCH_MISMATCH}
+
+
 def finished(d: Deployment) -> ServiceError:
     """The refusal of anything more from the pod of a run that is over."""
     return ServiceError(
@@ -77,6 +81,11 @@ def _check(report: api.Report) -> None:
         raise invalid_argument(
             "report.log_tail", f"report.log_tail holds more than {MAX_LOG_TAIL_LINES} lines"
         )
+    if report.reason and (report.phase != api.REPORT_PHASE_FAILED or report.reason not in _REASONS):
+        raise invalid_argument(
+            "report.reason",
+            f"report.reason goes with phase failed and is one of {', '.join(_REASONS)}",
+        )
     if len(report.system_info) > 32 or any(
         len(k) > 64 or len(v) > 512 for k, v in report.system_info.items()
     ):
@@ -111,7 +120,9 @@ def _apply(current: Deployment, report: api.Report, now: datetime) -> Change:
     elif report.phase == api.REPORT_PHASE_SUCCEEDED:
         change.become(current.state, State.SUCCEEDED, message or "the pod reports success")
     else:
-        stop = Stop.TRAINER_FAILED if current.state is State.TRAINING else Stop.BOOTSTRAP_FAILED
+        stop = _REASONS.get(report.reason) or (
+            Stop.TRAINER_FAILED if current.state is State.TRAINING else Stop.BOOTSTRAP_FAILED
+        )
         tail = tuple(redact.redact(line)[:MAX_LINE_CHARS] for line in report.log_tail)
         error = RunError(stop, message or "the pod reports failure", report.exit_code or None, tail)
         change.become(current.state, State.FAILED, error.message)

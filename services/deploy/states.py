@@ -48,6 +48,10 @@ class Stop(enum.StrEnum):
 
     TRAINER_FAILED = "TRAINER_FAILED"
     BOOTSTRAP_FAILED = "BOOTSTRAP_FAILED"
+    # The pod could not use the GPUs it rented: it stopped before it trained (or billed on).
+    GPU_UNAVAILABLE = "GPU_UNAVAILABLE"
+    # The image's torch is not the version the pod's packages are pinned for.
+    TORCH_MISMATCH = "TORCH_MISMATCH"
     MAX_RUNTIME = "MAX_RUNTIME"
     MAX_COST = "MAX_COST"
     HEARTBEAT_TIMEOUT = "HEARTBEAT_TIMEOUT"

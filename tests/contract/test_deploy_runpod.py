@@ -480,6 +480,41 @@ async def test_reports_are_checked_stored_and_end_the_run(deploy: Deploy) -> Non
     assert dead.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [("gpu_unavailable", "GPU_UNAVAILABLE"), ("torch_mismatch", "TORCH_MISMATCH")],
+)
+async def test_a_failure_the_pod_can_name_is_the_runs_error_code(
+    deploy: Deploy, reason: str, code: str
+) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    (pod,) = deploy.fake.live_pods(f"tunelab-{created.id}")
+
+    async def report(**fields: Any) -> api.ReportDeploymentResponse:
+        return await deploy.stub.ReportDeployment(
+            api.ReportDeploymentRequest(
+                deployment_id=created.id,
+                job_token=pod["env"]["TUNELAB_JOB_TOKEN"],
+                report=api.Report(**fields),
+            )
+        )
+
+    misplaced = await rpc_error(report(phase=api.REPORT_PHASE_STARTING, reason=reason))
+    assert misplaced.code() == grpc.StatusCode.INVALID_ARGUMENT
+    unknown = await rpc_error(report(phase=api.REPORT_PHASE_FAILED, reason="cosmic_rays"))
+    assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "gpu_unavailable, torch_mismatch" in (unknown.details() or "")
+    reply = await report(
+        phase=api.REPORT_PHASE_FAILED, exit_code=6, reason=reason, message=f"{reason}: ..."
+    )
+    assert reply.stop
+    d = await deploy.get(created.id)
+    assert (d.state, d.error.code) == (pb.DEPLOYMENT_STATE_FAILED, code)
+    await deploy.tick()
+    assert deploy.fake.live_pods() == []  # it stopped billing at once
+
+
 async def test_a_run_that_reports_before_its_pod_is_recorded_is_still_supervised(
     deploy: Deploy,
 ) -> None:

@@ -200,7 +200,7 @@ def test_a_restarted_container_does_not_run_a_finished_run_again(
     assert plane.phases()[:3] == ["starting", "downloading", "training"]
     assert [r["phase"] for r in plane.finals()] == ["succeeded"]
     assert plane.downloads == 1
-    assert pod.finished() == ["succeeded", "0", "training finished"]
+    assert pod.finished() == ["succeeded", "0", "training finished", ""]  # no reason
 
     code, output = pod.run()
     assert code == 0, output
@@ -218,7 +218,7 @@ def test_a_failed_run_is_not_run_again_either(tmp_path: Path, plane: ControlPlan
     (failed,) = plane.finals()
     assert failed["phase"] == "failed"
     assert failed["exit_code"] == 2
-    assert pod.finished() == ["failed", "2", "training failed with exit status 2"]
+    assert pod.finished() == ["failed", "2", "training failed with exit status 2", ""]
 
     code, _ = pod.run()
     assert code == 2
@@ -296,7 +296,8 @@ def test_a_pod_without_the_gpus_it_asked_for_fails_at_once(
     assert plane.downloads == 0
     assert "downloading" not in plane.phases()
     (failed,) = plane.finals()
-    assert failed["exit_code"] == 6
+    assert (failed["exit_code"], failed["reason"]) == (6, "gpu_unavailable")
+    assert pod.finished()[3] == "gpu_unavailable"  # a restarted container reports it again
     message = failed["message"]
     assert message.startswith("gpu_unavailable: the pod asked for 1 GPU but ")
     assert "torch.cuda.is_available() is False and torch sees 0 GPUs" in message
@@ -372,5 +373,6 @@ def test_an_image_with_another_torch_fails_before_anything_is_installed(
     assert code == 7
     assert not (stubs / "pip.json").exists()
     assert plane.downloads == 0
+    assert plane.finals()[0]["reason"] == "torch_mismatch"
     message = plane.finals()[0]["message"]
     assert re.match(r"torch_mismatch: the image has torch 2\.4\.0\+cu124, but .* 2\.8\.0", message)

@@ -28,6 +28,7 @@ readonly TORCH_VERSION=@@{torch_version}
 readonly DOWNLOAD_ATTEMPTS=@@{download_attempts}
 readonly DEFAULT_LINGER_SECONDS=@@{linger_seconds}
 readonly RUN_OVER=3 # report.py's exit status when the control plane says the run is over
+readonly NO_GPU=6 TORCH_MISMATCH=7 # environment.py's (and the trainer's, for NO_GPU)
 
 : "${TUNELAB_JOB_TOKEN:?the job token is missing from the pod environment}"
 : "${TUNELAB_DATASET_URL:?the dataset URL is missing from the pod environment}"
@@ -55,6 +56,7 @@ ENDED=""      # set once the run's end is recorded
 FINAL=()      # the final report's arguments
 DELIVERED=""  # set once the control plane has the final report, or knew the run was over
 FAILURE=""    # why the run failed, where a step can say more than its exit status
+REASON=""     # gpu_unavailable or torch_mismatch: why, as the control plane files it
 STOPPING=""   # set by SIGTERM or SIGINT: the pod is being stopped, nothing waits
 HEARTBEAT_PID=""
 
@@ -93,11 +95,12 @@ finish() {
   local phase="$1" code="$2" message="${3//$'\n'/ }"
   record_end "$phase" "$code" "$message"
   FINAL=("$phase" --exit-code "$code" --message "$message" --log "$LOG")
+  [[ -z "$REASON" ]] || FINAL+=(--reason "$REASON")
   deliver || log "the final report did not land; it is sent again while the pod waits"
 }
 
 record_end() {
-  printf '%s\n%s\n%s\n' "$1" "$2" "$3" > "$FINISHED.tmp"
+  printf '%s\n%s\n%s\n%s\n' "$1" "$2" "$3" "$REASON" > "$FINISHED.tmp"
   mv -f "$FINISHED.tmp" "$FINISHED"
   ENDED=1
 }
@@ -187,12 +190,13 @@ TUNELAB_CONSTRAINTS
 # final report goes once more (the first may have been lost; if not, it is refused).
 already_ended() {
   local phase="" code="" message=""
-  { read -r phase && read -r code && read -r message; } < "$FINISHED" || true
+  { read -r phase && read -r code && read -r message && read -r REASON; } < "$FINISHED" || true
   [[ "$code" =~ ^[0-9]+$ ]] || code=1
   log "the run already ended (${phase:-unknown}) before this container started: not running it again"
   ENDED=1
   if [[ "$phase" == succeeded || "$phase" == failed ]]; then
     FINAL=("$phase" --exit-code "$code" --message "$message" --log "$LOG")
+    [[ -z "$REASON" ]] || FINAL+=(--reason "$REASON")
     deliver || true
   else
     DELIVERED=1
@@ -242,8 +246,16 @@ check_environment() {
   log "${verdict:-the environment check printed nothing}"
   if ((status != 0)); then
     FAILURE="$verdict"
+    reason_of "$status"
     return "$status"
   fi
+}
+
+reason_of() {
+  case "$1" in
+    "$NO_GPU") REASON=gpu_unavailable ;;
+    "$TORCH_MISMATCH") REASON=torch_mismatch ;;
+  esac
 }
 
 # Exactly the pinned versions, or a failure: with torch pinned at the image's version, pip can
@@ -298,8 +310,13 @@ train() {
   set_stage training
   # The relay copies the trainer's output to the log and forwards its progress lines.
   # From $WORK_DIR, where the trainer's package was written: -m finds it there first.
+  local status=0
   "$PYTHON" -u -m "$TRAINER_MODULE" "$WORK_DIR/config.json" 2>&1 \
-    | "$PYTHON" -u "$WORK_DIR/report.py" relay --log "$LOG"
+    | "$PYTHON" -u "$WORK_DIR/report.py" relay --log "$LOG" || status=$?
+  if ((status == NO_GPU)); then
+    REASON=gpu_unavailable # the trainer found the GPUs gone (its message is in the log)
+  fi
+  return "$status"
 }
 
 # What the run trained goes to the control plane before success is reported: the pod is

@@ -37,6 +37,8 @@ from typing import Any, BinaryIO, NamedTuple
 PROGRESS_PREFIX = "TUNELAB_PROGRESS "
 PHASES = ("starting", "downloading", "training", "succeeded", "failed")
 FINAL_PHASES = ("succeeded", "failed")
+# Why a run failed, where the pod knows (the control plane makes each an error code).
+REASONS = ("gpu_unavailable", "torch_mismatch")
 RUN_OVER = 3
 NOT_DELIVERED = 4
 PROGRESS_FIELDS = ("step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm")
@@ -360,6 +362,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("phase", choices=PHASES)
     parser.add_argument("--message", default="")
     parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument("--reason", default="", choices=("", *REASONS))
     parser.add_argument("--log")
     parser.add_argument("--info", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -368,6 +371,8 @@ def main(argv: list[str]) -> int:
         report["message"] = args.message
     if args.exit_code:
         report["exit_code"] = args.exit_code
+    if args.reason:
+        report["reason"] = args.reason
     if args.phase == "failed":
         report["log_tail"] = tail(args.log)
     if args.info:

@@ -523,11 +523,17 @@ class Report(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     LOG_TAIL_FIELD_NUMBER: _builtins.int
     SYSTEM_INFO_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     phase: Global___ReportPhase.ValueType
     message: _builtins.str
     """A line for the event log."""
     exit_code: _builtins.int
     """For failed: the failing command's exit status and the last lines of the log."""
+    reason: _builtins.str
+    """For failed, when the pod knows why: "gpu_unavailable" (the GPUs it asked for are not
+    usable by its torch) or "torch_mismatch" (the image's torch is not the one its packages
+    are pinned for). The run's error code says so (GPU_UNAVAILABLE, TORCH_MISMATCH).
+    """
     @_builtins.property
     def progress(self) -> _deployments_pb2.Progress:
         """Set while training."""
@@ -547,10 +553,11 @@ class Report(_message.Message):
         exit_code: _builtins.int = ...,
         log_tail: _abc.Iterable[_builtins.str] | None = ...,
         system_info: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "log_tail", b"log_tail", "message", b"message", "phase", b"phase", "progress", b"progress", "system_info", b"system_info"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "log_tail", b"log_tail", "message", b"message", "phase", b"phase", "progress", b"progress", "reason", b"reason", "system_info", b"system_info"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
