@@ -78,11 +78,16 @@ class Preflight:
         *,
         public_url: str,
         max_cost_per_run_usd: float,
+        runpod_image: str = stack.IMAGE,
+        min_cuda_version: str | None = stack.CUDA_VERSION,
     ) -> None:
         self.datasets = datasets
         self.providers = providers
         self.public_url = public_url
         self.max_cost_per_run_usd = max_cost_per_run_usd
+        # Pods of this image go only to hosts whose driver runs this CUDA (launch.py).
+        self.runpod_image = runpod_image
+        self.min_cuda_version = min_cuda_version
 
     async def run(self, owner: str, spec: Spec) -> Outcome:
         dataset_checks, dataset = await self._dataset(owner, spec)
@@ -152,7 +157,9 @@ class Preflight:
             ], None
         key = Check("provider_key", Status.PASS, "a RunPod key is set and RunPod accepts it")
         gpu, price = _gpu_check(spec, catalogue)
-        return [key, gpu, await self._hf_token(owner)], price
+        floor = self.min_cuda_version if spec.image == self.runpod_image else None
+        hosts = _hosts_check(spec, catalogue, floor)
+        return [key, gpu, *hosts, *_spot_check(spec), await self._hf_token(owner)], price
 
     async def _hf_token(self, owner: str) -> Check:
         if await self.providers.has_key(owner, HUGGING_FACE):
@@ -323,6 +330,67 @@ def _gpu_check(spec: Spec, catalogue: dict[str, GpuType]) -> tuple[Check, float 
     return Check(
         "gpu_type", Status.PASS, f"{spec.gpu.count} x GPU, {kind}: {offered}{note}"
     ), hourly
+
+
+def _hosts_check(spec: Spec, catalogue: dict[str, GpuType], floor: str | None) -> list[Check]:
+    """Whether RunPod has hosts for the pod now: with a driver that runs the image's CUDA
+    (`floor`), and free. The catalogue says both per GPU type (where it says nothing, a type
+    is taken to fit)."""
+    types = [t for t in (spec.gpu.type, *spec.gpu.fallback_types) if t in catalogue]
+    if not types:
+        return []  # the gpu_type check says why
+
+    def runs(gpu: GpuType) -> bool:
+        return (
+            not floor
+            or not gpu.cuda_versions
+            or any(_cuda(v) >= _cuda(floor) for v in gpu.cuda_versions)
+        )
+
+    fitting = [t for t in types if runs(catalogue[t])]
+    if not fitting:
+        seen = "; ".join(f"{t}: {', '.join(catalogue[t].cuda_versions)}" for t in types)
+        return [
+            Check(
+                "gpu_hosts",
+                Status.FAIL,
+                f"no RunPod host with {' or '.join(types)} runs CUDA {floor} or newer, which the "
+                f"image needs (their hosts run {seen}): choose another GPU type",
+            )
+        ]
+    notes = []
+    if unfit := [t for t in types if t not in fitting]:
+        notes.append(f"not rented (hosts below CUDA {floor}): {', '.join(unfit)}")
+    free = [t for t in fitting if catalogue[t].available is not False]
+    if not free:
+        notes.append(
+            f"RunPod has no {' or '.join(fitting)} free now: the run waits for one, retrying"
+        )
+    elif busy := [t for t in fitting if t not in free]:
+        notes.append(f"none free now: {', '.join(busy)}")
+    if notes:
+        return [Check("gpu_hosts", Status.WARN, "; ".join(notes))]
+    where = f" with CUDA {floor} or newer" if floor else ""
+    return [Check("gpu_hosts", Status.PASS, f"RunPod has hosts{where} free now")]
+
+
+def _spot_check(spec: Spec) -> list[Check]:
+    if not spec.gpu.spot:
+        return []
+    return [
+        Check(
+            "spot",
+            Status.WARN,
+            "spot pods exist only in RunPod's GraphQL API, which RunPod retires in early 2027, "
+            "and RunPod's documentation no longer describes them: expect spot to stop working "
+            "then; a spot pod may also be stopped at any time, and the run then fails",
+        )
+    ]
+
+
+def _cuda(version: str) -> tuple[int, ...]:
+    """ "12.8" as (12, 8): versions compare as numbers ("12.10" is above "12.9")."""
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
 def _estimate(spec: Spec, hourly: float | None) -> Estimate:

@@ -804,3 +804,38 @@ async def test_gpu_types_are_priced_for_the_count_with_stock_and_cuda(deploy: De
     )
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "read and write access to pods" in (denied.details() or "")
+
+
+async def test_the_preflight_reads_runpods_hosts_cuda_and_stock(deploy: Deploy) -> None:
+    async def checks(gpu_type: str = GPU, **gpu: Any) -> dict[str, pb.PreflightCheck]:
+        spec = deploy.spec(**gpu)
+        spec.gpu.type = gpu_type
+        reply = await deploy.stub.PreflightDeployment(
+            api.PreflightDeploymentRequest(deployment=spec), metadata=deploy.as_()
+        )
+        return {c.name: c for c in reply.checks}
+
+    fits = (await checks())["gpu_hosts"]
+    assert fits.status == pb.CHECK_STATUS_PASS
+    assert "CUDA 12.8 or newer" in fits.message
+
+    old = (await checks("NVIDIA GeForce RTX 4090"))["gpu_hosts"]  # hosts: CUDA 12.1, 12.2
+    assert old.status == pb.CHECK_STATUS_FAIL
+    assert "runs CUDA 12.8 or newer" in old.message
+    assert "NVIDIA GeForce RTX 4090: 12.1, 12.2" in old.message
+
+    mixed = await checks("NVIDIA GeForce RTX 4090", fallback_types=[GPU])
+    assert mixed["gpu_hosts"].status == pb.CHECK_STATUS_WARN
+    assert (
+        "not rented (hosts below CUDA 12.8): NVIDIA GeForce RTX 4090" in mixed["gpu_hosts"].message
+    )
+
+    deploy.fake.set_capacity(GPU, 0)
+    busy = await checks()
+    assert busy["gpu_hosts"].status == pb.CHECK_STATUS_WARN
+    assert f"RunPod has no {GPU} free now" in busy["gpu_hosts"].message
+    assert "spot" not in busy
+
+    spot = await checks(spot=True)
+    assert spot["spot"].status == pb.CHECK_STATUS_WARN
+    assert "retires in early 2027" in spot["spot"].message
