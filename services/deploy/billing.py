@@ -3,11 +3,15 @@
 The cost a run shows while it lives is our estimate (the pod's hourly price times its uptime),
 and the limits are enforced with it. Once the pod is gone, the provider's own billing records say
 what it really cost; they settle late, so a finished run's bill is read again every
-`billing_check_minutes` for `billing_settle_hours`, and the run keeps both figures.
+`billing_check_minutes` for `billing_settle_hours`, and the run keeps both figures. Each run is
+looked at once per period whatever the answer (a bill not there yet, a refusal), and a pass
+reads for at most READ_BUDGET: the supervisor's own work (stopping pods) must not wait on it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -21,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # Providers that keep billing records we can read.
 BILLED_PROVIDERS = ("runpod",)
+READ_BUDGET = timedelta(seconds=20)
 
 
 class Billing:
@@ -37,14 +42,21 @@ class Billing:
         self.clock = clock
 
     async def reconcile(self) -> int:
-        """Read the bills that are due; returns how many were read."""
+        """Read the bills that are due, for READ_BUDGET at most; returns how many were read
+        (those left over are due on the next pass)."""
         now = self.clock()
         settle = timedelta(hours=self.settings.billing_settle_hours)
         every = timedelta(minutes=self.settings.billing_check_minutes)
         read = 0
-        for provider in BILLED_PROVIDERS:
-            for d in await self.store.to_bill(provider, now - settle, now - every):
-                read += await self._read(d, now)
+
+        async def read_due() -> None:
+            nonlocal read
+            for provider in BILLED_PROVIDERS:
+                for d in await self.store.to_bill(provider, now - settle, now - every):
+                    read += await self._read(d, now)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(read_due(), READ_BUDGET.total_seconds())
         return read
 
     async def _read(self, d: Deployment, now: datetime) -> int:
@@ -56,13 +68,15 @@ class Billing:
                 billed = await provider.billed_usd(d.pod_id, d.created_at)
         except ProviderError as exc:
             log.info("bill not read", extra={"deployment": d.id, "error": exc.message})
-            return 0
-        if billed is None:
-            return 0
+            billed = None
         first = d.billed_usd is None
 
         def record(current: Deployment) -> Change:
-            change = Change(billed_usd=billed, billed_at=now)
+            # Looked at now, whatever was found: the next look is a period away.
+            change = Change(billed_at=now)
+            if billed is None:
+                return change
+            change.billed_usd = billed
             if first or abs(billed - (current.billed_usd or 0.0)) >= 0.005:
                 change.log(
                     "billed",
@@ -72,4 +86,4 @@ class Billing:
             return change
 
         await self.store.mutate(d.id, now, record)
-        return 1
+        return 0 if billed is None else 1

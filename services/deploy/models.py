@@ -112,7 +112,9 @@ class DeploymentRow(Base):
     billed_usd: Mapped[float | None] = mapped_column(
         Float, doc="What the provider billed for the pod, as last read (RunPod's billing)."
     )
-    billed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    billed_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime, doc="When the provider's billing was last looked at, whatever was found."
+    )
 
 
 class DeploymentEventRow(Base):

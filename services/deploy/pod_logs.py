@@ -95,20 +95,7 @@ class PodLogs:
         return change
 
     async def _secrets(self, d: Deployment, job_token: str) -> list[str]:
-        """The run's own secrets, whatever their shape: its job token, the provider key its
-        pod was rented with (while the pod lives), its owner's Hugging Face token (pods on
-        a provider other than local get it)."""
-        ciphertexts = [d.provider_key_ciphertext]
-        if d.spec.provider != "local":
-            ciphertexts.append(await self.deployments.key_ciphertext(d.owner, HUGGING_FACE))
-        found = [job_token]
-        for ciphertext in ciphertexts:
-            if ciphertext:
-                try:
-                    found.append(self.keyring.decrypt(ciphertext))
-                except KeyRingError:
-                    continue  # undecryptable: it was never given to the pod in this form
-        return found
+        return await run_secrets(d, self.deployments, self.keyring, job_token)
 
     async def stream(
         self, owner: str, request: api.StreamDeploymentLogsRequest
@@ -138,6 +125,28 @@ class PodLogs:
             if not request.follow or d.state.terminal or loop.time() >= ends:
                 return
             await self.arrived.wait(d.id, min(POLL_SECONDS, max(ends - loop.time(), 0)))
+
+
+async def run_secrets(
+    d: Deployment, deployments: DeploymentStore, keyring: KeyRing, job_token: str | None = None
+) -> list[str]:
+    """The run's own secrets, whatever their shape, for masking what its pod printed: its job
+    token (`job_token`, else decrypted from the run while it keeps it), the provider key its
+    pod was rented with (while the pod lives), its owner's Hugging Face token (pods on a
+    provider other than local get it)."""
+    ciphertexts = [d.provider_key_ciphertext]
+    if job_token is None:
+        ciphertexts.append(d.job_token_ciphertext)
+    if d.spec.provider != "local":
+        ciphertexts.append(await deployments.key_ciphertext(d.owner, HUGGING_FACE))
+    found = [job_token] if job_token else []
+    for ciphertext in ciphertexts:
+        if ciphertext:
+            try:
+                found.append(keyring.decrypt(ciphertext))
+            except KeyRingError:
+                continue  # undecryptable: it was never given to the pod in this form
+    return found
 
 
 def _check(first_line: int, count: int) -> None:

@@ -15,7 +15,7 @@ import grpc
 
 from services.deploy.datasets import DatasetFacts, DatasetsClient, describe
 from services.deploy.pod import stack
-from services.deploy.providers.base import GpuType, ProviderError
+from services.deploy.providers.base import GpuType, ProviderError, cuda_version
 from services.deploy.providers.registry import HUGGING_FACE, NO_KEY, Providers
 from services.deploy.spec import LOCAL_MODEL, Spec
 from tunelab.datasets.v1 import datasets_pb2 as ds
@@ -149,7 +149,8 @@ class Preflight:
             ], None
         try:
             async with self.providers.open(owner, spec.provider) as provider:
-                catalogue = {gpu.id: gpu for gpu in await provider.gpu_types()}
+                offered = await provider.gpu_types(spec.gpu.count, spec.gpu.cloud)
+                catalogue = {gpu.id: gpu for gpu in offered}
         except ProviderError as exc:
             return [
                 Check("provider_key", Status.FAIL, f"RunPod refused the catalogue: {exc.message}"),
@@ -159,7 +160,8 @@ class Preflight:
         gpu, price = _gpu_check(spec, catalogue)
         floor = self.min_cuda_version if spec.image == self.runpod_image else None
         hosts = _hosts_check(spec, catalogue, floor)
-        return [key, gpu, *hosts, *_spot_check(spec), await self._hf_token(owner)], price
+        spot = _spot_check(spec, floor)
+        return [key, gpu, *hosts, *spot, await self._hf_token(owner)], price
 
     async def _hf_token(self, owner: str) -> Check:
         if await self.providers.has_key(owner, HUGGING_FACE):
@@ -344,7 +346,7 @@ def _hosts_check(spec: Spec, catalogue: dict[str, GpuType], floor: str | None) -
         return (
             not floor
             or not gpu.cuda_versions
-            or any(_cuda(v) >= _cuda(floor) for v in gpu.cuda_versions)
+            or any(cuda_version(v) >= cuda_version(floor) for v in gpu.cuda_versions)
         )
 
     fitting = [t for t in types if runs(catalogue[t])]
@@ -374,23 +376,24 @@ def _hosts_check(spec: Spec, catalogue: dict[str, GpuType], floor: str | None) -
     return [Check("gpu_hosts", Status.PASS, f"RunPod has hosts{where} free now")]
 
 
-def _spot_check(spec: Spec) -> list[Check]:
+def _spot_check(spec: Spec, floor: str | None) -> list[Check]:
     if not spec.gpu.spot:
         return []
+    hosts = (
+        f"; nor can a spot pod ask for a host whose driver runs CUDA {floor}: one placed on an "
+        "older host is stopped as soon as it is seen (GPU_UNAVAILABLE)"
+        if floor
+        else ""
+    )
     return [
         Check(
             "spot",
             Status.WARN,
             "spot pods exist only in RunPod's GraphQL API, which RunPod retires in early 2027, "
             "and RunPod's documentation no longer describes them: expect spot to stop working "
-            "then; a spot pod may also be stopped at any time, and the run then fails",
+            "then; a spot pod may also be stopped at any time, and the run then fails" + hosts,
         )
     ]
-
-
-def _cuda(version: str) -> tuple[int, ...]:
-    """ "12.8" as (12, 8): versions compare as numbers ("12.10" is above "12.9")."""
-    return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
 def _estimate(spec: Spec, hourly: float | None) -> Estimate:

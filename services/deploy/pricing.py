@@ -29,7 +29,7 @@ async def gpu_types(
         )
     try:
         async with providers.open(owner, provider) as client:
-            found = await client.gpu_types()
+            found = await client.gpu_types(gpu_count or 1)
     except ProviderError as exc:
         raise provider_error(exc) from None
     count = gpu_count or 1

@@ -111,7 +111,15 @@ def _apply(current: Deployment, report: api.Report, now: datetime) -> Change:
     if report.HasField("progress"):
         change.progress = {**current.progress, **_progress(report.progress)}
     message = redact.redact(report.message)
-    if report.phase in _PHASE_STATE:
+    if report.phase in _PHASE_STATE and current.output is not None:
+        # The pod sends its output only after training succeeded: a pod starting over after
+        # that is a container restarted before its final report. Nothing is done again.
+        change.end(
+            current.state,
+            State.SUCCEEDED,
+            RunError("", "the pod's container restarted after it sent its output: done"),
+        )
+    elif report.phase in _PHASE_STATE:
         target = _PHASE_STATE[report.phase]
         if current.state.can_become(target):
             change.become(current.state, target, message or f"the pod reports {target.value}")

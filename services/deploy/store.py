@@ -81,7 +81,8 @@ class Deployment:
     last_report_at: datetime | None
     finished_at: datetime | None
     pod_released_at: datetime | None
-    # What the provider billed for the pod, when it was last read (None: not yet, or never).
+    # What the provider billed for the pod (None: not yet, or never), and when its billing
+    # was last looked at (whatever was found).
     billed_usd: float | None = None
     billed_at: datetime | None = None
 

@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from services.deploy import metrics, pod_logs
 from services.deploy.billing import Billing
 from services.deploy.datasets import DatasetsClient
-from services.deploy.keys import KeyRingError
 from services.deploy.launch import Launcher, pod_name, provider_of
 from services.deploy.pod import render
 from services.deploy.providers.base import (
@@ -33,6 +32,7 @@ from services.deploy.providers.base import (
     Provider,
     ProviderError,
     ProviderErrorKind,
+    cuda_version,
 )
 from services.deploy.providers.registry import Providers
 from services.deploy.settings import DeploySettings
@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 LEASE = "supervisor"
 # Steps of different runs go on side by side (a slow provider must not hold up the others).
 CONCURRENT_STEPS = 16
-# How often the supervisor looks for bills due (each is read every billing_check_minutes).
+# How often the supervisor looks for bills due (each run's is looked at every
+# billing_check_minutes, whatever the answer).
 BILLING_EVERY = timedelta(minutes=1)
 # How much of a pod's own log a run that died unreported keeps in its error.
 POD_LOG_TAIL_LINES = 40
@@ -200,11 +201,22 @@ class Supervisor:
         except ProviderError as exc:
             log.info("no log tail", extra={"deployment": d.id, "error": exc.message})
             return ()
-        secrets = []
-        if d.job_token_ciphertext:
-            with suppress(KeyRingError):
-                secrets.append(self.providers.keyring.decrypt(d.job_token_ciphertext))
+        secrets = await pod_logs.run_secrets(d, self.store, self.providers.keyring)
         return tuple(pod_logs.sanitize(lines, secrets))
+
+    def _host_too_old(self, d: Deployment, pod: Pod) -> str | None:
+        """Why the pod's host cannot run the image, when the provider placed it on one whose
+        driver is older than the image's CUDA (a spot pod cannot ask for better): its torch
+        would see no GPU, so it is stopped before it bills on."""
+        floor = self.settings.pod_min_cuda_version
+        if not pod.cuda_version or d.spec.image != self.settings.runpod_image:
+            return None
+        if cuda_version(pod.cuda_version) >= cuda_version(floor):
+            return None
+        return (
+            f"the pod's host runs CUDA {pod.cuda_version}, older than the {floor} the image "
+            "needs: its torch cannot use the GPU, so the pod was stopped before it trained"
+        )
 
     def _verdict(self, d: Deployment, pod: Pod | None, now: datetime) -> RunError | None:
         """Why the run must end now, or None."""
@@ -212,6 +224,8 @@ class Supervisor:
             return RunError(Stop.POD_VANISHED, "the provider no longer has the pod")
         if pod.status is PodStatus.FAILED:
             return RunError(Stop.POD_FAILED, pod.message or "the provider reports the pod failed")
+        if too_old := self._host_too_old(d, pod):
+            return RunError(Stop.GPU_UNAVAILABLE, too_old)
         if pod.status is PodStatus.EXITED:
             stage = Stop.TRAINER_FAILED if d.state is State.TRAINING else Stop.BOOTSTRAP_FAILED
             code = f" with status {pod.exit_code}" if pod.exit_code is not None else ""

@@ -205,7 +205,15 @@ async def test_a_pod_that_stops_on_its_own_fails_the_run(
     pod_id = (await deploy.get(created.id)).pod_id
     deploy.fake.set_status(pod_id, "RUNNING")
     await deploy.tick(5)
-    deploy.fake.logs[pod_id] = ["Traceback (most recent call last):", "CUDA error: no device"]
+    hf_token = "plain-secret-of-no-known-shape-123456"  # masked as the run's own secret
+    await deploy.stub.SetProviderKey(
+        api.SetProviderKeyRequest(provider="huggingface", api_key=hf_token), metadata=deploy.as_()
+    )
+    deploy.fake.logs[pod_id] = [
+        f"login with {hf_token}",
+        "Traceback (most recent call last):",
+        "CUDA error: no device",
+    ]
     if change == "exit":
         deploy.fake.exit(pod_id)
     elif change == "remove":
@@ -218,6 +226,7 @@ async def test_a_pod_that_stops_on_its_own_fails_the_run(
     assert d.error.code == code
     if change != "remove":  # RunPod tells no reason: the container's last lines do
         assert list(d.error.log_tail)[-1:] == ["CUDA error: no device"]
+        assert d.error.log_tail[0] == "login with [REDACTED]"
     assert deploy.fake.live_pods(f"tunelab-{created.id}") == []
     await no_secrets_left(deploy, created.id)
 
@@ -775,12 +784,15 @@ async def test_a_bill_that_cannot_be_read_is_tried_again_later(deploy: Deploy) -
     await deploy.stub.CancelDeployment(
         api.CancelDeploymentRequest(deployment_id=created.id), metadata=deploy.as_()
     )
-    await deploy.tick(60)
     deploy.fake.billed[pod_id] = 0.05
     deploy.fake.fail_next(1, status=403, only="GET /v2/billing")  # a key without billing access
-    await deploy.tick(120)
+    await deploy.tick(60)
     assert not (await deploy.get(created.id)).HasField("billed_usd")
-    await deploy.tick(120)
+    for _ in range(5):  # a refusal is not asked again each pass: once a period
+        await deploy.tick(120)
+    assert len([r for r in deploy.fake.requests if r.path == "/v2/billing/pods"]) == 1
+    assert not (await deploy.get(created.id)).HasField("billed_usd")
+    await deploy.tick(31 * 60)
     assert (await deploy.get(created.id)).billed_usd == pytest.approx(0.05)
 
 
@@ -839,3 +851,47 @@ async def test_the_preflight_reads_runpods_hosts_cuda_and_stock(deploy: Deploy) 
     spot = await checks(spot=True)
     assert spot["spot"].status == pb.CHECK_STATUS_WARN
     assert "retires in early 2027" in spot["spot"].message
+
+
+async def test_a_pod_restarted_after_sending_its_output_does_not_train_again(
+    deploy: Deploy,
+) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    (pod,) = deploy.fake.live_pods(f"tunelab-{created.id}")
+    token = pod["env"]["TUNELAB_JOB_TOKEN"]
+
+    async def messages() -> AsyncIterator[api.UploadOutputRequest]:
+        yield api.UploadOutputRequest(deployment_id=created.id, job_token=token)
+        yield api.UploadOutputRequest(chunk=b"adapter")
+
+    await deploy.stub.UploadOutput(messages(), timeout=60)
+    # The container died before its final report; RunPod started it again.
+    reply = await deploy.stub.ReportDeployment(
+        api.ReportDeploymentRequest(
+            deployment_id=created.id,
+            job_token=token,
+            report=api.Report(phase=api.REPORT_PHASE_STARTING),
+        )
+    )
+    assert (reply.state, reply.stop) == (pb.DEPLOYMENT_STATE_SUCCEEDED, True)
+    d = await deploy.get(created.id)
+    assert d.output.size_bytes == len(b"adapter")
+    await deploy.tick()
+    assert deploy.fake.live_pods() == []
+
+
+async def test_a_pod_placed_on_a_host_too_old_for_the_image_is_stopped_at_once(
+    deploy: Deploy,
+) -> None:
+    # A spot pod cannot ask for hosts by CUDA version: RunPod may place it on any A100 host
+    # (they run CUDA 12.2, 12.4 and 12.8).
+    created = await deploy.create(deploy.spec(spot=True))
+    await deploy.tick()
+    (pod,) = deploy.fake.live_pods(f"tunelab-{created.id}")
+    pod["cudaVersion"] = "12.2"
+    await deploy.tick(10)
+    d = await deploy.get(created.id)
+    assert (d.state, d.error.code) == (pb.DEPLOYMENT_STATE_FAILED, "GPU_UNAVAILABLE")
+    assert "the pod's host runs CUDA 12.2, older than the 12.8 the image needs" in d.error.message
+    assert deploy.fake.live_pods() == []

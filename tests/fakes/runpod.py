@@ -545,7 +545,10 @@ class FakeRunPod:
                     "maxCount": {"secure": 8, "community": 4},
                 }
                 if include:
-                    free = self.capacity.get(gpu_id, 0)
+                    count = int(query.get("count") or 1)
+                    cloud = (query.get("cloud") or "SECURE").lower()
+                    offered = offer.get(cloud) is not None and self.capacity.get(gpu_id, 0) >= count
+                    free = self.capacity.get(gpu_id, 0) if offered else 0
                     versions = [
                         v for v in offer.get("cuda", []) if not floor or _cuda(v) >= _cuda(floor)
                     ]
@@ -616,6 +619,11 @@ class FakeRunPod:
             if status is not None:
                 return _graphql_answer({"errors": [{"message": "Something went wrong"}]}, status)
         answer: dict[str, Any] = {"data": result.data}
+        if unexecuted := [e.message for e in result.errors or () if e.path is None]:
+            # No path: the request itself was wrong (a variable of the wrong type, say), not
+            # RunPod's answer to it.
+            with self._lock:
+                self.violations.extend(f"graphql request: {m}" for m in unexecuted)
         if result.errors:
             answer["errors"] = [{"message": e.message, "path": e.path} for e in result.errors]
         return _graphql_answer(answer, 200)

@@ -55,7 +55,7 @@ class OpenApi:
         )
         self._resolver = self._registry.resolver(_URI)
         self._operations: list[tuple[re.Pattern[str], Operation]] = []
-        self._names: dict[str, frozenset[str]] = {}
+        self._shapes: dict[str, _Shape] = {}
         for template, item in self.doc["paths"].items():
             pattern = re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
             for method, spec in item.items():
@@ -144,12 +144,13 @@ class OpenApi:
             return self._errors(schema, body, "$")
         return []
 
-    def names(self, schema: Any) -> frozenset[str]:
-        """Every property name the schema defines, at any depth."""
-        text = json.dumps(schema, sort_keys=True)
-        if text not in self._names:
-            self._names[text] = _names(self, text)
-        return self._names[text]
+    def shape(self, schema: Any) -> _Shape:
+        """What an instance of the schema may hold: its properties (each with its schema),
+        whether other keys are allowed (and their schema), and its items' schema."""
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._shapes:
+            self._shapes[key] = _shape(self, schema)
+        return self._shapes[key]
 
     def _errors(self, schema: Any, instance: Any, where: str) -> list[str]:
         validator = jsonschema.Draft202012Validator(
@@ -175,28 +176,36 @@ def _anchored(schema: Any) -> Any:
     return schema
 
 
-def _names(api: OpenApi, text: str) -> frozenset[str]:
-    found: set[str] = set()
-    seen: set[int] = set()
+@dataclass
+class _Shape:
+    properties: dict[str, Any]
+    other: Any = None  # additionalProperties' schema: a key outside `properties` is allowed
+    open: bool = False  # other keys allowed
+    items: Any = None
+
+
+def _shape(api: OpenApi, schema: Any) -> _Shape:
+    """`schema`'s properties merged across allOf / anyOf / oneOf (a nullable alternative
+    adds none), following `$ref`s."""
+    found = _Shape({})
 
     def walk(node: Any) -> None:
         node = api.resolve(node)
-        if isinstance(node, list):
-            for item in node:
-                walk(item)
+        if not isinstance(node, dict):
             return
-        if not isinstance(node, dict) or id(node) in seen:
-            return
-        seen.add(id(node))
         for name, child in (node.get("properties") or {}).items():
-            found.add(name)
-            walk(child)
-        for key in ("allOf", "anyOf", "oneOf", "items", "additionalProperties", "then", "else"):
-            if key in node:
-                walk(node[key])
+            found.properties.setdefault(name, child)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict) or extra is True:
+            found.open, found.other = True, extra if isinstance(extra, dict) else None
+        if "items" in node:
+            found.items = node["items"]
+        for key in ("allOf", "anyOf", "oneOf"):
+            for part in node.get(key) or []:
+                walk(part)
 
-    walk(json.loads(text))
-    return frozenset(found)
+    walk(schema)
+    return found
 
 
 def _query_value(schema: Mapping[str, Any], raw: str, param: Mapping[str, Any]) -> Any:
@@ -237,13 +246,13 @@ class _Strict(dict[str, Any]):
     """A decoded JSON object that reports reads of keys its schema does not define."""
 
     def __init__(
-        self, data: Mapping[str, Any], allowed: frozenset[str], where: str, seen: list[str]
+        self, data: Mapping[str, Any], allowed: frozenset[str] | None, where: str, seen: list[str]
     ) -> None:
         super().__init__(data)
         self._allowed, self._where, self._seen = allowed, where, seen
 
     def _check(self, key: object) -> None:
-        if key not in self._allowed:
+        if self._allowed is not None and key not in self._allowed:
             self._seen.append(f"{self._where}: the client read {key!r}, which the schema lacks")
 
     def __getitem__(self, key: str) -> Any:
@@ -260,12 +269,30 @@ class _Strict(dict[str, Any]):
 
 
 def _wrap(value: Any, allowed: frozenset[str], where: str, seen: list[str]) -> Any:
+    """Every object in `value` strict with the same names (GraphQL: the subset's fields)."""
     if isinstance(value, dict):
         return _Strict(
             {k: _wrap(v, allowed, where, seen) for k, v in value.items()}, allowed, where, seen
         )
     if isinstance(value, list):
         return [_wrap(item, allowed, where, seen) for item in value]
+    return value
+
+
+def _wrap_as(api: OpenApi, value: Any, schema: Any, where: str, seen: list[str]) -> Any:
+    """Each object in `value` strict with the names its own place in `schema` defines."""
+    if schema is None:
+        return value
+    shape = api.shape(schema)
+    if isinstance(value, dict):
+        children = {
+            key: _wrap_as(api, item, shape.properties.get(key, shape.other), f"{where}.{key}", seen)
+            for key, item in value.items()
+        }
+        allowed = None if shape.open else frozenset(shape.properties)
+        return _Strict(children, allowed, where, seen)
+    if isinstance(value, list):
+        return [_wrap_as(api, item, shape.items, f"{where}[]", seen) for item in value]
     return value
 
 
@@ -291,7 +318,7 @@ def strict_reading(
             return value
         media = self.headers.get("content-type", "").split(";")[0].strip()
         schema = openapi.response_schema(operation, self.status_code, media)
-        return _wrap(value, openapi.names(schema), operation.id, seen)
+        return _wrap_as(openapi, value, schema, operation.id, seen)
 
     httpx.Response.json = json_of  # type: ignore[method-assign]
     try:

@@ -257,7 +257,12 @@ async def test_gpu_types_come_from_the_v2_catalog_with_spot_prices_from_graphql(
     assert rtx.community_usd is None
     assert rtx.price("community", spot=True) is None
     (catalog,) = [r for r in fake.requests if r.path == "/v2/catalog/gpus"]
-    assert catalog.query == "include=AVAILABILITY&product=POD"
+    assert catalog.query == "include=AVAILABILITY&product=POD&count=1&cloud=SECURE"
+    community = {t.id: t for t in await provider.gpu_types(count=8, cloud="community")}
+    assert community["NVIDIA GeForce RTX 4090"].available is False  # not offered there
+    assert community[A100].available is True  # 8 free
+    fake.set_capacity(A100, 7)
+    assert {t.id: t for t in await provider.gpu_types(count=8)}[A100].available is False
 
 
 async def test_without_graphql_the_catalog_still_has_on_demand_prices(

@@ -87,6 +87,11 @@ class GpuType:
         return self.community_spot_usd if spot else self.community_usd
 
 
+def cuda_version(text: str) -> tuple[int, ...]:
+    """ "12.8" as (12, 8), to compare versions as numbers ("12.10" is above "12.9")."""
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
 class ProviderErrorKind(enum.Enum):
     NO_CAPACITY = "no_capacity"  # no machine of that type now: try another type or later
     UNAUTHENTICATED = "unauthenticated"  # the API key was refused
@@ -131,8 +136,9 @@ class Provider(Protocol):
         """Stop billing for good. Idempotent: a pod already gone is success."""
         ...
 
-    async def gpu_types(self) -> list[GpuType]:
-        """The catalogue with current prices."""
+    async def gpu_types(self, count: int = 1, cloud: Cloud = "secure") -> list[GpuType]:
+        """The catalogue with current prices (per GPU) and, where the provider says, whether
+        a pod of `count` GPUs in `cloud` would find a free machine now."""
         ...
 
     async def billed_usd(self, pod_id: str, since: datetime) -> float | None:

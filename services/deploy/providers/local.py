@@ -21,6 +21,7 @@ from pathlib import Path
 
 from services.common.children import proc_stat
 from services.deploy.providers.base import (
+    Cloud,
     GpuType,
     Pod,
     PodSpec,
@@ -156,7 +157,7 @@ class LocalProvider:
         # stay, for whoever wants them.
         (pod_dir / "work" / "dataset.jsonl").unlink(missing_ok=True)
 
-    async def gpu_types(self) -> list[GpuType]:
+    async def gpu_types(self, count: int = 1, cloud: Cloud = "secure") -> list[GpuType]:
         return []
 
     async def billed_usd(self, pod_id: str, since: datetime) -> float | None:

@@ -53,6 +53,7 @@ from urllib.parse import quote
 import httpx
 
 from services.deploy.providers.base import (
+    Cloud,
     GpuType,
     Pod,
     PodSpec,
@@ -80,6 +81,7 @@ NO_BALANCE = (
 _MAX_WAIT_S = 60.0
 _MAX_BACKOFF_S = 30.0
 _MAX_DETAIL = 300
+_MAX_LOG_LINE = 4000
 
 _STATUSES = {
     "PROVISIONING": PodStatus.PROVISIONING,
@@ -211,14 +213,15 @@ class RunPodProvider:
             )
         raise self._error(response, action)
 
-    async def gpu_types(self) -> list[GpuType]:
+    async def gpu_types(self, count: int = 1, cloud: Cloud = "secure") -> list[GpuType]:
         action = "reading the GPU catalog"
-        response = await self._request(
-            "GET",
-            f"{self._rest}/catalog/gpus",
-            action,
-            params={"include": "AVAILABILITY", "product": "POD"},
-        )
+        params = {
+            "include": "AVAILABILITY",
+            "product": "POD",
+            "count": str(max(1, count)),
+            "cloud": cloud.upper(),
+        }
+        response = await self._request("GET", f"{self._rest}/catalog/gpus", action, params=params)
         body = self._ok_json(response, action)
         items = body.get("gpus") if isinstance(body, dict) else None
         if not isinstance(items, list):
@@ -262,7 +265,8 @@ class RunPodProvider:
                 found = await _sse_lines(response, lines, min(_LOG_IDLE_S, self._timeout / 2))
         except httpx.TransportError as exc:
             raise _unavailable(f"RunPod {_transport_reason(exc)} while {action}") from None
-        return [self._scrub(line) for line in found]
+        # Cut as the run's own log lines are (the caller's sanitizer cuts them again).
+        return [self._scrub(line, limit=_MAX_LOG_LINE) for line in found]
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -556,12 +560,12 @@ class RunPodProvider:
             "try again later"
         )
 
-    def _scrub(self, text: str, extra_secrets: Iterable[str] = ()) -> str:
+    def _scrub(self, text: str, extra_secrets: Iterable[str] = (), limit: int = _MAX_DETAIL) -> str:
         """RunPod may echo what it was sent: keep the key and env values out of messages."""
         for secret in (self._key, *extra_secrets):
             if len(secret) >= 4:  # replacing a one-letter value would mangle the message
                 text = text.replace(secret, "***")
-        return text[:_MAX_DETAIL]
+        return text[:limit]
 
     def _pod_url(self, pod_id: str) -> str:
         return f"{self._rest}/pods/{quote(pod_id, safe='')}"
