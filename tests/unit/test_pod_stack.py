@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import time
 
 import pytest
 
@@ -112,7 +111,6 @@ def test_the_requirements_resolve_to_the_lock_against_the_images_torch() -> None
         if os.environ.get("CI"):
             pytest.fail("PyPI is unreachable, and CI must resolve the pod's requirements")
         pytest.skip("PyPI is unreachable from here")
-    started = time.monotonic()
     resolution = lock.resolve(constraints=stack.constraints())
     assert resolution.pins["torch"] == stack.TORCH_VERSION
     assert resolution.pins == stack.pins(stack.constraints()), (
@@ -120,4 +118,3 @@ def test_the_requirements_resolve_to_the_lock_against_the_images_torch() -> None
     )
     whole_wheels = re.findall(r"Downloading (\S+\.whl) \(", resolution.output)
     assert not whole_wheels, f"pip downloaded whole wheels: {whole_wheels}"
-    assert time.monotonic() - started < 120
