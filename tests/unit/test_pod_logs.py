@@ -1,6 +1,7 @@
 """The pod's log shipping (report.ship_log and the relay) against a real HTTP server: numbered
 batches bounded in lines and bytes, sent again with the same numbers after a failure, a
-backlog bounded, a log started over numbered on, and the relay's pace."""
+backlog bounded, a log started over numbered on, and the relay's pace, which a slow control
+plane never holds up."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,10 +25,15 @@ from services.deploy.pod import report
 class Recorder(BaseHTTPRequestHandler):
     statuses: ClassVar[list[int]] = []  # answered in turn; 200 once they run out
     seen: ClassVar[list[tuple[str, dict[str, Any]]]] = []
+    gate: ClassVar[threading.Event | None] = None  # where set, no answer until it opens
+    asked = threading.Event()
 
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         body = json.loads(self.rfile.read(length))
+        self.asked.set()
+        if self.gate is not None:
+            self.gate.wait()
         self.seen.append((self.path, body))
         status = self.statuses.pop(0) if self.statuses else 200
         reply: dict[str, Any] = {"error": {"message": "no"}}
@@ -79,7 +86,8 @@ def pod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pod]:
     monkeypatch.setenv("TUNELAB_WORK_DIR", str(tmp_path))
     running = Pod(tmp_path)
     monkeypatch.setattr(time, "sleep", running.sleeps.append)
-    Recorder.seen, Recorder.statuses = [], []
+    Recorder.seen, Recorder.statuses, Recorder.gate = [], [], None
+    Recorder.asked.clear()
     yield running
     httpd.shutdown()
 
@@ -185,9 +193,17 @@ class Clock:
 
 
 def relay(pod: Pod, monkeypatch: pytest.MonkeyPatch, lines: list[tuple[float, str]]) -> Clock:
-    """Run the relay over `lines`, each (seconds since the last one, text), on a fake clock."""
+    """Run the relay over `lines`, each (seconds since the last one, text), on a fake clock,
+    each line's sending over before the next line comes (the pace is the clock's alone)."""
     clock = Clock()
     monkeypatch.setattr(time, "monotonic", clock)
+
+    class Lockstep(report._Sender):
+        def hand(self, progress: dict[str, float] | None) -> None:
+            super().hand(progress)
+            self.settle()
+
+    monkeypatch.setattr(report, "_Sender", Lockstep)
 
     class Stdin(io.BytesIO):
         def __iter__(self) -> Iterator[bytes]:
@@ -226,3 +242,36 @@ def test_the_relay_waits_after_a_failure(pod: Pod, monkeypatch: pytest.MonkeyPat
     assert starts[:2] == [1, 1]
     assert len(pod.batches()[1]["lines"]) == 31
     assert pod.received()[len(lines)] == f"burst {report.LOG_BATCH_LINES - 1}"
+
+
+def test_a_control_plane_that_does_not_answer_never_holds_up_the_relay(
+    pod: Pod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer would block on its print, the GPUs billing, were the relay to wait for
+    the control plane: it reads the whole output while the control plane holds every call."""
+    gate = Recorder.gate = threading.Event()
+    opener = urllib.request.urlopen
+    # Without the 15 s timeout: a call lasts exactly as long as the control plane holds it.
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout: opener(request))
+    total = 3 * report.LOG_BATCH_LINES
+    progress = f'{report.PROGRESS_PREFIX}{{"step": {total}, "total_steps": {total}}}'
+    lines = [f"line {i}" for i in range(1, total)] + [progress]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\n".join(lines).encode())))
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    relay = threading.Thread(target=report.relay, args=(str(pod.log),), daemon=True)
+    relay.start()
+    try:
+        assert Recorder.asked.wait(30)
+        deadline = time.monotonic() + 30
+        while len(pod.log.read_text().splitlines()) < total and time.monotonic() < deadline:
+            gate.wait(0.01)
+        assert not gate.is_set()
+        assert pod.log.read_text().splitlines() == lines  # all read, no call answered yet
+    finally:
+        gate.set()
+    relay.join(30)
+    assert not relay.is_alive()
+    # What was held is sent once the control plane answers: every line, and the progress.
+    assert sorted(pod.received()) == list(range(1, total + 1))
+    reports = [body for path, body in Recorder.seen if path.endswith("/reports")]
+    assert reports[-1]["progress"]["step"] == total

@@ -13,7 +13,7 @@ and carries on (the control plane watches the pod itself too).
 
 Every report first sends the pod's log lines the control plane does not have yet
 ($TUNELAB_WORK_DIR/bootstrap.log: the bootstrap's own lines and the trainer's), and so does the
-relay every few seconds (`ship_log`).
+relay every few seconds (`ship_log`), from a thread of its own.
 
 Environment: TUNELAB_REPORT_URL, TUNELAB_JOB_TOKEN.
 """
@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -292,41 +293,99 @@ def _ship_quietly(*, wait: bool = True, attempts: int = 3) -> bool:
 
 
 def relay(log_path: str) -> None:
-    """Copy the trainer's output through, forwarding progress at most every few seconds (the
-    latest wins) and always the last one, and the log's new lines every LOG_INTERVAL_SECONDS
-    or LOG_BATCH_LINES lines (after a failure, not again for LOG_RETRY_SECONDS). Reads to the
-    end whatever happens, so the trainer never dies of a broken pipe."""
-    last_sent = 0.0
-    last_gpu = 0.0
-    gpu: dict[str, float] = {}
-    pending: dict[str, float] | None = None
-    ship_at, unsent, shipping = 0.0, 0, True
-    with open(log_path, "a", encoding="utf-8", errors="replace") as log:
-        for raw in sys.stdin.buffer:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-            log.write(line + "\n")
-            log.flush()
-            unsent += 1
-            if time.monotonic() >= ship_at or (shipping and unsent >= LOG_BATCH_LINES):
-                shipping = _ship_quietly(wait=False, attempts=1)
-                wait = LOG_INTERVAL_SECONDS if shipping else LOG_RETRY_SECONDS
-                ship_at, unsent = time.monotonic() + wait, 0
-            progress = parse_progress(line)
-            if progress is None:
-                continue
-            pending = progress
+    """Copy the trainer's output through, to stdout and the log, and hand each line to a
+    `_Sender`, which forwards progress and the log's new lines from its own thread: a slow
+    control plane never holds up the reading, so the trainer never blocks on its print while
+    the GPUs bill. Reads to the end whatever happens, so the trainer never dies of a broken
+    pipe; what is left to send goes before the relay ends."""
+    sender = _Sender()
+    try:
+        with open(log_path, "a", encoding="utf-8", errors="replace") as log:
+            for raw in sys.stdin.buffer:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+                log.write(line + "\n")
+                log.flush()
+                sender.hand(parse_progress(line))
+    finally:
+        sender.close()
+
+
+class _Sender:
+    """Sends, from a daemon thread, what the relay hands it: progress at most every
+    MIN_INTERVAL_SECONDS (the latest wins, and the last one always goes), and the log's new
+    lines every LOG_INTERVAL_SECONDS or LOG_BATCH_LINES lines (after a failure, not again for
+    LOG_RETRY_SECONDS). When to send is decided as each line is handed over, as the lines
+    come; a call that is slow to answer only makes the next one wait, and cover more."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._unsent = 0  # lines logged since the last shipment was asked for
+        self._ship_at = 0.0
+        self._shipping = True  # the last shipment landed
+        self._progress: dict[str, float] | None = None  # the latest, not yet sent
+        self._progress_at = 0.0
+        self._gpu: dict[str, float] = {}
+        self._gpu_at = -GPU_SAMPLE_SECONDS
+        self._ship = self._send = self._closed = self._busy = False
+        self._thread = threading.Thread(target=self._run, name="tunelab-sender", daemon=True)
+        self._thread.start()
+
+    def hand(self, progress: dict[str, float] | None) -> None:
+        """One more line in the log, with its progress where it is a progress line."""
+        with self._changed:
             now = time.monotonic()
-            if now - last_gpu >= GPU_SAMPLE_SECONDS:
-                gpu, last_gpu = gpu_sample(), now
-            if now - last_sent >= MIN_INTERVAL_SECONDS:
-                _send_progress(pending, gpu)
-                pending, last_sent = None, now
-    if pending is not None:
-        _send_progress(pending, gpu)
-    if unsent and shipping:
-        _ship_quietly(wait=False, attempts=1)
+            self._unsent += 1
+            if now >= self._ship_at or (self._shipping and self._unsent >= LOG_BATCH_LINES):
+                self._ship, self._unsent = True, 0
+                self._ship_at = now + LOG_INTERVAL_SECONDS
+            if progress is not None:
+                self._progress = progress
+                if now - self._progress_at >= MIN_INTERVAL_SECONDS:
+                    self._send, self._progress_at = True, now
+            if self._ship or self._send:
+                self._changed.notify()
+
+    def settle(self) -> None:
+        """Waits until what was asked for has been sent or has failed (tests use it to keep
+        the sending in step with the lines)."""
+        with self._changed:
+            self._changed.wait_for(lambda: not (self._ship or self._send or self._busy))
+
+    def close(self) -> None:
+        """Sends the last progress and the lines left, then returns."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._ship or self._send or self._closed)
+                closed = self._closed
+                ship = self._ship or (closed and self._unsent > 0 and self._shipping)
+                progress = self._progress if self._send or closed else None
+                if progress is not None:
+                    self._progress = None
+                self._ship = self._send = False
+                self._busy = True
+            if ship:
+                landed = _ship_quietly(wait=False, attempts=1)
+                with self._changed:
+                    self._shipping = landed
+                    if not landed:
+                        self._ship_at = time.monotonic() + LOG_RETRY_SECONDS
+            if progress is not None:
+                if time.monotonic() - self._gpu_at >= GPU_SAMPLE_SECONDS:
+                    self._gpu, self._gpu_at = gpu_sample(), time.monotonic()
+                _send_progress(progress, self._gpu)
+            with self._changed:
+                self._busy = False
+                self._changed.notify_all()
+            if closed:
+                return
 
 
 def _send_progress(progress: dict[str, float], gpu: dict[str, float]) -> None:
