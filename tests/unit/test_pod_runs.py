@@ -27,12 +27,16 @@ from tests.fakes.gpu import fake_nvidia_smi, fake_torch
 
 DATASET = b'{"text": "hello"}\n'
 FINAL = ("succeeded", "failed")
-# Stands in for the trainer: progress, an output file, and the exit status the config asks for.
+# Stands in for the trainer: progress, an output file, and the exit status the config asks for
+# (after the sleep it asks for, its process id written first).
 TRAINER = textwrap.dedent(
     """\
-    import json, pathlib, sys
+    import json, os, pathlib, sys, time
     config = json.loads(pathlib.Path(sys.argv[1]).read_text())
     print('TUNELAB_PROGRESS {"step": 1, "total_steps": 1, "loss": 0.5}', flush=True)
+    if config.get("sleep"):
+        pathlib.Path(config["output_dir"], "trainer.pid").write_text(str(os.getpid()))
+        time.sleep(config["sleep"])
     pathlib.Path(config["output_dir"], "model.txt").write_text("weights")
     sys.exit(config.get("exit", 0))
     """
@@ -139,7 +143,15 @@ def trainer(*, pip: bool = False, torch: str = stack.TORCH_VERSION) -> render.Tr
 class Pod:
     """One pod's work directory; each `start` is a container (re)starting there."""
 
-    def __init__(self, folder: Path, plane: ControlPlane, spec: render.Trainer, **config: Any):
+    def __init__(
+        self,
+        folder: Path,
+        plane: ControlPlane,
+        spec: render.Trainer,
+        *,
+        heartbeat_seconds: int = 1,
+        **config: Any,
+    ):
         import hashlib
 
         self.folder = folder
@@ -152,7 +164,7 @@ class Pod:
                 dataset_size=len(DATASET),
                 config={"method": "sft", "base_model": "m", **config},
                 trainer=spec,
-                heartbeat_seconds=1,
+                heartbeat_seconds=heartbeat_seconds,
                 download_attempts=1,
             )
         )
@@ -227,6 +239,17 @@ def test_a_failed_run_is_not_run_again_either(tmp_path: Path, plane: ControlPlan
     assert [r["phase"] for r in plane.finals()] == ["failed", "failed"]
 
 
+def test_a_trainer_that_finds_the_gpus_gone_fails_the_run_as_gpu_unavailable(
+    tmp_path: Path, plane: ControlPlane
+) -> None:
+    """The trainer's exit status, through the relay's pipe, is the run's."""
+    pod = Pod(tmp_path, plane, trainer(), exit=6)
+    code, _ = pod.run()
+    assert code == 6
+    (failed,) = plane.finals()
+    assert (failed["exit_code"], failed["reason"]) == (6, "gpu_unavailable")
+
+
 def test_a_run_the_control_plane_says_is_over_is_not_started(
     tmp_path: Path, plane: ControlPlane
 ) -> None:
@@ -266,6 +289,64 @@ def test_after_its_final_report_the_pod_waits_to_be_terminated(
             os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
     assert plane.phases().count("succeeded") == 1
+
+
+def running(group: int) -> list[int]:
+    """The processes of a process group still running (a zombie has ended)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgid = stat.read_text().rpartition(")")[2].split()[:3]
+        except OSError:
+            continue
+        if int(pgid) == group and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def gone(group: int, seconds: float = 5) -> bool:
+    deadline = time.monotonic() + seconds
+    while running(group) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not running(group)
+
+
+def test_a_pod_stopped_during_training_stops_at_once_and_the_trainer_with_it(
+    tmp_path: Path, plane: ControlPlane
+) -> None:
+    """`docker stop` (and RunPod's terminate) signals the container's first process only, and
+    kills everything a few seconds later: no waiting for the trainer, and no trainer left."""
+    pod = Pod(tmp_path, plane, trainer(), heartbeat_seconds=60, sleep=300)
+    process = pod.start(TUNELAB_LINGER_SECONDS="60")
+    trainer_pid = pod.work / "output" / "trainer.pid"
+    try:
+        deadline = time.monotonic() + 60
+        while not trainer_pid.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert trainer_pid.exists(), "the trainer never started"
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+    assert process.returncode == 143
+    assert gone(process.pid), "the trainer, the relay or the heartbeat outlived the pod"
+    (failed,) = plane.finals()
+    assert failed["exit_code"] == 143
+
+
+def test_nothing_the_pod_started_outlives_it(tmp_path: Path, plane: ControlPlane) -> None:
+    """Not even the heartbeat's sleep."""
+    pod = Pod(tmp_path, plane, trainer(), heartbeat_seconds=60)
+    process = pod.start()
+    try:
+        assert process.wait(timeout=120) == 0
+        assert gone(process.pid)
+    finally:
+        if running(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()  # its output: open while anything it started runs
 
 
 def test_a_lost_final_report_is_sent_again_while_waiting_and_the_wait_is_bounded(

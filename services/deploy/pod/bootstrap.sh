@@ -59,6 +59,7 @@ FAILURE=""    # why the run failed, where a step can say more than its exit stat
 REASON=""     # gpu_unavailable or torch_mismatch: why, as the control plane files it
 STOPPING=""   # set by SIGTERM or SIGINT: the pod is being stopped, nothing waits
 HEARTBEAT_PID=""
+TRAINING=()   # the trainer's and the relay's process ids, while they run
 
 log() {
   printf '%s tunelab: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" | tee -a "$LOG"
@@ -129,9 +130,7 @@ on_exit() {
   local code=$?
   trap - ERR EXIT
   set +e
-  if [[ -n "$HEARTBEAT_PID" ]]; then
-    kill "$HEARTBEAT_PID" 2>/dev/null
-  fi
+  stop_background
   if [[ -z "$ENDED" ]]; then
     [[ "$code" -ne 0 ]] || code=1
     local message="${FAILURE:-$STAGE failed with exit status $code}"
@@ -141,6 +140,14 @@ on_exit() {
   self_stop
   [[ -n "$STOPPING" ]] || linger
   exit "$code"
+}
+
+# Nothing the script started outlives it: the heartbeat (which stops what it runs) and a
+# training still running when the pod is being stopped.
+stop_background() {
+  local pids=("${TRAINING[@]}")
+  [[ -z "$HEARTBEAT_PID" ]] || pids+=("$HEARTBEAT_PID")
+  ((${#pids[@]} == 0)) || kill "${pids[@]}" 2>/dev/null
 }
 
 # A backstop only: the control plane terminates the pod as soon as it hears the run ended.
@@ -227,9 +234,16 @@ system_info() {
     --info "python=$python" --info "cpus=$(nproc)" --info "kernel=$(uname -srm)"
 }
 
+# Stopped with TERM, it stops its sleep or its report too. Each runs in the background so that
+# the trap runs at once (bash runs a trap only once the command in the foreground ends).
 heartbeat() {
-  while sleep "$HEARTBEAT_SECONDS"; do
-    "$PYTHON" "$WORK_DIR/report.py" heartbeat || true
+  # shellcheck disable=SC2046  # process ids: one word each
+  trap 'kill $(jobs -p) 2>/dev/null; exit 0' TERM
+  while true; do
+    sleep "$HEARTBEAT_SECONDS" &
+    wait "$!"
+    "$PYTHON" "$WORK_DIR/report.py" heartbeat &
+    wait "$!" || true
   done
 }
 
@@ -310,9 +324,14 @@ train() {
   set_stage training
   # The relay copies the trainer's output to the log and forwards its progress lines.
   # From $WORK_DIR, where the trainer's package was written: -m finds it there first.
+  # In the background, so that a TERM stops the pod at once and the trainer with it (bash runs
+  # a trap only once the command in the foreground ends); `wait` gives the pipeline's status.
   local status=0
   "$PYTHON" -u -m "$TRAINER_MODULE" "$WORK_DIR/config.json" 2>&1 \
-    | "$PYTHON" -u "$WORK_DIR/report.py" relay --log "$LOG" || status=$?
+    | "$PYTHON" -u "$WORK_DIR/report.py" relay --log "$LOG" &
+  TRAINING=("$(jobs -p %+)" "$!")
+  wait "$!" || status=$?
+  TRAINING=()
   if ((status == NO_GPU)); then
     REASON=gpu_unavailable # the trainer found the GPUs gone (its message is in the log)
   fi
