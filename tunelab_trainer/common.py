@@ -1,4 +1,5 @@
-"""What both trainers share: the config, the dataset rows, the progress line, the exit status.
+"""What both trainers share: the config, the dataset rows, the progress line, the exit status,
+the GPUs the pod asked for (which the pod's environment check imports from here too).
 
 Standard library only (Python 3.10+): it ships to the pod with the trainer that imports it, and
 the pod has numpy or torch, never both for sure. The deploy service imports `Hyperparameters`
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -29,7 +31,8 @@ MAX_LINE_BYTES = 16 << 20
 
 PROGRESS_PREFIX = "TUNELAB_PROGRESS "
 PROGRESS_INTERVAL_S = 0.5
-# The trainer's exit status when the GPUs it must train on are not usable (the bootstrap's too).
+# The exit status when the GPUs the pod asked for are not usable: the trainer's, the pod's
+# environment check's and the bootstrap's (which reports it as gpu_unavailable).
 NO_GPU_STATUS = 6
 
 # A chat conversation: (role, content) per message.
@@ -55,6 +58,12 @@ class TrainingError(Exception):
 class GpuUnavailable(TrainingError):
     """The pod asked for GPUs its torch cannot use (exit status NO_GPU_STATUS, which the
     bootstrap reports as gpu_unavailable)."""
+
+
+def wanted_gpus() -> int:
+    """The GPUs the pod asked for ($TUNELAB_GPU_COUNT); 0 when none or not a count."""
+    value = os.environ.get("TUNELAB_GPU_COUNT", "").strip()
+    return int(value) if value.isdigit() else 0
 
 
 def note(message: str) -> None:

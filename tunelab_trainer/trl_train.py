@@ -65,6 +65,7 @@ from tunelab_trainer.common import (
     read_rows,
     run_main,
     sft_content,
+    wanted_gpus,
 )
 
 TINY_MODEL = "tiny"
@@ -274,11 +275,6 @@ def use_cuda(torch: Any, wanted: int) -> bool:
     if not available:
         note("no CUDA device: training on the CPU, which is very slow")
     return available
-
-
-def wanted_gpus() -> int:
-    value = os.environ.get("TUNELAB_GPU_COUNT", "").strip()
-    return int(value) if value.isdigit() else 0
 
 
 def train(config: Config, dataset_info: DatasetInfo) -> None:

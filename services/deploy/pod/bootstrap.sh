@@ -28,7 +28,9 @@ readonly TORCH_VERSION=@@{torch_version}
 readonly DOWNLOAD_ATTEMPTS=@@{download_attempts}
 readonly DEFAULT_LINGER_SECONDS=@@{linger_seconds}
 readonly RUN_OVER=3 # report.py's exit status when the control plane says the run is over
-readonly NO_GPU=6 TORCH_MISMATCH=7 # environment.py's (and the trainer's, for NO_GPU)
+# NO_GPU is tunelab_trainer.common.NO_GPU_STATUS (the trainer's and environment.py's);
+# TORCH_MISMATCH is environment.py's.
+readonly NO_GPU=6 TORCH_MISMATCH=7
 
 : "${TUNELAB_JOB_TOKEN:?the job token is missing from the pod environment}"
 : "${TUNELAB_DATASET_URL:?the dataset URL is missing from the pod environment}"

@@ -4,23 +4,25 @@ were resolved for. A pod that asked for GPUs never trains on its CPU while the G
 
     environment.py [--torch VERSION]     (the GPUs asked for: $TUNELAB_GPU_COUNT)
 
-Prints one line that says what it saw. Exit status 0 when the pod fits; GPU_UNAVAILABLE or
-TORCH_MISMATCH with a line that starts with that code. Embedded in the bootstrap script and
-run by the pod's own Python: the standard library, and torch where it is installed (without
-torch, only nvidia-smi is asked, and the trainer checks again once torch is installed).
+Prints one line that says what it saw. Exit status 0 when the pod fits; NO_GPU_STATUS
+(gpu_unavailable) or TORCH_MISMATCH with a line that starts with that code. Embedded in the
+bootstrap script and run by the pod's own Python: the standard library, the trainers' shared
+module (tunelab_trainer.common, which the pod writes beside this file), and torch where it is
+installed (without torch, only nvidia-smi is asked, and the trainer checks again once torch is
+installed).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 
-GPU_UNAVAILABLE = 6
+from tunelab_trainer.common import NO_GPU_STATUS, wanted_gpus
+
 TORCH_MISMATCH = 7
 
 
@@ -84,7 +86,7 @@ def verdict(seen: Seen, torch_pin: str) -> tuple[int, str]:
             return 0, f"environment: {described}; torch is checked once it is installed"
     elif seen.cuda_available and seen.device_count >= seen.wanted:
         return 0, f"environment: {described}"
-    return GPU_UNAVAILABLE, (
+    return NO_GPU_STATUS, (
         f"gpu_unavailable: the pod asked for {plural(seen.wanted, 'GPU')} but {described}; "
         "nothing was downloaded or trained"
     )
@@ -114,11 +116,6 @@ def public(version: str) -> str:
 
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def wanted_gpus() -> int:
-    value = os.environ.get("TUNELAB_GPU_COUNT", "").strip()
-    return int(value) if value.isdigit() else 0
 
 
 def main(argv: list[str]) -> int:

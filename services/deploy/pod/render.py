@@ -30,7 +30,8 @@ _POD_FILES = {
     "environment_py": ("environment.py", "TUNELAB_ENVIRONMENT_PY"),
 }
 _CONSTRAINTS_DELIMITER = "TUNELAB_CONSTRAINTS"
-# The trainers' package: what every trainer imports, shipped with the one the run uses.
+# The trainers' package: what every trainer imports (and environment.py), shipped to every pod
+# with the trainer the run uses.
 _PACKAGE = "tunelab_trainer"
 _SHARED = ("__init__.py", "common.py")
 
@@ -74,14 +75,26 @@ class Bootstrap:
 
 def trainer(name: str, pip_requirements: Sequence[str] = (), pip_constraints: str = "") -> Trainer:
     """One of the trainers of the tunelab_trainer package ("tiny", "trl_train")."""
-    package = resources.files(_PACKAGE)
-    files = tuple(
-        (f"{_PACKAGE}/{filename}", package.joinpath(filename).read_text())
-        for filename in (*_SHARED, f"{name}.py")
+    module = f"{_PACKAGE}/{name}.py"
+    files = (
+        *_shared_files(),
+        (module, resources.files(_PACKAGE).joinpath(f"{name}.py").read_text()),
     )
     if pip_requirements and not stack.pins(pip_constraints):
         raise ValueError("pip requirements need their lock: pass the constraints file's text")
     return Trainer(f"{_PACKAGE}.{name}", files, tuple(pip_requirements), pip_constraints)
+
+
+def _shared_files() -> tuple[tuple[str, str], ...]:
+    package = resources.files(_PACKAGE)
+    return tuple((f"{_PACKAGE}/{name}", package.joinpath(name).read_text()) for name in _SHARED)
+
+
+def _pod_files(trainer: Trainer) -> tuple[tuple[str, str], ...]:
+    """The trainer's files, and the package's shared ones whatever the trainer: the
+    environment check imports them too."""
+    paths = {path for path, _ in trainer.files}
+    return (*(file for file in _shared_files() if file[0] not in paths), *trainer.files)
 
 
 def gpu_trainer() -> Trainer:
@@ -114,7 +127,7 @@ def render(spec: Bootstrap) -> str:
         quoted,
         **files,
         constraints_txt=_heredoc_body(spec.trainer.pip_constraints, _CONSTRAINTS_DELIMITER),
-        trainer_files=_write_files(spec.trainer.files),
+        trainer_files=_write_files(_pod_files(spec.trainer)),
     )
 
 
