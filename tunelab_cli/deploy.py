@@ -18,7 +18,8 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -167,53 +168,90 @@ def _billed(deployment: dict[str, Any], sep: str) -> str:
     return f" (billed{sep}${float(deployment['billed_usd']):.2f})"
 
 
+def _resumed(
+    client: httpx.Client,
+    deployment_id: str,
+    route: str,
+    params: Callable[[], dict[str, Any]],
+    *,
+    what: str,
+    say: Callable[[str], None],
+    at_end: Callable[[], str | None],
+) -> Generator[dict[str, Any], None, None]:
+    """The data of each event of the deployment's server-sent event stream `route`, read
+    again from `params()` (where the caller has got to) when it is cut: a retryable error
+    frame, a lost connection, a 5xx. Gives up after RECONNECTS failures in a row, waiting
+    longer each time (`say` tells why). A stream that ends asks `at_end`: None stops, "" reads
+    on at once, any other text is why it counts as a failure."""
+    failures = 0
+    while True:
+        try:
+            with client.stream(
+                "GET",
+                f"/v1/deployments/{deployment_id}/{route}",
+                params=params(),
+                timeout=WATCH_TIMEOUT,
+            ) as response:
+                if 400 <= response.status_code < 500:
+                    response.read()
+                    checked(response)
+                if response.status_code >= 500:
+                    raise httpx.RemoteProtocolError(f"HTTP {response.status_code}")
+                reason = None
+                for kind, data in _sse(response.iter_lines()):
+                    failures = 0
+                    if kind == "error":
+                        error = data.get("error", {})
+                        if error.get("status") not in RETRYABLE:
+                            raise CliError(f"{what} failed: {error.get('message', data)}")
+                        reason = f"{what} was cut: {error.get('message', '')}"
+                        break
+                    yield data
+            if reason is None:
+                reason = at_end()
+                if reason is None:
+                    return
+                if not reason:
+                    continue
+        except httpx.TransportError as exc:
+            reason = f"{exc.__class__.__name__}: {exc}"
+        failures += 1
+        if failures > RECONNECTS:
+            raise CliError(f"lost {what} of {deployment_id} ({reason}); gave up")
+        delay = min(2.0 ** (failures - 1), 10.0)
+        say(f"({reason}; reconnecting in {delay:g} s)")
+        time.sleep(delay)
+
+
 def follow(client: httpx.Client, deployment_id: str) -> int:
     """Watch until the run ends; the exit status: 0 succeeded, 1 failed or cancelled."""
     bar = tqdm(desc=deployment_id, unit="step", file=sys.stderr, dynamic_ncols=True)
-    after, failures = 0, 0
+    after = 0
+    watch = _resumed(
+        client,
+        deployment_id,
+        "watch",
+        lambda: {"after_sequence": after},
+        what="the watch",
+        say=lambda line: bar.write(line, file=sys.stderr),
+        at_end=lambda: "the stream ended before the run did",
+    )
     try:
-        while True:
-            try:
-                with client.stream(
-                    "GET",
-                    f"/v1/deployments/{deployment_id}/watch",
-                    params={"after_sequence": after},
-                    timeout=WATCH_TIMEOUT,
-                ) as response:
-                    if 400 <= response.status_code < 500:
-                        response.read()
-                        checked(response)
-                    if response.status_code >= 500:
-                        raise httpx.RemoteProtocolError(f"HTTP {response.status_code}")
-                    reason = "the stream ended before the run did"
-                    for kind, data in _sse(response.iter_lines()):
-                        failures = 0
-                        if kind == "error":
-                            error = data.get("error", {})
-                            if error.get("status") not in RETRYABLE:
-                                raise CliError(f"the watch failed: {error.get('message', data)}")
-                            reason = f"the watch was cut: {error.get('message', '')}"
-                            break
-                        for event in data.get("events", []):
-                            after = max(after, int(event.get("sequence", 0)))
-                            bar.write(_event_line(event), file=sys.stderr)
-                        deployment = data.get("deployment") or {}
-                        progress = deployment.get("progress") or {}
-                        if total := int(progress.get("total_steps", 0)):
-                            bar.total = total
-                        bar.n = int(progress.get("step", 0))
-                        bar.set_postfix_str(_postfix(deployment))
-                        if deployment.get("state") in TERMINAL:
-                            bar.close()
-                            return _finish(deployment)
-            except httpx.TransportError as exc:
-                reason = f"{exc.__class__.__name__}: {exc}"
-            failures += 1
-            if failures > RECONNECTS:
-                raise CliError(f"lost the watch of {deployment_id} ({reason}); gave up")
-            delay = min(2.0 ** (failures - 1), 10.0)
-            bar.write(f"({reason}; reconnecting in {delay:g} s)", file=sys.stderr)
-            time.sleep(delay)
+        with closing(watch):
+            for data in watch:
+                for event in data.get("events", []):
+                    after = max(after, int(event.get("sequence", 0)))
+                    bar.write(_event_line(event), file=sys.stderr)
+                deployment = data.get("deployment") or {}
+                progress = deployment.get("progress") or {}
+                if total := int(progress.get("total_steps", 0)):
+                    bar.total = total
+                bar.n = int(progress.get("step", 0))
+                bar.set_postfix_str(_postfix(deployment))
+                if deployment.get("state") in TERMINAL:
+                    bar.close()
+                    return _finish(deployment)
+        raise CliError(f"the watch of {deployment_id} ended before the run did")
     except KeyboardInterrupt:
         bar.close()
         _say(
@@ -259,43 +297,25 @@ def show_logs(client: httpx.Client, deployment_id: str, *, follow: bool) -> None
     """Print the run's log lines to stdout; with `follow`, new ones too until the run is over.
     A stream that is cut (the service restarted, its time ran out) is resumed after the last
     line printed, so no line is printed twice; a gap in the numbers is said on stderr."""
-    after, failures = 0, 0
-    params = {"follow": "true" if follow else "false"}
-    while True:
-        try:
-            with client.stream(
-                "GET",
-                f"/v1/deployments/{deployment_id}/logs",
-                params={**params, "after_sequence": after},
-                timeout=WATCH_TIMEOUT,
-            ) as response:
-                if 400 <= response.status_code < 500:
-                    response.read()
-                    checked(response)
-                if response.status_code >= 500:
-                    raise httpx.RemoteProtocolError(f"HTTP {response.status_code}")
-                reason = ""
-                for kind, data in _sse(response.iter_lines()):
-                    failures = 0
-                    if kind == "error":
-                        error = data.get("error", {})
-                        if error.get("status") not in RETRYABLE:
-                            raise CliError(f"reading the log failed: {error.get('message', data)}")
-                        reason = f"the stream was cut: {error.get('message', '')}"
-                        break
-                    after = _print_lines(data.get("lines", []), after)
-            if not reason:
-                if not follow or _state(client, deployment_id) in TERMINAL:
-                    return
-                continue  # the stream's time ran out, not the run: carry on at once
-        except httpx.TransportError as exc:
-            reason = f"{exc.__class__.__name__}: {exc}"
-        failures += 1
-        if failures > RECONNECTS:
-            raise CliError(f"lost the log of {deployment_id} ({reason}); gave up")
-        delay = min(2.0 ** (failures - 1), 10.0)
-        _say(f"({reason}; reconnecting in {delay:g} s)")
-        time.sleep(delay)
+    after = 0
+
+    def at_end() -> str | None:
+        if not follow or _state(client, deployment_id) in TERMINAL:
+            return None
+        return ""  # the stream's time ran out, not the run: carry on at once
+
+    lines = _resumed(
+        client,
+        deployment_id,
+        "logs",
+        lambda: {"follow": "true" if follow else "false", "after_sequence": after},
+        what="the log stream",
+        say=_say,
+        at_end=at_end,
+    )
+    with closing(lines):
+        for data in lines:
+            after = _print_lines(data.get("lines", []), after)
 
 
 def _print_lines(lines: list[dict[str, Any]], after: int) -> int:
