@@ -218,7 +218,7 @@ class FakeRunPod:
     @contextmanager
     def strict_reading(self) -> Iterator[None]:
         """Record every read by an in-process client of a field RunPod's schema lacks."""
-        with strict_reading(self.base, self.openapi, self.graphql_schema, self.violations):
+        with strict_reading(self.base, self.openapi, self.violations):
             yield
 
     def check(self) -> None:

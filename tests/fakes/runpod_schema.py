@@ -2,10 +2,11 @@
 subset we call (tests/fixtures/runpod/, see SOURCE.md there).
 
 The fake checks every request it receives and every answer it gives against them, and
-`StrictReading` makes the client's own reads visible: a JSON object the client decodes from a
-RunPod answer remembers which keys were asked for, and a key the answer's schema does not define
-is a violation. A client reading `costPerHr` from a v2 pod therefore fails the test that made it,
-whatever the fake happens to serve.
+`strict_reading` makes the client's own reads visible: each JSON object the client decodes from
+a RunPod answer knows the keys its own place in the answer's schema defines (for GraphQL: the
+fields the query selected there), and reading any other is a violation. A client reading
+`costPerHr` from a v2 pod, or `totalAmount` one level too high, therefore fails the test that
+made it, whatever the fake happens to serve.
 """
 
 from __future__ import annotations
@@ -224,12 +225,6 @@ def _query_value(schema: Mapping[str, Any], raw: str, param: Mapping[str, Any]) 
 class GraphQLSchema:
     def __init__(self, path: Path = FIXTURES / "runpod-graphql-subset.graphql") -> None:
         self.schema = graphql.build_schema(path.read_text())
-        self.names = frozenset(
-            name
-            for type_ in self.schema.type_map.values()
-            if isinstance(type_, graphql.GraphQLObjectType) and not type_.name.startswith("__")
-            for name in type_.fields
-        )
 
     def check(self, query: str) -> tuple[graphql.DocumentNode | None, list[str]]:
         try:
@@ -268,15 +263,47 @@ class _Strict(dict[str, Any]):
         return super().__contains__(key)
 
 
-def _wrap(value: Any, allowed: frozenset[str], where: str, seen: list[str]) -> Any:
-    """Every object in `value` strict with the same names (GraphQL: the subset's fields)."""
-    if isinstance(value, dict):
-        return _Strict(
-            {k: _wrap(v, allowed, where, seen) for k, v in value.items()}, allowed, where, seen
+def _wrap_graphql(value: Any, request: bytes, seen: list[str]) -> Any:
+    """A GraphQL answer whose objects allow reading only what the query selected there (a
+    field the subset lacks fails the query's validation in the fake already)."""
+    try:
+        query = json.loads(request)["query"]
+        operation = next(
+            d
+            for d in graphql.parse(query).definitions
+            if isinstance(d, graphql.OperationDefinitionNode)
         )
+    except (ValueError, KeyError, TypeError, StopIteration, graphql.GraphQLError):
+        seen.append("graphql: the client sent no query it could read the answer of")
+        return value
+    if not isinstance(value, dict):
+        return value
+    answer = {
+        key: _select(item, operation.selection_set, "data", seen) if key == "data" else item
+        for key, item in value.items()
+    }
+    return _Strict(answer, _GRAPHQL_ENVELOPE, "graphql", seen)
+
+
+def _select(
+    value: Any, selection: graphql.SelectionSetNode | None, where: str, seen: list[str]
+) -> Any:
     if isinstance(value, list):
-        return [_wrap(item, allowed, where, seen) for item in value]
-    return value
+        return [_select(item, selection, f"{where}[]", seen) for item in value]
+    if not isinstance(value, dict) or selection is None:
+        return value
+    fields = {
+        (f.alias or f.name).value: f
+        for f in selection.selections
+        if isinstance(f, graphql.FieldNode)
+    }
+    children = {
+        key: _select(item, fields[key].selection_set, f"{where}.{key}", seen)
+        if key in fields
+        else item
+        for key, item in value.items()
+    }
+    return _Strict(children, frozenset(fields), where, seen)
 
 
 def _wrap_as(api: OpenApi, value: Any, schema: Any, where: str, seen: list[str]) -> Any:
@@ -297,9 +324,7 @@ def _wrap_as(api: OpenApi, value: Any, schema: Any, where: str, seen: list[str])
 
 
 @contextmanager
-def strict_reading(
-    base_url: str, openapi: OpenApi, graphql_schema: GraphQLSchema, seen: list[str]
-) -> Iterator[None]:
+def strict_reading(base_url: str, openapi: OpenApi, seen: list[str]) -> Iterator[None]:
     """While active, JSON decoded from answers of the server at `base_url` is strict."""
     original = httpx.Response.json
 
@@ -310,8 +335,7 @@ def strict_reading(
             return value
         path = self.request.url.path
         if path == "/graphql":
-            allowed = graphql_schema.names | _GRAPHQL_ENVELOPE
-            return _wrap(value, allowed, "graphql", seen)
+            return _wrap_graphql(value, self.request.content, seen)
         operation = openapi.operation(self.request.method, path)
         if operation is None:
             seen.append(f"{self.request.method} {path}: not an operation of RunPod's API")
