@@ -151,7 +151,7 @@ def entities(text: str) -> set[str]:
         for token in _TOKEN.findall(word):
             if token[:1].isupper() and not _NUMBER.fullmatch(token):
                 term = normalize(token).removesuffix("'s")
-                if term not in STOPWORDS and term not in NEGATIONS:
+                if len(term) > 1 and term not in STOPWORDS and term not in NEGATIONS:
                     found.add(stem(term))
     return found
 

@@ -197,3 +197,16 @@ def test_quality_on_the_labelled_set() -> None:
     assert accuracy >= 0.85
     assert precision >= 0.85
     assert recall >= 0.85
+
+
+def test_the_worst_case_where_every_claim_matches_every_unit_is_bounded() -> None:
+    sentence = "The Eiffel Tower in Paris is 330 metres tall and was completed in 1889."
+    result = offline_groundedness(" ".join([sentence] * 200), [sentence * 3] * 2_000)
+    assert result.truncated
+    assert result.score == 1.0
+    assert len(result.claims) == groundedness.MAX_CLAIMS
+
+
+def test_a_single_letter_name_does_not_make_a_claim_unsupportable() -> None:
+    context = ["Plan B costs 20 dollars a month."]
+    assert offline_groundedness("Plan B costs 20 dollars a month.", context).score == 1.0
