@@ -2,8 +2,9 @@
 
 Rules for what counts as a claim (see `answer_claims`):
 - fenced code blocks (``` or ~~~) and indented code are skipped: code is not a statement of fact;
-- markdown headings are skipped; list items (``-``, ``*``, ``•``, ``1.``, ``1)``) are claims of
-  their own, their markers removed;
+- markdown headings and table rows are skipped (a row is not a sentence, and cannot be checked
+  without its header); block-quote markers are removed; list items (``-``, ``*``, ``•``,
+  ``1.``, ``1)``) are claims of their own, their markers removed;
 - prose is split into sentences after ``.``, ``!`` or ``?`` followed by space and a capital,
   digit or quote, except after a known abbreviation (``e.g.``, ``Dr.``, ``U.S.``) or an initial;
   decimals (``3.5``) never split since no space follows the point;
@@ -55,6 +56,8 @@ _ABBREVIATIONS = _words(
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
+_TABLE_ROW = re.compile(r"^\s*\|")
+_QUOTE_MARKER = re.compile(r"^\s*(?:>\s?)+")
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+")
 _SENTENCE_END = re.compile(rf"[.!?]+[{_QUOTES})\]]*\s+(?=[{_QUOTES}(\[]?[A-Z0-9])")
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*%?|[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
@@ -179,34 +182,41 @@ def split_sentences(paragraph: str) -> list[str]:
     return [s for s in sentences if s]
 
 
+def _is_indented_code(line: str, previous_blank: bool, in_indented: bool) -> bool:
+    """Markdown's rule: indented after a blank line, and not a (nested) list item."""
+    indented = line.startswith(("    ", "\t")) and bool(line.strip())
+    return indented and (previous_blank or in_indented) and not _LIST_MARKER.match(line)
+
+
 def _blocks(text: str) -> list[str]:
-    """Prose paragraphs and list items, with code blocks and headings dropped."""
+    """Prose paragraphs and list items, with code blocks, headings and tables dropped."""
     blocks: list[str] = []
     paragraph: list[str] = []
-    in_code = False
+    in_fence = in_indented = False
+    previous_blank = True
 
     def flush() -> None:
         if paragraph:
             blocks.append(" ".join(paragraph))
             paragraph.clear()
 
-    for line in text.splitlines():
+    for raw in text.splitlines():
+        line = _QUOTE_MARKER.sub("", raw)
+        blank = not line.strip()
+        in_indented = _is_indented_code(line, previous_blank, in_indented) or (
+            in_indented and blank
+        )
         if _FENCE.match(line):
+            in_fence = not in_fence
             flush()
-            in_code = not in_code
-            continue
-        if in_code or line.startswith(("    ", "\t")) or _HEADING.match(line):
+        elif in_fence or in_indented or blank or _HEADING.match(line) or _TABLE_ROW.match(line):
             flush()
-            continue
-        if not line.strip():
-            flush()
-            continue
-        marker = _LIST_MARKER.match(line)
-        if marker:
+        elif marker := _LIST_MARKER.match(line):
             flush()
             paragraph.append(line[marker.end() :].strip())
-            continue
-        paragraph.append(line.strip())
+        else:
+            paragraph.append(line.strip())
+        previous_blank = blank
     flush()
     return blocks
 

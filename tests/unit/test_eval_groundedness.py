@@ -43,15 +43,21 @@ def test_claims_skip_code_headings_questions_and_fragments() -> None:
         "```python\n"
         "height = 330  # The tower was built in 1889.\n"
         "```\n"
+        "\n"
         "    indented_code = True. Also code here.\n"
         "- It was completed in 1889.\n"
+        "    - It was designed by Gustave Eiffel's company.\n"
         "2. It stands in central Paris.\n"
         "* Ok.\n"
+        "| Model | Params |\n|---|---|\n| Llama 2 | 7 billion |\n"
+        "> Quoted: the tower is made of wrought iron.\n"
     )
     assert text.answer_claims(answer) == [
         "The tower is 330 metres tall.",
         "It was completed in 1889.",
+        "It was designed by Gustave Eiffel's company.",
         "It stands in central Paris.",
+        "Quoted: the tower is made of wrought iron.",
     ]
 
 
