@@ -77,16 +77,21 @@ class Claim:
     strength: float
     """The claim's term recall in the best unit, in [0, 1]."""
     reason: str
+    """Why it is or is not supported, for a person reading the judgment."""
 
 
 @dataclass(frozen=True)
 class Groundedness:
+    """The answer's groundedness: its score, each claim's verdict and the unsupported ones."""
+
     score: float | None
     """Supported / checked claims in [0, 1]; None when the answer has no checkable claim."""
     claims: list[Claim]
     reason: str
     truncated: bool = False
+    """A bound was hit (answer, claims, chunk length or units): only part of the input was used."""
     unsupported: list[str] = field(init=False)
+    """The unsupported claims' texts, as Ragas-faithfulness users read them."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unsupported", [c.text for c in self.claims if not c.supported])
