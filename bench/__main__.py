@@ -1,5 +1,6 @@
 """python -m bench: the transfer benchmark. `python -m bench tracing [--spans N]`: tracing.
-`python -m bench load`: the load test (make load)."""
+`python -m bench load`: the load test (make load). `python -m bench validators`: the eval
+service's deterministic validators (pure computation)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ if __name__ == "__main__":
         from bench.load import main as load
 
         raise SystemExit(load(sys.argv[2:]))
+    if sys.argv[1:2] == ["validators"]:
+        from bench.validators import main as validators
+
+        raise SystemExit(validators(sys.argv[2:]))
     from bench.transfer import main
 
     raise SystemExit(main())
