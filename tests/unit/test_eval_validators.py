@@ -339,6 +339,11 @@ def test_outcome_scores_are_clamped_and_never_nan() -> None:
         ({"kind": "latency_ms", "params": {"max": math.inf}}, "params.max", "finite number"),
         ({"kind": "latency_ms", "params": {"max": True}}, "params.max", "must be a number"),
         ({"kind": "pii", "params": {"kinds": ["ssn"]}}, "params.kinds", "accepts only"),
+        (
+            {"kind": "json_schema", "params": {"schema": {"const": math.nan}}},
+            "params",
+            "JSON values",
+        ),
     ],
 )
 def test_configuration_errors_name_the_field(raw: Any, field: str, says: str) -> None:

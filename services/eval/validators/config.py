@@ -87,7 +87,15 @@ def parse_config(raw: object, where: str = "") -> ValidatorConfig:
     params = Params(raw_params, f"{where}params")
     check = BUILDERS[kind](params)
     params.finish()
-    return ValidatorConfig(kind, name, params.resolved, weight, threshold, check)
+    config = ValidatorConfig(kind, name, params.resolved, weight, threshold, check)
+    try:
+        config.config_key()
+    except (TypeError, ValueError):
+        # Only a dict built in Python (not parsed JSON) can hold these: NaN, sets, objects.
+        raise ValidatorConfigError(
+            f"{where}params", "must hold only JSON values (finite numbers, no sets or objects)"
+        ) from None
+    return config
 
 
 def parse_configs(raw: object, where: str = "validators") -> list[ValidatorConfig]:
