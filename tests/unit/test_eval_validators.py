@@ -182,6 +182,7 @@ def test_pii_kinds_are_named_never_the_values() -> None:
         ("write to jane.doe+tag@mail.example.org", "email"),
         ("call (415) 555-0134 today", "phone"),
         ("call +447911123456", "phone"),
+        ("ring 020 7946 0958 or 0207 946 0958", "phone"),
         ("paid with 4242-4242-4242-4242", "card"),
     ],
 )
@@ -195,6 +196,7 @@ def test_pii_finds(text: str, kind: str) -> None:
         "card 4111 1111 1111 1112",  # fails the Luhn check
         "at 2024-01-15 10:30 the version 1.2.3 shipped",
         "trace 1700000000123 of user@localhost",
+        "the years 1999 2000 2001 2002 were dry",
     ],
 )
 def test_pii_passes_lookalikes(text: str) -> None:

@@ -58,8 +58,10 @@ def build_refusal(params: Params) -> Check:
 EMAIL = re.compile(r"[\w.%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}\b")
 # A "+" and a country code, or groups of digits split by spaces, dots, dashes or parentheses;
 # 10 to 15 digits in all. A bare run of digits is not a phone number (ids and timestamps are),
-# nor is a date and time ("2024-01-15 10:30").
+# nor is a date and time ("2024-01-15 10:30"), nor a list of years ("1999 2000 2001": groups
+# of four digits alone, with no "+" or parentheses).
 PHONE_CANDIDATE = re.compile(r"[+(\d][\d ().+-]{8,24}\d")
+FOUR_DIGIT_GROUPS = re.compile(r"\d{4}(?:[ .-]\d{4})+")
 PHONE_SHAPE = re.compile(
     r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,5}|\+\d{10,15}"
 )
@@ -107,6 +109,8 @@ def _has_phone(text: str) -> bool:
     for match in PHONE_CANDIDATE.finditer(text):
         start, end = match.span()
         if not _isolated(text, start, end) or not PHONE_SHAPE.fullmatch(match.group()):
+            continue
+        if FOUR_DIGIT_GROUPS.fullmatch(match.group()):
             continue
         digits = _digits(match.group())
         if 10 <= len(digits) <= 15 and not (len(digits) >= 13 and luhn_valid(digits)):
