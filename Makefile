@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 
-.PHONY: setup run test pytest lint protos protos-check bench bench-tracing fuzz load test-trl pod-lock clean
+.PHONY: setup run test pytest lint protos protos-check bench bench-tracing bench-validators fuzz load test-trl pod-lock clean
 
 setup: $(INSTALLED)
 
@@ -50,6 +50,11 @@ bench: setup
 
 bench-tracing: setup
 	$(BIN)/python -m bench tracing
+
+## make bench-validators: the eval validators' judgments/s over 10,000 subjects beside the same
+## checks written inline, and one 5 MB output through them (python -m bench validators --help).
+bench-validators: setup
+	$(BIN)/python -m bench validators
 
 ## make load: 50 clients for 60 s against the whole suite, the second half beside 200 slow
 ## connections; per-route p50/p99, throughput, 5xx and RSS (python -m bench load --help).
