@@ -69,7 +69,6 @@ class Billing:
         except ProviderError as exc:
             log.info("bill not read", extra={"deployment": d.id, "error": exc.message})
             billed = None
-        first = d.billed_usd is None
 
         def record(current: Deployment) -> Change:
             # Looked at now, whatever was found: the next look is a period away.
@@ -77,7 +76,7 @@ class Billing:
             if billed is None:
                 return change
             change.billed_usd = billed
-            if first or abs(billed - (current.billed_usd or 0.0)) >= 0.005:
+            if current.billed_usd is None or abs(billed - current.billed_usd) >= 0.005:
                 change.log(
                     "billed",
                     f"{current.spec.provider} billed ${billed:.2f} for pod {current.pod_id} "

@@ -204,12 +204,7 @@ class Launcher:
             command=render.launch_command(),
             env=env,
             disk_gb=self.settings.runpod_disk_gb,
-            # Hosts whose driver the image's torch runs on; another image's needs are unknown.
-            min_cuda_version=(
-                self.settings.pod_min_cuda_version
-                if d.spec.image == self.settings.runpod_image
-                else None
-            ),
+            min_cuda_version=self.settings.cuda_floor(d.spec.image),
         )
         return spec, link, d
 

@@ -8,6 +8,7 @@ import asyncio
 import enum
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -70,6 +71,10 @@ class Outcome:
         return [check for check in self.checks if check.status is Status.FAIL]
 
 
+def _pinned_cuda_floor(image: str) -> str | None:
+    return stack.CUDA_VERSION if image == stack.IMAGE else None
+
+
 class Preflight:
     def __init__(
         self,
@@ -78,16 +83,14 @@ class Preflight:
         *,
         public_url: str,
         max_cost_per_run_usd: float,
-        runpod_image: str = stack.IMAGE,
-        min_cuda_version: str | None = stack.CUDA_VERSION,
+        cuda_floor: Callable[[str], str | None] = _pinned_cuda_floor,
     ) -> None:
         self.datasets = datasets
         self.providers = providers
         self.public_url = public_url
         self.max_cost_per_run_usd = max_cost_per_run_usd
-        # Pods of this image go only to hosts whose driver runs this CUDA (launch.py).
-        self.runpod_image = runpod_image
-        self.min_cuda_version = min_cuda_version
+        # The host CUDA a pod of an image needs (DeploySettings.cuda_floor; launch.py asks it).
+        self.cuda_floor = cuda_floor
 
     async def run(self, owner: str, spec: Spec) -> Outcome:
         dataset_checks, dataset = await self._dataset(owner, spec)
@@ -158,7 +161,7 @@ class Preflight:
             ], None
         key = Check("provider_key", Status.PASS, "a RunPod key is set and RunPod accepts it")
         gpu, price = _gpu_check(spec, catalogue)
-        floor = self.min_cuda_version if spec.image == self.runpod_image else None
+        floor = self.cuda_floor(spec.image)
         hosts = _hosts_check(spec, catalogue, floor)
         spot = _spot_check(spec, floor)
         return [key, gpu, *hosts, *spot, await self._hf_token(owner)], price

@@ -78,8 +78,7 @@ def assemble(
         providers,
         public_url=settings.public_url,
         max_cost_per_run_usd=settings.max_cost_per_run_usd,
-        runpod_image=settings.runpod_image,
-        min_cuda_version=settings.pod_min_cuda_version,
+        cuda_floor=settings.cuda_floor,
     )
     outputs = LocalBlobStore(settings.output_dir)
     outputs.ensure_layout()

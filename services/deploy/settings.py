@@ -119,3 +119,8 @@ class DeploySettings(CommonSettings):
         "GPU. Change it with runpod_image.",
     )
     runpod_disk_gb: int = Field(60, ge=10, le=2000)
+
+    def cuda_floor(self, image: str) -> str | None:
+        """The oldest host CUDA a pod of `image` runs on: known for the configured image only
+        (another image's needs are unknown, so none is asked for or enforced)."""
+        return self.pod_min_cuda_version if image == self.runpod_image else None

@@ -208,8 +208,8 @@ class Supervisor:
         """Why the pod's host cannot run the image, when the provider placed it on one whose
         driver is older than the image's CUDA (a spot pod cannot ask for better): its torch
         would see no GPU, so it is stopped before it bills on."""
-        floor = self.settings.pod_min_cuda_version
-        if not pod.cuda_version or d.spec.image != self.settings.runpod_image:
+        floor = self.settings.cuda_floor(d.spec.image)
+        if not pod.cuda_version or floor is None:
             return None
         if cuda_version(pod.cuda_version) >= cuda_version(floor):
             return None
