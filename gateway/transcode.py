@@ -234,6 +234,9 @@ async def build_request(
                     raise BadRequest(f"unknown field {key!r}; this body takes: {listed}", key)
             data.update(body)
         else:
+            field = rule.method.input_type.fields_by_name[rule.body]
+            if field.message_type is not None and not isinstance(body, dict):
+                raise BadRequest(f"the body must be a JSON object (the {rule.body})", rule.body)
             data[rule.body] = body
     for key in request.query_params:
         field = query.get(key)

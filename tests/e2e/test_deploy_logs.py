@@ -230,6 +230,15 @@ def test_hostile_pushes_are_refused_or_bounded(suite: Suite) -> None:
     assert push({"first_line": base, "lines": ["x"] * 501}).status_code == 400
     assert push({"first_line": 0, "lines": ["x"]}).status_code == 400
     assert push({"first_line": base, "lines": "not a list"}).status_code == 400
+    for not_an_object in (b'[{"first_line": 1, "lines": ["x"]}]', b'"x"', b"7", b"null"):
+        refused = httpx.post(
+            url,
+            content=not_an_object,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert refused.status_code == 400, (not_an_object, refused.text)
+        assert "the body must be a JSON object" in refused.json()["error"]["message"]
     too_big = httpx.post(
         url,
         content=b'{"first_line": 1, "lines": ["' + b"x" * (2 << 20) + b'"]}',
