@@ -21,16 +21,19 @@ pytestmark = pytest.mark.e2e
 
 def test_dev_launcher_token_upload_list_link_and_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
-    grpc_address = f"127.0.0.1:{free_port()}"
-    # Nothing of the caller's own tunelab settings: the launcher must work from its defaults.
+    # Nothing of the caller's own tunelab settings: the launcher must work from its defaults,
+    # but for the addresses, each a free port (a default one may be taken by another suite on
+    # the machine; the gateway finds each service by its own variable).
     env = {key: value for key, value in os.environ.items() if not key.startswith("TUNELAB_")}
     env |= {
         "TUNELAB_GATEWAY_PORT": str(port),
         "TUNELAB_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "TUNELAB_DATASETS_GRPC_ADDRESS": grpc_address,
-        "TUNELAB_GATEWAY_DATASETS_ADDRESS": grpc_address,
-        "TUNELAB_DATASETS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         "TUNELAB_URL": f"http://127.0.0.1:{port}",
+        **{
+            f"TUNELAB_{service.upper()}_{kind}_ADDRESS": f"127.0.0.1:{free_port()}"
+            for service in ("datasets", "deploy", "tracing")
+            for kind in ("GRPC", "METRICS")
+        },
     }
     cli = [sys.executable, "-m", "tunelab_cli"]
     launcher = subprocess.Popen(
