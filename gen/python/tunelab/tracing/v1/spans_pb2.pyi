@@ -588,10 +588,19 @@ class Evaluation(_message.Message):
     GROUNDEDNESS_SCORE_FIELD_NUMBER: _builtins.int
     SCORES_FIELD_NUMBER: _builtins.int
     EVALUATED_AT_FIELD_NUMBER: _builtins.int
+    EVAL_SCORE_FIELD_NUMBER: _builtins.int
+    EVAL_PASSED_FIELD_NUMBER: _builtins.int
+    JUDGMENT_ID_FIELD_NUMBER: _builtins.int
     groundedness_score: _builtins.float
     """0 to 1: how far the answer is supported by its retrieved context (set by the eval service
     through AnnotateSpan, or by the producer).
     """
+    eval_score: _builtins.float
+    """The eval service's latest judgment of this span: its overall score (0 to 1), whether it
+    passed, and its id (GET /v1/judgments/{judgment_id}).
+    """
+    eval_passed: _builtins.bool
+    judgment_id: _builtins.str
     @_builtins.property
     def scores(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Other scores by name (0 to 1), e.g. {"relevance": 0.8}."""
@@ -604,13 +613,25 @@ class Evaluation(_message.Message):
         groundedness_score: _builtins.float | None = ...,
         scores: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         evaluated_at: _timestamp_pb2.Timestamp | None = ...,
+        eval_score: _builtins.float | None = ...,
+        eval_passed: _builtins.bool | None = ...,
+        judgment_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_groundedness_score", b"_groundedness_score", "evaluated_at", b"evaluated_at", "groundedness_score", b"groundedness_score"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_eval_passed", b"_eval_passed", "_eval_score", b"_eval_score", "_groundedness_score", b"_groundedness_score", "eval_passed", b"eval_passed", "eval_score", b"eval_score", "evaluated_at", b"evaluated_at", "groundedness_score", b"groundedness_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_groundedness_score", b"_groundedness_score", "evaluated_at", b"evaluated_at", "groundedness_score", b"groundedness_score", "scores", b"scores"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eval_passed", b"_eval_passed", "_eval_score", b"_eval_score", "_groundedness_score", b"_groundedness_score", "eval_passed", b"eval_passed", "eval_score", b"eval_score", "evaluated_at", b"evaluated_at", "groundedness_score", b"groundedness_score", "judgment_id", b"judgment_id", "scores", b"scores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__eval_passed: _TypeAlias = _typing.Literal["eval_passed"]  # noqa: Y015
+    _WhichOneofArgType__eval_passed: _TypeAlias = _typing.Literal["_eval_passed", b"_eval_passed"]  # noqa: Y015
+    _WhichOneofReturnType__eval_score: _TypeAlias = _typing.Literal["eval_score"]  # noqa: Y015
+    _WhichOneofArgType__eval_score: _TypeAlias = _typing.Literal["_eval_score", b"_eval_score"]  # noqa: Y015
     _WhichOneofReturnType__groundedness_score: _TypeAlias = _typing.Literal["groundedness_score"]  # noqa: Y015
     _WhichOneofArgType__groundedness_score: _TypeAlias = _typing.Literal["_groundedness_score", b"_groundedness_score"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eval_passed) -> _WhichOneofReturnType__eval_passed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eval_score) -> _WhichOneofReturnType__eval_score | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__groundedness_score) -> _WhichOneofReturnType__groundedness_score | None: ...
 
 Global___Evaluation: _TypeAlias = Evaluation  # noqa: Y015

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tunelab.tracing.v1 import spans_pb2 as tunelab_dot_tracing_dot_v1_dot_spans__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(tunelab/tracing/v1/tracing_service.proto\x12\x12tunelab.tracing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1etunelab/tracing/v1/spans.proto\"=\n\x12IngestSpansRequest\x12\'\n\x05spans\x18\x01 \x03(\x0b\x32\x18.tunelab.tracing.v1.Span\"X\n\x13IngestSpansResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12/\n\x08rejected\x18\x02 \x03(\x0b\x32\x1d.tunelab.tracing.v1.Rejection\"=\n\x12StreamSpansRequest\x12\'\n\x05spans\x18\x01 \x03(\x0b\x32\x18.tunelab.tracing.v1.Span\"X\n\x13StreamSpansResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12/\n\x08rejected\x18\x02 \x03(\x0b\x32\x1d.tunelab.tracing.v1.Rejection\"\\\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x0f\n\x07span_id\x18\x03 \x01(\t\x12\r\n\x05\x66ield\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xb9\x04\n\nSpanFilter\x12\x33\n\x0fstart_time_from\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12.\n\x06status\x18\x05 \x01(\x0e\x32\x1e.tunelab.tracing.v1.SpanStatus\x12\x16\n\x0e\x65rror_category\x18\x06 \x01(\t\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12*\n\x04kind\x18\t \x01(\x0e\x32\x1c.tunelab.tracing.v1.SpanKind\x12\x1c\n\x0fmin_duration_ms\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmin_cost_usd\x18\x0b \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0chas_warnings\x18\x0c \x01(\x08H\x02\x88\x01\x01\x12\x16\n\tstreaming\x18\r \x01(\x08H\x03\x88\x01\x01\x12\x1f\n\x12groundedness_below\x18\x0e \x01(\x01H\x04\x88\x01\x01\x12\x10\n\x08trace_id\x18\x0f \x01(\t\x12\x12\n\nroots_only\x18\x10 \x01(\x08\x42\x12\n\x10_min_duration_msB\x0f\n\r_min_cost_usdB\x0f\n\r_has_warningsB\x0c\n\n_streamingB\x15\n\x13_groundedness_below\"i\n\x10ListSpansRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.tunelab.tracing.v1.SpanFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x11ListSpansResponse\x12\'\n\x05spans\x18\x01 \x03(\x0b\x32\x18.tunelab.tracing.v1.Span\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x0fGetTraceRequest\x12\x16\n\x08trace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"e\n\x10GetTraceResponse\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x12\n\nspan_count\x18\x02 \x01(\x05\x12+\n\x05roots\x18\x03 \x03(\x0b\x32\x1c.tunelab.tracing.v1.SpanNode\"{\n\x13GetAnalyticsRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.tunelab.tracing.v1.SpanFilter\x12\x34\n\x08group_by\x18\x02 \x01(\x0e\x32\".tunelab.tracing.v1.AnalyticsGroup\"4\n\x0bPercentiles\x12\x0b\n\x03p50\x18\x01 \x01(\x01\x12\x0b\n\x03p95\x18\x02 \x01(\x01\x12\x0b\n\x03p99\x18\x03 \x01(\x01\"\xcb\x02\n\x0c\x41nalyticsRow\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x12\n\nerror_rate\x18\x03 \x01(\x01\x12\x33\n\nlatency_ms\x18\x04 \x01(\x0b\x32\x1f.tunelab.tracing.v1.Percentiles\x12?\n\x16time_to_first_token_ms\x18\x05 \x01(\x0b\x32\x1f.tunelab.tracing.v1.Percentiles\x12\x1e\n\x16mean_tokens_per_second\x18\x06 \x01(\x01\x12\x16\n\x0etotal_cost_usd\x18\x07 \x01(\x01\x12\x15\n\rmean_cost_usd\x18\x08 \x01(\x01\x12\x17\n\x0f\x63\x61\x63he_hit_ratio\x18\t \x01(\x01\x12\x14\n\x0cinput_tokens\x18\n \x01(\x03\x12\x15\n\routput_tokens\x18\x0b \x01(\x03\"F\n\x14GetAnalyticsResponse\x12.\n\x04rows\x18\x01 \x03(\x0b\x32 .tunelab.tracing.v1.AnalyticsRow\"v\n\x12\x45xportSpansRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.tunelab.tracing.v1.SpanFilter\x12\x30\n\x06\x66ormat\x18\x02 \x01(\x0e\x32 .tunelab.tracing.v1.ExportFormat\"#\n\x13\x45xportSpansResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"x\n\x13\x41nnotateSpanRequest\x12\x16\n\x08trace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07span_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x32\n\nevaluation\x18\x03 \x01(\x0b\x32\x1e.tunelab.tracing.v1.Evaluation\">\n\x14\x41nnotateSpanResponse\x12&\n\x04span\x18\x01 \x01(\x0b\x32\x18.tunelab.tracing.v1.Span\"N\n\x12\x44\x65leteSpansRequest\x12\x38\n\x0estarted_before\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\"&\n\x13\x44\x65leteSpansResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03*\x9d\x01\n\x0e\x41nalyticsGroup\x12\x1f\n\x1b\x41NALYTICS_GROUP_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41NALYTICS_GROUP_MODEL\x10\x01\x12\x1c\n\x18\x41NALYTICS_GROUP_PROVIDER\x10\x02\x12\x18\n\x14\x41NALYTICS_GROUP_HOUR\x10\x03\x12\x17\n\x13\x41NALYTICS_GROUP_DAY\x10\x04*u\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x01\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x02\x12\x17\n\x13\x45XPORT_FORMAT_JSONL\x10\x03\x32\xa8\x07\n\x0eTracingService\x12{\n\x0bIngestSpans\x12&.tunelab.tracing.v1.IngestSpansRequest\x1a\'.tunelab.tracing.v1.IngestSpansResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/traces/spans:\x01*\x12`\n\x0bStreamSpans\x12&.tunelab.tracing.v1.StreamSpansRequest\x1a\'.tunelab.tracing.v1.StreamSpansResponse(\x01\x12\x7f\n\x0cGetAnalytics\x12\'.tunelab.tracing.v1.GetAnalyticsRequest\x1a(.tunelab.tracing.v1.GetAnalyticsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/traces/analytics\x12{\n\x0b\x45xportSpans\x12&.tunelab.tracing.v1.ExportSpansRequest\x1a\'.tunelab.tracing.v1.ExportSpansResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/traces/export0\x01\x12l\n\tListSpans\x12$.tunelab.tracing.v1.ListSpansRequest\x1a%.tunelab.tracing.v1.ListSpansResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/traces\x12t\n\x08GetTrace\x12#.tunelab.tracing.v1.GetTraceRequest\x1a$.tunelab.tracing.v1.GetTraceResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/traces/{trace_id}\x12\x61\n\x0c\x41nnotateSpan\x12\'.tunelab.tracing.v1.AnnotateSpanRequest\x1a(.tunelab.tracing.v1.AnnotateSpanResponse\x12r\n\x0b\x44\x65leteSpans\x12&.tunelab.tracing.v1.DeleteSpansRequest\x1a\'.tunelab.tracing.v1.DeleteSpansResponse\"\x12\x82\xd3\xe4\x93\x02\x0c*\n/v1/tracesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(tunelab/tracing/v1/tracing_service.proto\x12\x12tunelab.tracing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1etunelab/tracing/v1/spans.proto\"=\n\x12IngestSpansRequest\x12\'\n\x05spans\x18\x01 \x03(\x0b\x32\x18.tunelab.tracing.v1.Span\"X\n\x13IngestSpansResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12/\n\x08rejected\x18\x02 \x03(\x0b\x32\x1d.tunelab.tracing.v1.Rejection\"=\n\x12StreamSpansRequest\x12\'\n\x05spans\x18\x01 \x03(\x0b\x32\x18.tunelab.tracing.v1.Span\"X\n\x13StreamSpansResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12/\n\x08rejected\x18\x02 \x03(\x0b\x32\x1d.tunelab.tracing.v1.Rejection\"\\\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x0f\n\x07span_id\x18\x03 \x01(\t\x12\r\n\x05\x66ield\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xd1\x05\n\nSpanFilter\x12\x33\n\x0fstart_time_from\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12.\n\x06status\x18\x05 \x01(\x0e\x32\x1e.tunelab.tracing.v1.SpanStatus\x12\x16\n\x0e\x65rror_category\x18\x06 \x01(\t\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12*\n\x04kind\x18\t \x01(\x0e\x32\x1c.tunelab.tracing.v1.SpanKind\x12\x1c\n\x0fmin_duration_ms\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmin_cost_usd\x18\x0b \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0chas_warnings\x18\x0c \x01(\x08H\x02\x88\x01\x01\x12\x16\n\tstreaming\x18\r \x01(\x08H\x03\x88\x01\x01\x12\x1f\n\x12groundedness_below\x18\x0e \x01(\x01H\x04\x88\x01\x01\x12\x10\n\x08trace_id\x18\x0f \x01(\t\x12\x12\n\nroots_only\x18\x10 \x01(\x08\x12\x1d\n\x10min_groundedness\x18\x11 \x01(\x01H\x05\x88\x01\x01\x12\x1b\n\x0emin_eval_score\x18\x12 \x01(\x01H\x06\x88\x01\x01\x12\x1d\n\x10\x65val_score_below\x18\x13 \x01(\x01H\x07\x88\x01\x01\x42\x12\n\x10_min_duration_msB\x0f\n\r_min_cost_usdB\x0f\n\r_has_warningsB\x0c\n\n_streamingB\x15\n\x13_groundedness_belowB\x13\n\x11_min_groundednessB\x11\n\x0f_min_eval_scoreB\x13\n\x11_eval_score_below\"i\n\x10ListSpansRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.tunelab.tracing.v1.SpanFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x11ListSpansResponse\x12\'\n\x05spans\x18\x01 \x03(\x0b\x32\x18.tunelab.tracing.v1.Span\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x0fGetTraceRequest\x12\x16\n\x08trace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"e\n\x10GetTraceResponse\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x12\n\nspan_count\x18\x02 \x01(\x05\x12+\n\x05roots\x18\x03 \x03(\x0b\x32\x1c.tunelab.tracing.v1.SpanNode\"{\n\x13GetAnalyticsRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.tunelab.tracing.v1.SpanFilter\x12\x34\n\x08group_by\x18\x02 \x01(\x0e\x32\".tunelab.tracing.v1.AnalyticsGroup\"4\n\x0bPercentiles\x12\x0b\n\x03p50\x18\x01 \x01(\x01\x12\x0b\n\x03p95\x18\x02 \x01(\x01\x12\x0b\n\x03p99\x18\x03 \x01(\x01\"\xcb\x02\n\x0c\x41nalyticsRow\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x12\n\nerror_rate\x18\x03 \x01(\x01\x12\x33\n\nlatency_ms\x18\x04 \x01(\x0b\x32\x1f.tunelab.tracing.v1.Percentiles\x12?\n\x16time_to_first_token_ms\x18\x05 \x01(\x0b\x32\x1f.tunelab.tracing.v1.Percentiles\x12\x1e\n\x16mean_tokens_per_second\x18\x06 \x01(\x01\x12\x16\n\x0etotal_cost_usd\x18\x07 \x01(\x01\x12\x15\n\rmean_cost_usd\x18\x08 \x01(\x01\x12\x17\n\x0f\x63\x61\x63he_hit_ratio\x18\t \x01(\x01\x12\x14\n\x0cinput_tokens\x18\n \x01(\x03\x12\x15\n\routput_tokens\x18\x0b \x01(\x03\"F\n\x14GetAnalyticsResponse\x12.\n\x04rows\x18\x01 \x03(\x0b\x32 .tunelab.tracing.v1.AnalyticsRow\"v\n\x12\x45xportSpansRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.tunelab.tracing.v1.SpanFilter\x12\x30\n\x06\x66ormat\x18\x02 \x01(\x0e\x32 .tunelab.tracing.v1.ExportFormat\"#\n\x13\x45xportSpansResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"x\n\x13\x41nnotateSpanRequest\x12\x16\n\x08trace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07span_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x32\n\nevaluation\x18\x03 \x01(\x0b\x32\x1e.tunelab.tracing.v1.Evaluation\">\n\x14\x41nnotateSpanResponse\x12&\n\x04span\x18\x01 \x01(\x0b\x32\x18.tunelab.tracing.v1.Span\"k\n\x16ListSpanChangesRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.tunelab.tracing.v1.SpanFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"j\n\x17ListSpanChangesResponse\x12\'\n\x05spans\x18\x01 \x03(\x0b\x32\x18.tunelab.tracing.v1.Span\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\x12\x11\n\tcaught_up\x18\x03 \x01(\x08\"&\n\x11\x46indTracesRequest\x12\x11\n\ttrace_ids\x18\x01 \x03(\t\"\'\n\x12\x46indTracesResponse\x12\x11\n\ttrace_ids\x18\x01 \x03(\t\"N\n\x12\x44\x65leteSpansRequest\x12\x38\n\x0estarted_before\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\"&\n\x13\x44\x65leteSpansResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03*\x9d\x01\n\x0e\x41nalyticsGroup\x12\x1f\n\x1b\x41NALYTICS_GROUP_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41NALYTICS_GROUP_MODEL\x10\x01\x12\x1c\n\x18\x41NALYTICS_GROUP_PROVIDER\x10\x02\x12\x18\n\x14\x41NALYTICS_GROUP_HOUR\x10\x03\x12\x17\n\x13\x41NALYTICS_GROUP_DAY\x10\x04*u\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x01\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x02\x12\x17\n\x13\x45XPORT_FORMAT_JSONL\x10\x03\x32\xf1\x08\n\x0eTracingService\x12{\n\x0bIngestSpans\x12&.tunelab.tracing.v1.IngestSpansRequest\x1a\'.tunelab.tracing.v1.IngestSpansResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/traces/spans:\x01*\x12`\n\x0bStreamSpans\x12&.tunelab.tracing.v1.StreamSpansRequest\x1a\'.tunelab.tracing.v1.StreamSpansResponse(\x01\x12\x7f\n\x0cGetAnalytics\x12\'.tunelab.tracing.v1.GetAnalyticsRequest\x1a(.tunelab.tracing.v1.GetAnalyticsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/traces/analytics\x12{\n\x0b\x45xportSpans\x12&.tunelab.tracing.v1.ExportSpansRequest\x1a\'.tunelab.tracing.v1.ExportSpansResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/traces/export0\x01\x12l\n\tListSpans\x12$.tunelab.tracing.v1.ListSpansRequest\x1a%.tunelab.tracing.v1.ListSpansResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/traces\x12t\n\x08GetTrace\x12#.tunelab.tracing.v1.GetTraceRequest\x1a$.tunelab.tracing.v1.GetTraceResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/traces/{trace_id}\x12\x61\n\x0c\x41nnotateSpan\x12\'.tunelab.tracing.v1.AnnotateSpanRequest\x1a(.tunelab.tracing.v1.AnnotateSpanResponse\x12j\n\x0fListSpanChanges\x12*.tunelab.tracing.v1.ListSpanChangesRequest\x1a+.tunelab.tracing.v1.ListSpanChangesResponse\x12[\n\nFindTraces\x12%.tunelab.tracing.v1.FindTracesRequest\x1a&.tunelab.tracing.v1.FindTracesResponse\x12r\n\x0b\x44\x65leteSpans\x12&.tunelab.tracing.v1.DeleteSpansRequest\x1a\'.tunelab.tracing.v1.DeleteSpansResponse\"\x12\x82\xd3\xe4\x93\x02\x0c*\n/v1/tracesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,10 +55,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACINGSERVICE'].methods_by_name['GetTrace']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/traces/{trace_id}'
   _globals['_TRACINGSERVICE'].methods_by_name['DeleteSpans']._loaded_options = None
   _globals['_TRACINGSERVICE'].methods_by_name['DeleteSpans']._serialized_options = b'\202\323\344\223\002\014*\n/v1/traces'
-  _globals['_ANALYTICSGROUP']._serialized_start=2553
-  _globals['_ANALYTICSGROUP']._serialized_end=2710
-  _globals['_EXPORTFORMAT']._serialized_start=2712
-  _globals['_EXPORTFORMAT']._serialized_end=2829
+  _globals['_ANALYTICSGROUP']._serialized_start=3003
+  _globals['_ANALYTICSGROUP']._serialized_end=3160
+  _globals['_EXPORTFORMAT']._serialized_start=3162
+  _globals['_EXPORTFORMAT']._serialized_end=3279
   _globals['_INGESTSPANSREQUEST']._serialized_start=192
   _globals['_INGESTSPANSREQUEST']._serialized_end=253
   _globals['_INGESTSPANSRESPONSE']._serialized_start=255
@@ -70,35 +70,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REJECTION']._serialized_start=498
   _globals['_REJECTION']._serialized_end=590
   _globals['_SPANFILTER']._serialized_start=593
-  _globals['_SPANFILTER']._serialized_end=1162
-  _globals['_LISTSPANSREQUEST']._serialized_start=1164
-  _globals['_LISTSPANSREQUEST']._serialized_end=1269
-  _globals['_LISTSPANSRESPONSE']._serialized_start=1271
-  _globals['_LISTSPANSRESPONSE']._serialized_end=1356
-  _globals['_GETTRACEREQUEST']._serialized_start=1358
-  _globals['_GETTRACEREQUEST']._serialized_end=1399
-  _globals['_GETTRACERESPONSE']._serialized_start=1401
-  _globals['_GETTRACERESPONSE']._serialized_end=1502
-  _globals['_GETANALYTICSREQUEST']._serialized_start=1504
-  _globals['_GETANALYTICSREQUEST']._serialized_end=1627
-  _globals['_PERCENTILES']._serialized_start=1629
-  _globals['_PERCENTILES']._serialized_end=1681
-  _globals['_ANALYTICSROW']._serialized_start=1684
-  _globals['_ANALYTICSROW']._serialized_end=2015
-  _globals['_GETANALYTICSRESPONSE']._serialized_start=2017
-  _globals['_GETANALYTICSRESPONSE']._serialized_end=2087
-  _globals['_EXPORTSPANSREQUEST']._serialized_start=2089
-  _globals['_EXPORTSPANSREQUEST']._serialized_end=2207
-  _globals['_EXPORTSPANSRESPONSE']._serialized_start=2209
-  _globals['_EXPORTSPANSRESPONSE']._serialized_end=2244
-  _globals['_ANNOTATESPANREQUEST']._serialized_start=2246
-  _globals['_ANNOTATESPANREQUEST']._serialized_end=2366
-  _globals['_ANNOTATESPANRESPONSE']._serialized_start=2368
-  _globals['_ANNOTATESPANRESPONSE']._serialized_end=2430
-  _globals['_DELETESPANSREQUEST']._serialized_start=2432
-  _globals['_DELETESPANSREQUEST']._serialized_end=2510
-  _globals['_DELETESPANSRESPONSE']._serialized_start=2512
-  _globals['_DELETESPANSRESPONSE']._serialized_end=2550
-  _globals['_TRACINGSERVICE']._serialized_start=2832
-  _globals['_TRACINGSERVICE']._serialized_end=3768
+  _globals['_SPANFILTER']._serialized_end=1314
+  _globals['_LISTSPANSREQUEST']._serialized_start=1316
+  _globals['_LISTSPANSREQUEST']._serialized_end=1421
+  _globals['_LISTSPANSRESPONSE']._serialized_start=1423
+  _globals['_LISTSPANSRESPONSE']._serialized_end=1508
+  _globals['_GETTRACEREQUEST']._serialized_start=1510
+  _globals['_GETTRACEREQUEST']._serialized_end=1551
+  _globals['_GETTRACERESPONSE']._serialized_start=1553
+  _globals['_GETTRACERESPONSE']._serialized_end=1654
+  _globals['_GETANALYTICSREQUEST']._serialized_start=1656
+  _globals['_GETANALYTICSREQUEST']._serialized_end=1779
+  _globals['_PERCENTILES']._serialized_start=1781
+  _globals['_PERCENTILES']._serialized_end=1833
+  _globals['_ANALYTICSROW']._serialized_start=1836
+  _globals['_ANALYTICSROW']._serialized_end=2167
+  _globals['_GETANALYTICSRESPONSE']._serialized_start=2169
+  _globals['_GETANALYTICSRESPONSE']._serialized_end=2239
+  _globals['_EXPORTSPANSREQUEST']._serialized_start=2241
+  _globals['_EXPORTSPANSREQUEST']._serialized_end=2359
+  _globals['_EXPORTSPANSRESPONSE']._serialized_start=2361
+  _globals['_EXPORTSPANSRESPONSE']._serialized_end=2396
+  _globals['_ANNOTATESPANREQUEST']._serialized_start=2398
+  _globals['_ANNOTATESPANREQUEST']._serialized_end=2518
+  _globals['_ANNOTATESPANRESPONSE']._serialized_start=2520
+  _globals['_ANNOTATESPANRESPONSE']._serialized_end=2582
+  _globals['_LISTSPANCHANGESREQUEST']._serialized_start=2584
+  _globals['_LISTSPANCHANGESREQUEST']._serialized_end=2691
+  _globals['_LISTSPANCHANGESRESPONSE']._serialized_start=2693
+  _globals['_LISTSPANCHANGESRESPONSE']._serialized_end=2799
+  _globals['_FINDTRACESREQUEST']._serialized_start=2801
+  _globals['_FINDTRACESREQUEST']._serialized_end=2839
+  _globals['_FINDTRACESRESPONSE']._serialized_start=2841
+  _globals['_FINDTRACESRESPONSE']._serialized_end=2880
+  _globals['_DELETESPANSREQUEST']._serialized_start=2882
+  _globals['_DELETESPANSREQUEST']._serialized_end=2960
+  _globals['_DELETESPANSRESPONSE']._serialized_start=2962
+  _globals['_DELETESPANSRESPONSE']._serialized_end=3000
+  _globals['_TRACINGSERVICE']._serialized_start=3282
+  _globals['_TRACINGSERVICE']._serialized_end=4419
 # @@protoc_insertion_point(module_scope)

@@ -210,6 +210,9 @@ class SpanFilter(_message.Message):
     GROUNDEDNESS_BELOW_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     ROOTS_ONLY_FIELD_NUMBER: _builtins.int
+    MIN_GROUNDEDNESS_FIELD_NUMBER: _builtins.int
+    MIN_EVAL_SCORE_FIELD_NUMBER: _builtins.int
+    EVAL_SCORE_BELOW_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     provider: _builtins.str
     status: _spans_pb2.SpanStatus.ValueType
@@ -226,6 +229,11 @@ class SpanFilter(_message.Message):
     """Only the spans of this trace."""
     roots_only: _builtins.bool
     """Only traces' roots: one row per trace."""
+    min_groundedness: _builtins.float
+    """Spans whose groundedness score is at least this (unscored spans do not match)."""
+    min_eval_score: _builtins.float
+    """Spans the eval service judged with an overall score at least / below this."""
+    eval_score_below: _builtins.float
     @_builtins.property
     def start_time_from(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -253,11 +261,16 @@ class SpanFilter(_message.Message):
         groundedness_below: _builtins.float | None = ...,
         trace_id: _builtins.str = ...,
         roots_only: _builtins.bool = ...,
+        min_groundedness: _builtins.float | None = ...,
+        min_eval_score: _builtins.float | None = ...,
+        eval_score_below: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_groundedness_below", b"_groundedness_below", "_has_warnings", b"_has_warnings", "_min_cost_usd", b"_min_cost_usd", "_min_duration_ms", b"_min_duration_ms", "_streaming", b"_streaming", "groundedness_below", b"groundedness_below", "has_warnings", b"has_warnings", "min_cost_usd", b"min_cost_usd", "min_duration_ms", b"min_duration_ms", "start_time_from", b"start_time_from", "start_time_to", b"start_time_to", "streaming", b"streaming"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_eval_score_below", b"_eval_score_below", "_groundedness_below", b"_groundedness_below", "_has_warnings", b"_has_warnings", "_min_cost_usd", b"_min_cost_usd", "_min_duration_ms", b"_min_duration_ms", "_min_eval_score", b"_min_eval_score", "_min_groundedness", b"_min_groundedness", "_streaming", b"_streaming", "eval_score_below", b"eval_score_below", "groundedness_below", b"groundedness_below", "has_warnings", b"has_warnings", "min_cost_usd", b"min_cost_usd", "min_duration_ms", b"min_duration_ms", "min_eval_score", b"min_eval_score", "min_groundedness", b"min_groundedness", "start_time_from", b"start_time_from", "start_time_to", b"start_time_to", "streaming", b"streaming"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_groundedness_below", b"_groundedness_below", "_has_warnings", b"_has_warnings", "_min_cost_usd", b"_min_cost_usd", "_min_duration_ms", b"_min_duration_ms", "_streaming", b"_streaming", "error_category", b"error_category", "groundedness_below", b"groundedness_below", "has_warnings", b"has_warnings", "kind", b"kind", "min_cost_usd", b"min_cost_usd", "min_duration_ms", b"min_duration_ms", "model", b"model", "provider", b"provider", "roots_only", b"roots_only", "session_id", b"session_id", "start_time_from", b"start_time_from", "start_time_to", b"start_time_to", "status", b"status", "streaming", b"streaming", "tags", b"tags", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eval_score_below", b"_eval_score_below", "_groundedness_below", b"_groundedness_below", "_has_warnings", b"_has_warnings", "_min_cost_usd", b"_min_cost_usd", "_min_duration_ms", b"_min_duration_ms", "_min_eval_score", b"_min_eval_score", "_min_groundedness", b"_min_groundedness", "_streaming", b"_streaming", "error_category", b"error_category", "eval_score_below", b"eval_score_below", "groundedness_below", b"groundedness_below", "has_warnings", b"has_warnings", "kind", b"kind", "min_cost_usd", b"min_cost_usd", "min_duration_ms", b"min_duration_ms", "min_eval_score", b"min_eval_score", "min_groundedness", b"min_groundedness", "model", b"model", "provider", b"provider", "roots_only", b"roots_only", "session_id", b"session_id", "start_time_from", b"start_time_from", "start_time_to", b"start_time_to", "status", b"status", "streaming", b"streaming", "tags", b"tags", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__eval_score_below: _TypeAlias = _typing.Literal["eval_score_below"]  # noqa: Y015
+    _WhichOneofArgType__eval_score_below: _TypeAlias = _typing.Literal["_eval_score_below", b"_eval_score_below"]  # noqa: Y015
     _WhichOneofReturnType__groundedness_below: _TypeAlias = _typing.Literal["groundedness_below"]  # noqa: Y015
     _WhichOneofArgType__groundedness_below: _TypeAlias = _typing.Literal["_groundedness_below", b"_groundedness_below"]  # noqa: Y015
     _WhichOneofReturnType__has_warnings: _TypeAlias = _typing.Literal["has_warnings"]  # noqa: Y015
@@ -266,8 +279,14 @@ class SpanFilter(_message.Message):
     _WhichOneofArgType__min_cost_usd: _TypeAlias = _typing.Literal["_min_cost_usd", b"_min_cost_usd"]  # noqa: Y015
     _WhichOneofReturnType__min_duration_ms: _TypeAlias = _typing.Literal["min_duration_ms"]  # noqa: Y015
     _WhichOneofArgType__min_duration_ms: _TypeAlias = _typing.Literal["_min_duration_ms", b"_min_duration_ms"]  # noqa: Y015
+    _WhichOneofReturnType__min_eval_score: _TypeAlias = _typing.Literal["min_eval_score"]  # noqa: Y015
+    _WhichOneofArgType__min_eval_score: _TypeAlias = _typing.Literal["_min_eval_score", b"_min_eval_score"]  # noqa: Y015
+    _WhichOneofReturnType__min_groundedness: _TypeAlias = _typing.Literal["min_groundedness"]  # noqa: Y015
+    _WhichOneofArgType__min_groundedness: _TypeAlias = _typing.Literal["_min_groundedness", b"_min_groundedness"]  # noqa: Y015
     _WhichOneofReturnType__streaming: _TypeAlias = _typing.Literal["streaming"]  # noqa: Y015
     _WhichOneofArgType__streaming: _TypeAlias = _typing.Literal["_streaming", b"_streaming"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eval_score_below) -> _WhichOneofReturnType__eval_score_below | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__groundedness_below) -> _WhichOneofReturnType__groundedness_below | None: ...
     @_typing.overload
@@ -276,6 +295,10 @@ class SpanFilter(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_cost_usd) -> _WhichOneofReturnType__min_cost_usd | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_duration_ms) -> _WhichOneofReturnType__min_duration_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_eval_score) -> _WhichOneofReturnType__min_eval_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_groundedness) -> _WhichOneofReturnType__min_groundedness | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__streaming) -> _WhichOneofReturnType__streaming | None: ...
 
@@ -589,6 +612,106 @@ class AnnotateSpanResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AnnotateSpanResponse: _TypeAlias = AnnotateSpanResponse  # noqa: Y015
+
+@_typing.final
+class ListSpanChangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """0 means 100; at most 1000."""
+    cursor: _builtins.str
+    """Empty: from the first span. Else a next_cursor this call returned."""
+    @_builtins.property
+    def filter(self) -> Global___SpanFilter: ...
+    def __init__(
+        self,
+        *,
+        filter: Global___SpanFilter | None = ...,
+        page_size: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "filter", b"filter", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSpanChangesRequest: _TypeAlias = ListSpanChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListSpanChangesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPANS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """Where to go on from: always set, even when no span came (pass it back later)."""
+    caught_up: _builtins.bool
+    """The spans held back as too recent were all that was left: call again later."""
+    @_builtins.property
+    def spans(self) -> _containers.RepeatedCompositeFieldContainer[_spans_pb2.Span]: ...
+    def __init__(
+        self,
+        *,
+        spans: _abc.Iterable[_spans_pb2.Span] | None = ...,
+        next_cursor: _builtins.str = ...,
+        caught_up: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "next_cursor", b"next_cursor", "spans", b"spans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSpanChangesResponse: _TypeAlias = ListSpanChangesResponse  # noqa: Y015
+
+@_typing.final
+class FindTracesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def trace_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 1000."""
+
+    def __init__(
+        self,
+        *,
+        trace_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trace_ids", b"trace_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindTracesRequest: _TypeAlias = FindTracesRequest  # noqa: Y015
+
+@_typing.final
+class FindTracesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def trace_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Those of trace_ids the caller has."""
+
+    def __init__(
+        self,
+        *,
+        trace_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trace_ids", b"trace_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindTracesResponse: _TypeAlias = FindTracesResponse  # noqa: Y015
 
 @_typing.final
 class DeleteSpansRequest(_message.Message):

@@ -75,6 +75,16 @@ class TracingServiceStub:
                 request_serializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.AnnotateSpanRequest.SerializeToString,
                 response_deserializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.AnnotateSpanResponse.FromString,
                 _registered_method=True)
+        self.ListSpanChanges = channel.unary_unary(
+                '/tunelab.tracing.v1.TracingService/ListSpanChanges',
+                request_serializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.ListSpanChangesRequest.SerializeToString,
+                response_deserializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.ListSpanChangesResponse.FromString,
+                _registered_method=True)
+        self.FindTraces = channel.unary_unary(
+                '/tunelab.tracing.v1.TracingService/FindTraces',
+                request_serializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.FindTracesRequest.SerializeToString,
+                response_deserializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.FindTracesResponse.FromString,
+                _registered_method=True)
         self.DeleteSpans = channel.unary_unary(
                 '/tunelab.tracing.v1.TracingService/DeleteSpans',
                 request_serializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.DeleteSpansRequest.SerializeToString,
@@ -145,6 +155,25 @@ class TracingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSpanChanges(self, request, context):
+        """The caller's spans in the order they last changed (arrived, were merged or annotated),
+        oldest first, for a reader that follows new spans (the eval service's rules). The cursor
+        survives the reader's restart; a span changed again is served again. Spans changed in
+        the last few seconds are held back until every write of that moment has committed, so
+        that following never skips one. No HTTP route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindTraces(self, request, context):
+        """Which of these traces the caller still has (the others were deleted, or never were
+        theirs). No HTTP route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteSpans(self, request, context):
         """Deletes the caller's spans that started before a time: retention.
         """
@@ -189,6 +218,16 @@ def add_TracingServiceServicer_to_server(servicer, server):
                     servicer.AnnotateSpan,
                     request_deserializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.AnnotateSpanRequest.FromString,
                     response_serializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.AnnotateSpanResponse.SerializeToString,
+            ),
+            'ListSpanChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSpanChanges,
+                    request_deserializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.ListSpanChangesRequest.FromString,
+                    response_serializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.ListSpanChangesResponse.SerializeToString,
+            ),
+            'FindTraces': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindTraces,
+                    request_deserializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.FindTracesRequest.FromString,
+                    response_serializer=tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.FindTracesResponse.SerializeToString,
             ),
             'DeleteSpans': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSpans,
@@ -391,6 +430,60 @@ class TracingService:
             '/tunelab.tracing.v1.TracingService/AnnotateSpan',
             tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.AnnotateSpanRequest.SerializeToString,
             tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.AnnotateSpanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSpanChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.tracing.v1.TracingService/ListSpanChanges',
+            tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.ListSpanChangesRequest.SerializeToString,
+            tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.ListSpanChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindTraces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.tracing.v1.TracingService/FindTraces',
+            tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.FindTracesRequest.SerializeToString,
+            tunelab_dot_tracing_dot_v1_dot_tracing__service__pb2.FindTracesResponse.FromString,
             options,
             channel_credentials,
             insecure,

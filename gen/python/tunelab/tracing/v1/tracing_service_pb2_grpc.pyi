@@ -62,6 +62,17 @@ class TracingServiceStub:
     """Sets a span's evaluation (the eval service writes groundedness here). NOT_FOUND for a span
     that is not the caller's. No HTTP route.
     """
+    ListSpanChanges: _grpc.UnaryUnaryMultiCallable[_tracing_service_pb2.ListSpanChangesRequest, _tracing_service_pb2.ListSpanChangesResponse]
+    """The caller's spans in the order they last changed (arrived, were merged or annotated),
+    oldest first, for a reader that follows new spans (the eval service's rules). The cursor
+    survives the reader's restart; a span changed again is served again. Spans changed in
+    the last few seconds are held back until every write of that moment has committed, so
+    that following never skips one. No HTTP route.
+    """
+    FindTraces: _grpc.UnaryUnaryMultiCallable[_tracing_service_pb2.FindTracesRequest, _tracing_service_pb2.FindTracesResponse]
+    """Which of these traces the caller still has (the others were deleted, or never were
+    theirs). No HTTP route.
+    """
     DeleteSpans: _grpc.UnaryUnaryMultiCallable[_tracing_service_pb2.DeleteSpansRequest, _tracing_service_pb2.DeleteSpansResponse]
     """Deletes the caller's spans that started before a time: retention."""
 
@@ -98,6 +109,17 @@ class TracingServiceAsyncStub(TracingServiceStub):
     AnnotateSpan: _aio.UnaryUnaryMultiCallable[_tracing_service_pb2.AnnotateSpanRequest, _tracing_service_pb2.AnnotateSpanResponse]  # type: ignore[assignment]
     """Sets a span's evaluation (the eval service writes groundedness here). NOT_FOUND for a span
     that is not the caller's. No HTTP route.
+    """
+    ListSpanChanges: _aio.UnaryUnaryMultiCallable[_tracing_service_pb2.ListSpanChangesRequest, _tracing_service_pb2.ListSpanChangesResponse]  # type: ignore[assignment]
+    """The caller's spans in the order they last changed (arrived, were merged or annotated),
+    oldest first, for a reader that follows new spans (the eval service's rules). The cursor
+    survives the reader's restart; a span changed again is served again. Spans changed in
+    the last few seconds are held back until every write of that moment has committed, so
+    that following never skips one. No HTTP route.
+    """
+    FindTraces: _aio.UnaryUnaryMultiCallable[_tracing_service_pb2.FindTracesRequest, _tracing_service_pb2.FindTracesResponse]  # type: ignore[assignment]
+    """Which of these traces the caller still has (the others were deleted, or never were
+    theirs). No HTTP route.
     """
     DeleteSpans: _aio.UnaryUnaryMultiCallable[_tracing_service_pb2.DeleteSpansRequest, _tracing_service_pb2.DeleteSpansResponse]  # type: ignore[assignment]
     """Deletes the caller's spans that started before a time: retention."""
@@ -174,6 +196,29 @@ class TracingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tracing_service_pb2.AnnotateSpanResponse, _abc.Awaitable[_tracing_service_pb2.AnnotateSpanResponse]]:
         """Sets a span's evaluation (the eval service writes groundedness here). NOT_FOUND for a span
         that is not the caller's. No HTTP route.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSpanChanges(
+        self,
+        request: _tracing_service_pb2.ListSpanChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracing_service_pb2.ListSpanChangesResponse, _abc.Awaitable[_tracing_service_pb2.ListSpanChangesResponse]]:
+        """The caller's spans in the order they last changed (arrived, were merged or annotated),
+        oldest first, for a reader that follows new spans (the eval service's rules). The cursor
+        survives the reader's restart; a span changed again is served again. Spans changed in
+        the last few seconds are held back until every write of that moment has committed, so
+        that following never skips one. No HTTP route.
+        """
+
+    @_abc_1.abstractmethod
+    def FindTraces(
+        self,
+        request: _tracing_service_pb2.FindTracesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracing_service_pb2.FindTracesResponse, _abc.Awaitable[_tracing_service_pb2.FindTracesResponse]]:
+        """Which of these traces the caller still has (the others were deleted, or never were
+        theirs). No HTTP route.
         """
 
     @_abc_1.abstractmethod
