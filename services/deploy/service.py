@@ -14,7 +14,7 @@ from services.common.migrations import Migrations
 from services.common.server import ServerSpec
 from services.deploy.changes import Changes
 from services.deploy.datasets import DatasetsClient
-from services.deploy.keys import KeyRing, KeyRingError
+from services.deploy.keys import KEK_VARIABLE, KeyRing, KeyRingError
 from services.deploy.pod import render
 from services.deploy.preflight import Preflight
 from services.deploy.providers.local import LocalProvider
@@ -36,7 +36,9 @@ def utc_now() -> datetime:
 
 def keyring(settings: DeploySettings) -> KeyRing:
     try:
-        return KeyRing(settings.keys_kek.get_secret_value() if settings.keys_kek else "")
+        return KeyRing(
+            settings.keys_kek.get_secret_value() if settings.keys_kek else "", KEK_VARIABLE
+        )
     except KeyRingError as exc:
         raise SystemExit(f"deploy: {exc}") from None
 

@@ -9,7 +9,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from services.common.db import Database
-from services.deploy.keys import KeyRing, KeyRingError
+from services.deploy.keys import KEK_VARIABLE, KeyRing, KeyRingError
 from services.deploy.service import MIGRATIONS
 from services.deploy.spec import parse
 from services.deploy.store import Change, DeploymentStore
@@ -24,20 +24,20 @@ async def test_rotation_re_encrypts_every_key_for_the_new_kek(empty_db_url: str)
         await MIGRATIONS.upgrade(db)
         store = DeploymentStore(db)
         now = datetime.now(UTC)
-        ring = KeyRing(old)
+        ring = KeyRing(old, KEK_VARIABLE)
         secrets = {f"user-{i}": f"rpa_{i:02d}" + "S" * 36 for i in range(7)}
         for owner, key in secrets.items():
             await store.set_key(owner, "runpod", ring.encrypt(key), key[-4:], now)
         stored = dict(await store.all_keys("runpod"))
         assert all(key not in stored[owner] for owner, key in secrets.items())
 
-        rotated = await store.rotate_keys(KeyRing(f"{new},{old}").rotate, now)
+        rotated = await store.rotate_keys(KeyRing(f"{new},{old}", KEK_VARIABLE).rotate, now)
         assert rotated == len(secrets)
-        only_new = KeyRing(new)
+        only_new = KeyRing(new, KEK_VARIABLE)
         for owner, ciphertext in await store.all_keys("runpod"):
             assert only_new.decrypt(ciphertext) == secrets[owner]
         with pytest.raises(KeyRingError, match="cannot be decrypted"):
-            KeyRing(old).decrypt(ciphertext)
+            KeyRing(old, KEK_VARIABLE).decrypt(ciphertext)
     finally:
         await db.close()
 
@@ -67,7 +67,7 @@ async def test_rotation_covers_the_copies_live_runs_hold(empty_db_url: str) -> N
             hourly_usd=0,
             now=now,
         )
-        ring = KeyRing(old)
+        ring = KeyRing(old, KEK_VARIABLE)
 
         def hold(current: Any) -> Change:
             return Change(
@@ -76,10 +76,10 @@ async def test_rotation_covers_the_copies_live_runs_hold(empty_db_url: str) -> N
             )
 
         await store.mutate(run.id, now, hold)
-        await store.rotate_keys(KeyRing(f"{new},{old}").rotate, now)
+        await store.rotate_keys(KeyRing(f"{new},{old}", KEK_VARIABLE).rotate, now)
         after = await store.get_any(run.id)
         assert after is not None
-        only_new = KeyRing(new)
+        only_new = KeyRing(new, KEK_VARIABLE)
         assert only_new.decrypt(after.job_token_ciphertext or "") == "tljb_secret"
         assert only_new.decrypt(after.provider_key_ciphertext or "") == "rpa_key"
     finally:
@@ -89,6 +89,6 @@ async def test_rotation_covers_the_copies_live_runs_hold(empty_db_url: str) -> N
 @pytest.mark.parametrize("kek", ["", " , ", "not-a-fernet-key"])
 def test_a_missing_or_malformed_kek_says_how_to_make_one(kek: str) -> None:
     with pytest.raises(KeyRingError, match="TUNELAB_DEPLOY_KEYS_KEK") as caught:
-        KeyRing(kek)
+        KeyRing(kek, KEK_VARIABLE)
     if kek.strip(" ,"):  # a key-encryption key, even a malformed one, is never echoed
         assert kek not in str(caught.value)
