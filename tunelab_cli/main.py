@@ -8,6 +8,9 @@
     tunelab deploy create DATASET_ID [--watch] [--dry-run] ...   check, then launch a run
     tunelab deploy watch ID | list | get ID | cancel ID | events ID | output ID [-o FILE]
     tunelab keys set runpod | list | delete runpod      GPU provider keys (read from stdin)
+    tunelab traces list [--model M] [--since 1h] [--roots] [--limit N | --all] [--json]
+    tunelab traces get TRACE_ID                 a trace as a tree of spans
+    tunelab traces export [--format csv] [-o FILE] [filters]   the matching spans, streamed
 
 Credentials: --token or TUNELAB_TOKEN; otherwise, where the development signing key is at hand
 (var/secrets, as `make run` leaves it, so run from the project directory), a token for --user,
@@ -16,7 +19,7 @@ TUNELAB_USER or your login name, in that order. The gateway: --url or TUNELAB_UR
 `datasets upload` exits with status 2 when the file was stored but is not usable for training
 (the reason and the first bad line are printed). `deploy create` exits with status 2 when a
 pre-flight check fails (nothing is rented); `deploy watch` exits 1 when the run failed or was
-cancelled.
+cancelled. `traces list` prints a table (times in UTC), or with --json the route's JSON.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from tunelab_cli import deploy, dev
+from tunelab_cli import deploy, dev, traces
 from tunelab_cli.api import CliError, api_client, checked, mint_dev_token, print_json
 
 CHUNK = 1 << 20
@@ -157,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
     link.set_defaults(func=cmd_link)
 
     deploy.register(commands)
+    traces.register(commands)
     return root
 
 
@@ -166,6 +170,11 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except CliError as exc:
         print(f"tunelab: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except BrokenPipeError:
+        # The reader went away (`tunelab traces list --all | head`): stop quietly, and keep
+        # Python from complaining again when it flushes stdout on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except httpx.HTTPError as exc:
         print(
