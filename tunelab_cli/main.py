@@ -11,6 +11,8 @@
     tunelab traces list [--model M] [--since 1h] [--roots] [--limit N | --all] [--json]
     tunelab traces get TRACE_ID                 a trace as a tree of spans
     tunelab traces export [--format csv] [-o FILE] [filters]   the matching spans, streamed
+    tunelab eval run TRACE_ID --validator contains:'{"value": "Paris"}' ...   judge a trace
+    tunelab eval list [--trace T] [--failed] | summary [--by validator] | validators
 
 Credentials: --token or TUNELAB_TOKEN; otherwise, where the development signing key is at hand
 (var/secrets, as `make run` leaves it, so run from the project directory), a token for --user,
@@ -19,7 +21,8 @@ TUNELAB_USER or your login name, in that order. The gateway: --url or TUNELAB_UR
 `datasets upload` exits with status 2 when the file was stored but is not usable for training
 (the reason and the first bad line are printed). `deploy create` exits with status 2 when a
 pre-flight check fails (nothing is rented); `deploy watch` exits 1 when the run failed or was
-cancelled. `traces list` prints a table (times in UTC), or with --json the route's JSON.
+cancelled; `eval run` exits 1 when the judgment failed. The `traces` and `eval` lists print a
+table (times in UTC), or with --json the route's JSON.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from tunelab_cli import deploy, dev, traces
+from tunelab_cli import deploy, dev, evals, traces
 from tunelab_cli.api import CliError, api_client, checked, mint_dev_token, print_json
 
 CHUNK = 1 << 20
@@ -161,6 +164,7 @@ def parser() -> argparse.ArgumentParser:
 
     deploy.register(commands)
     traces.register(commands)
+    evals.register(commands)
     return root
 
 
