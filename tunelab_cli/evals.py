@@ -56,7 +56,7 @@ JUDGE_FLAGS = ("judge_model", "judge_url", "judge_key", "rubric")
 
 LIST_COLUMNS = (
     Column("CREATED (UTC)", 19),
-    Column("JUDGMENT", 24, clip=False),
+    Column("JUDGMENT", 30, clip=False),
     Column("TRACE", 32, clip=False),
     Column("MODEL", 18),
     Column("SCORE", 5, right=True),
@@ -403,7 +403,7 @@ def cmd_validators(args: argparse.Namespace) -> None:
         return
     for kind in answer.get("kinds", []):
         threshold = number(kind.get("default_threshold"))
-        passes = "" if threshold is None else f"  (passes at {threshold:g})"
+        passes = "" if threshold is None else f" (passes at {threshold:g})"
         print(f"{kind.get('kind', '')}{passes}: {kind.get('description', '')}")
         for name, what in sorted((kind.get("params") or {}).items()):
             print(f"    {name}: {what}")

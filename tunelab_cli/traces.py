@@ -191,7 +191,8 @@ def cmd_get(args: argparse.Namespace) -> None:
     if args.json:
         print_json(answer)
         return
-    print(f"trace {answer.get('trace_id', args.trace_id)}: {answer.get('span_count', 0)} spans")
+    count = int(number(answer.get("span_count")) or 0)
+    print(f"trace {answer.get('trace_id', args.trace_id)}: {count} span{'' if count == 1 else 's'}")
     print_table(TREE_COLUMNS, tree_rows(answer, fancy=utf8(sys.stdout)))
 
 

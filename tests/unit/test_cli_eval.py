@@ -576,7 +576,7 @@ def test_validator_kinds(
     gateway(monkeypatch, lambda _: httpx.Response(200, json=to_json(kinds)))
     main(["eval", "validators"])
     assert capsys.readouterr().out.splitlines() == [
-        "contains  (passes at 1): The output contains a value.",
+        "contains (passes at 1): The output contains a value.",
         "    case_sensitive: bool (default true)",
         "    value: string (required)",
     ]
