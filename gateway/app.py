@@ -44,6 +44,7 @@ from services.common.blobstore import LocalBlobStore
 from services.common.client import open_channel
 from tunelab.datasets.v1 import datasets_service_pb2, datasets_service_pb2_grpc
 from tunelab.deploy.v1 import deploy_service_pb2, deploy_service_pb2_grpc
+from tunelab.eval.v1 import eval_service_pb2
 from tunelab.tracing.v1 import tracing_service_pb2
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ UPSTREAMS = {
     "datasets": datasets_service_pb2.DESCRIPTOR,
     "deploy": deploy_service_pb2.DESCRIPTOR,
     "tracing": tracing_service_pb2.DESCRIPTOR,
+    "eval": eval_service_pb2.DESCRIPTOR,
 }
 
 # Methods whose routes stream and are served by hand-written endpoints.
@@ -110,6 +112,7 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
         "datasets": settings.datasets_address,
         "deploy": settings.deploy_address,
         "tracing": settings.tracing_address,
+        "eval": settings.eval_address,
     }
     channels = {
         name: open_channel(
@@ -218,6 +221,8 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
             methods=["POST"],
         ),
     ]
+    # Unary calls that may take longer than the default deadline.
+    slow = {"Evaluate": settings.evaluate_timeout_seconds}
     for service, group in rules.items():
         for rule in group:
             if rule.method.name in STREAMING:
@@ -231,7 +236,9 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
                     rule, channels[service], service, settings.watch_timeout_seconds
                 )
             else:
-                endpoint = unary_endpoint(rule, channels[service], service)
+                endpoint = unary_endpoint(
+                    rule, channels[service], service, timeout=slow.get(rule.method.name)
+                )
             name = rule.method.name
             if name in BEARER_FIELDS:
                 guarded = throttled(rule.path, endpoint)

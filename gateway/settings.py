@@ -28,6 +28,10 @@ class GatewaySettings(CommonSettings):
             "TUNELAB_GATEWAY_TRACING_ADDRESS", "TUNELAB_TRACING_GRPC_ADDRESS"
         ),
     )
+    eval_address: str = Field(
+        "127.0.0.1:50054",
+        validation_alias=AliasChoices("TUNELAB_GATEWAY_EVAL_ADDRESS", "TUNELAB_EVAL_GRPC_ADDRESS"),
+    )
     deploy_address: str = Field(
         "127.0.0.1:50052",
         validation_alias=AliasChoices(
@@ -50,6 +54,12 @@ class GatewaySettings(CommonSettings):
     # streams (a stream never inherits the unary one).
     call_timeout_seconds: float = Field(
         DEFAULT_TIMEOUT_SECONDS, gt=0, description="Deadline of a unary call to a service."
+    )
+    evaluate_timeout_seconds: float = Field(
+        150.0,
+        gt=0,
+        description="Deadline of an evaluation, which may wait for an LLM judge (its calls "
+        "time out on their own first, see TUNELAB_EVAL_JUDGE_TIMEOUT_SECONDS).",
     )
     ready_wait_seconds: float = Field(
         READY_WAIT_SECONDS,

@@ -78,7 +78,10 @@ def success_status(rule: HttpRule) -> int:
     return 200
 
 
-def unary_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> Endpoint:
+def unary_endpoint(
+    rule: HttpRule, channel: grpc.aio.Channel, service: str, timeout: float | None = None
+) -> Endpoint:
+    """`timeout`: the call's deadline, when not the channel's default for unary calls."""
     request_type = message_factory.GetMessageClass(rule.method.input_type)
     response_type = message_factory.GetMessageClass(rule.method.output_type)
     call = channel.unary_unary(
@@ -100,7 +103,7 @@ def unary_endpoint(rule: HttpRule, channel: grpc.aio.Channel, service: str) -> E
                 return await _refusal_for_stranger(call, request, rule, bearer_field, exc, service)
             return exc.response()
         try:
-            reply = await call(message)
+            reply = await call(message, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             return from_rpc_error(exc, service)
         if status == 204:

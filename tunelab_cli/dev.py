@@ -28,11 +28,13 @@ SERVICES = [
     ("datasets", "services.datasets"),
     ("deploy", "services.deploy"),
     ("tracing", "services.tracing"),
+    ("eval", "services.eval"),
 ]
 SECRETS = {
     "internal-token": "TUNELAB_INTERNAL_TOKEN",
     "jwt-secret": "TUNELAB_JWT_SECRET",
     "deploy-kek": "TUNELAB_DEPLOY_KEYS_KEK",
+    "eval-kek": "TUNELAB_EVAL_KEYS_KEK",
 }
 # The addresses the suite listens on: (variable, default).
 LISTENS = [
@@ -42,6 +44,8 @@ LISTENS = [
     ("TUNELAB_DEPLOY_METRICS_ADDRESS", "127.0.0.1:9152"),
     ("TUNELAB_TRACING_GRPC_ADDRESS", "127.0.0.1:50053"),
     ("TUNELAB_TRACING_METRICS_ADDRESS", "127.0.0.1:9153"),
+    ("TUNELAB_EVAL_GRPC_ADDRESS", "127.0.0.1:50054"),
+    ("TUNELAB_EVAL_METRICS_ADDRESS", "127.0.0.1:9154"),
 ]
 
 
@@ -67,7 +71,7 @@ def ensure_secrets() -> dict[str, str]:
             # The key-encryption key must be a Fernet key: 32 random bytes, url-safe base64.
             value = (
                 base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-                if name == "deploy-kek"
+                if name.endswith("-kek")
                 else secrets.token_urlsafe(48)
             )
             path = directory / name
@@ -120,6 +124,7 @@ def _environment(log_format: str) -> dict[str, str]:
     env.setdefault("TUNELAB_DEPLOY_LOCAL_WORK_DIR", str(var_dir() / "pods"))
     env.setdefault("TUNELAB_DEPLOY_OUTPUT_DIR", str(var_dir() / "outputs"))
     env.setdefault("TUNELAB_TRACING_DATABASE_URL", f"sqlite:///{var_dir() / 'tracing.db'}")
+    env.setdefault("TUNELAB_EVAL_DATABASE_URL", f"sqlite:///{var_dir() / 'eval.db'}")
     return env
 
 

@@ -30,6 +30,7 @@ from tests.conftest import PgDatabases
 
 JWT_SECRET = "e2e-jwt-secret-" + secrets.token_hex(16)
 KEK = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+EVAL_KEK = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 MAX_UPLOAD = 8 * 1024 * 1024
 MAX_LINE = 256 * 1024
 
@@ -38,6 +39,7 @@ MODULES = {
     "datasets": "services.datasets",
     "deploy": "services.deploy",
     "tracing": "services.tracing",
+    "eval": "services.eval",
     "gateway": "gateway",
 }
 
@@ -125,11 +127,14 @@ def start_suite(
     database_url: str,
     deploy_database_url: str,
     tracing_database_url: str,
+    eval_database_url: str,
     **extra_env: str,
 ) -> Suite:
     gateway_port = free_port()
     grpc_address = f"127.0.0.1:{free_port()}"
     deploy_address = f"127.0.0.1:{free_port()}"
+    tracing_address = f"127.0.0.1:{free_port()}"
+    eval_address = f"127.0.0.1:{free_port()}"
     env = {
         **os.environ,
         "TUNELAB_INTERNAL_TOKEN": "e2e-internal-" + secrets.token_hex(24),
@@ -157,10 +162,17 @@ def start_suite(
         "TUNELAB_DEPLOY_LOCAL_KILL_GRACE_SECONDS": "2",
         "TUNELAB_GATEWAY_DEPLOY_ADDRESS": deploy_address,
         "TUNELAB_TRACING_DATABASE_URL": tracing_database_url,
-        "TUNELAB_TRACING_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TUNELAB_TRACING_GRPC_ADDRESS": tracing_address,
         "TUNELAB_TRACING_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         # One worker process, not one per CPU: every test starts a suite.
         "TUNELAB_TRACING_INGEST_WORKERS": "1",
+        "TUNELAB_EVAL_DATABASE_URL": eval_database_url,
+        "TUNELAB_EVAL_GRPC_ADDRESS": eval_address,
+        "TUNELAB_EVAL_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TUNELAB_EVAL_KEYS_KEK": EVAL_KEK,
+        # Rules find new spans within a second; the tracing feed holds back the last second.
+        "TUNELAB_EVAL_FOLLOW_INTERVAL_SECONDS": "0.5",
+        "TUNELAB_TRACING_FOLLOW_SETTLE_SECONDS": "1",
         # The tests are one client making many requests, refused ones too, from one address:
         # the abuse limits are turned down only where they are the subject (test_limits.py).
         "TUNELAB_GATEWAY_PUBLIC_RATE_LIMIT": "1000000/minute",
@@ -169,7 +181,7 @@ def start_suite(
         "TUNELAB_GATEWAY_MAX_STREAMS_PER_USER": "1000",
         **extra_env,
     }
-    for service in ("services.datasets", "services.deploy", "services.tracing"):
+    for service in ("services.datasets", "services.deploy", "services.tracing", "services.eval"):
         migrate = subprocess.run(
             [sys.executable, "-m", service, "migrate", "upgrade"],
             env=env,
@@ -179,7 +191,7 @@ def start_suite(
         assert migrate.returncode == 0, migrate.stderr
     processes = {name: _spawn(var, name, module, env) for name, module in MODULES.items()}
     suite = Suite(f"http://127.0.0.1:{gateway_port}", env, var, database_url, processes)
-    suite.secrets_seen |= {env["TUNELAB_INTERNAL_TOKEN"], JWT_SECRET, KEK}
+    suite.secrets_seen |= {env["TUNELAB_INTERNAL_TOKEN"], JWT_SECRET, KEK, EVAL_KEK}
     if ready_within(suite.url, 30, processes.values()):
         return suite
     suite.stop()
@@ -217,9 +229,10 @@ def suite_on(
     """A whole suite on `backend` ("sqlite" or "postgresql"), stopped afterwards."""
     var = tmp_path_factory.mktemp(f"var-{backend}")
     if backend == "postgresql":
-        urls = [pg.fresh(None) for _ in range(3)]
+        urls = [pg.fresh(None) for _ in range(4)]
     else:
-        urls = [f"sqlite:///{var / name}.db" for name in ("datasets", "deploy", "tracing")]
+        names = ("datasets", "deploy", "tracing", "eval")
+        urls = [f"sqlite:///{var / name}.db" for name in names]
     running = start_suite(var, *urls, **extra_env)
     try:
         yield running

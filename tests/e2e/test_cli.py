@@ -31,7 +31,7 @@ def test_dev_launcher_token_upload_list_link_and_ctrl_c(tmp_path: Path) -> None:
         "TUNELAB_URL": f"http://127.0.0.1:{port}",
         **{
             f"TUNELAB_{service.upper()}_{kind}_ADDRESS": f"127.0.0.1:{free_port()}"
-            for service in ("datasets", "deploy", "tracing")
+            for service in ("datasets", "deploy", "tracing", "eval")
             for kind in ("GRPC", "METRICS")
         },
     }

@@ -391,7 +391,12 @@ def test_probes_metrics_and_openapi(suite: Suite) -> None:
     ready = httpx.get(f"{suite.url}/readyz").json()
     assert ready == {
         "status": "ready",
-        "checks": {"datasets": "SERVING", "deploy": "SERVING", "tracing": "SERVING"},
+        "checks": {
+            "datasets": "SERVING",
+            "deploy": "SERVING",
+            "tracing": "SERVING",
+            "eval": "SERVING",
+        },
     }
     metrics = httpx.get(f"{suite.url}/metrics").text
     assert 'route="/v1/dataset-downloads/{token}"' in metrics

@@ -51,7 +51,7 @@ class Dev:
             "TUNELAB_DEPLOY_SUPERVISE_INTERVAL_SECONDS": "0.5",
             **{
                 f"TUNELAB_{service.upper()}_{kind}_ADDRESS": f"127.0.0.1:{free_port()}"
-                for service in ("datasets", "deploy", "tracing")
+                for service in ("datasets", "deploy", "tracing", "eval")
                 for kind in ("GRPC", "METRICS")
             },
             **extra_env,

@@ -509,7 +509,9 @@ class Rule(_message.Message):
     enabled: _builtins.bool
     config_key: _builtins.str
     spans_seen: _builtins.int
-    """Following new spans: how many it saw and judged, and how far it has read."""
+    """New spans the rule has read (a span changed again is counted again), the judgments it
+    made (following and its jobs), and when it last read.
+    """
     spans_judged: _builtins.int
     @_builtins.property
     def filter(self) -> _tracing_service_pb2.SpanFilter:
