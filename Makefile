@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 
-.PHONY: setup run test pytest lint protos protos-check bench bench-tracing bench-validators fuzz load test-trl pod-lock clean
+.PHONY: setup run test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge fuzz load test-trl pod-lock clean
 
 setup: $(INSTALLED)
 
@@ -55,6 +55,12 @@ bench-tracing: setup
 ## checks written inline, and one 5 MB output through them (python -m bench validators --help).
 bench-validators: setup
 	$(BIN)/python -m bench validators
+
+## make bench-judge: the LLM judge's grades/s against the fake OpenAI endpoint answering in
+## 200 ms, at concurrency 8 and 16, beside the ideal concurrency / 0.2 s
+## (python -m bench judge --help).
+bench-judge: setup
+	$(BIN)/python -m bench judge
 
 ## make load: 50 clients for 60 s against the whole suite, the second half beside 200 slow
 ## connections; per-route p50/p99, throughput, 5xx and RSS (python -m bench load --help).

@@ -1,6 +1,7 @@
 """python -m bench: the transfer benchmark. `python -m bench tracing [--spans N]`: tracing.
 `python -m bench load`: the load test (make load). `python -m bench validators`: the eval
-service's deterministic validators (pure computation)."""
+service's deterministic validators (pure computation). `python -m bench judge`: the LLM judge's
+throughput against a fake endpoint answering in 200 ms."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ if __name__ == "__main__":
         from bench.validators import main as validators
 
         raise SystemExit(validators(sys.argv[2:]))
+    if sys.argv[1:2] == ["judge"]:
+        from bench.judge import main as judge
+
+        raise SystemExit(judge(sys.argv[2:]))
     from bench.transfer import main
 
     raise SystemExit(main())
