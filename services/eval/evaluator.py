@@ -20,6 +20,7 @@ import grpc
 
 from services.common.errors import ServiceError
 from services.common.ids import new_id
+from services.eval import metrics
 from services.eval.groundedness import offline_groundedness
 from services.eval.judgment_store import JudgmentStore
 from services.eval.plan import GroundednessSpec, JudgeSpec, Plan
@@ -83,8 +84,10 @@ class Evaluator:
         rule_id: str = "",
         rerun: bool = False,
         spans: Sequence[pb.Span] | None = None,
+        source: str = "direct",
     ) -> tuple[jpb.Judgment, bool]:
-        """The judgment, and whether it is new."""
+        """The judgment, and whether it is new. `source`: who asked (direct, rule, job), for
+        the metrics."""
         found = list(spans) if spans is not None else await self.tracing.trace(owner, trace_id)
         span = choose_span(found, span_id, trace_id)
         key = plan.key()
@@ -104,6 +107,14 @@ class Evaluator:
             if twin is None:
                 raise
             return twin, False
+        status = "complete" if judgment.status == jpb.JUDGMENT_STATUS_COMPLETE else "error"
+        metrics.JUDGMENTS.labels(source, status).inc()
+        metrics.JUDGMENT_SECONDS.labels(str(plan.judge is not None).lower()).observe(
+            judgment.duration_ms / 1000
+        )
+        for result in judgment.results:
+            if result.error:
+                metrics.CHECK_ERRORS.labels(result.kind, result.error).inc()
         await self.write_back(owner, judgment)
         return judgment, True
 
@@ -117,6 +128,7 @@ class Evaluator:
         try:
             await self.tracing.annotate(owner, judgment.trace_id, judgment.span_id, evaluation)
         except grpc.aio.AioRpcError as exc:
+            metrics.WRITE_BACK_FAILURES.inc()
             log.warning(
                 "judgment not yet written onto its span",
                 extra={"judgment_id": judgment.id, "code": exc.code().name},

@@ -83,7 +83,7 @@ class RuleWorker:
         return plan_from_config(rule.config, has_operator_judge=self.has_operator_judge)
 
     async def _judge_all(
-        self, rule: StoredRule, plan: Plan, spans: Sequence[pb.Span], rerun: bool
+        self, rule: StoredRule, plan: Plan, spans: Sequence[pb.Span], rerun: bool, source: str
     ) -> tuple[int, int]:
         """Judge spans (already sampled and new); (judged, failed)."""
 
@@ -91,7 +91,13 @@ class RuleWorker:
             async with self.limit:
                 try:
                     _, created = await self.evaluator.evaluate(
-                        rule.owner, span.trace_id, span.span_id, plan, rule_id=rule.id, rerun=rerun
+                        rule.owner,
+                        span.trace_id,
+                        span.span_id,
+                        plan,
+                        rule_id=rule.id,
+                        rerun=rerun,
+                        source=source,
                     )
                     return created
                 except ServiceError as exc:
@@ -132,7 +138,7 @@ class RuleWorker:
             rule.owner, rule.config_key, [(s.trace_id, s.span_id) for s in wanted]
         )
         todo = [s for s in wanted if (s.trace_id, s.span_id) not in done]
-        judged, _ = await self._judge_all(rule, plan, todo, rerun=False)
+        judged, _ = await self._judge_all(rule, plan, todo, rerun=False, source="rule")
         if changes.cursor != rule.cursor or judged:
             await self.rules.advance(rule.id, changes.cursor, len(unique), self.clock())
         return not changes.caught_up and bool(changes.spans)
@@ -211,7 +217,7 @@ class RuleWorker:
                 owner, rule.config_key, [(s.trace_id, s.span_id) for s in wanted], since=since
             )
             todo = [s for s in wanted if (s.trace_id, s.span_id) not in done]
-            judged, failed = await self._judge_all(rule, plan, todo, rerun=row.rerun)
+            judged, failed = await self._judge_all(rule, plan, todo, rerun=row.rerun, source="job")
             state = await self.rules.job_progress(
                 job_id,
                 next_token or token,

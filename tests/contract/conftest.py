@@ -16,7 +16,7 @@ from services.common.identity import USER_KEY
 from services.common.server import start
 from services.datasets.service import server_spec
 from services.datasets.settings import DatasetsSettings
-from tests.conftest import INTERNAL_TOKEN, new_user
+from tests.conftest import INTERNAL_TOKEN, PgDatabases, new_user
 from tunelab.datasets.v1 import datasets_service_pb2 as api
 from tunelab.datasets.v1 import datasets_service_pb2_grpc as api_grpc
 
@@ -102,3 +102,11 @@ async def rpc_error(awaitable: object) -> grpc.aio.AioRpcError:
     except grpc.aio.AioRpcError as exc:
         return exc
     raise AssertionError("the call succeeded; an error was expected")
+
+
+@pytest.fixture
+def eval_urls(backend: str, tmp_path: Path, pg: PgDatabases) -> tuple[str, str]:
+    """Fresh, empty databases for a tracing and an eval service, on the test's backend."""
+    if backend == "postgresql":
+        return pg.fresh(None), pg.fresh(None)
+    return f"sqlite:///{tmp_path / 'tracing.db'}", f"sqlite:///{tmp_path / 'eval.db'}"

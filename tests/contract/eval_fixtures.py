@@ -4,14 +4,17 @@ each on its own fresh database of the test's backend."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 
+from services.common.client import open_channel
 from services.common.db import Database
 from services.common.identity import USER_KEY
 from services.common.server import RunningServer, start
@@ -84,7 +87,25 @@ class Suite:
     eval_db: Database
     settings: EvalSettings
     running: RunningServer
+    eval_url: str
+    tracing_address: str
+    eval_channel: grpc.aio.Channel
+    overrides: dict[str, Any]
     user: str = field(default_factory=new_user)
+
+    async def stop_eval(self) -> None:
+        await self.eval_channel.close()
+        await self.running.stop()
+        await self.eval_db.close()
+
+    async def restart_eval(self) -> None:
+        """Stop the eval service and start it again on the same database."""
+        await self.stop_eval()
+        self.running, self.eval_db, self.settings = await start_eval(
+            self.eval_url, self.tracing_address, **self.overrides
+        )
+        self.eval_channel = open_channel(f"127.0.0.1:{self.running.port}", INTERNAL_TOKEN)
+        self.eval = api_grpc.EvalServiceStub(self.eval_channel)
 
     def as_(self, user: str | None = None) -> tuple[tuple[str, bytes], ...]:
         return ((USER_KEY, (user or self.user).encode()),)
@@ -110,6 +131,32 @@ class Suite:
                 return node.span
             stack.extend(node.children)
         raise AssertionError(f"no span {span_id} in {trace_id}")
+
+
+@contextlib.asynccontextmanager
+async def eval_suite(urls: tuple[str, str], **overrides: Any) -> AsyncIterator[Suite]:
+    """A tracing and an eval service on the two databases (`overrides`: EvalSettings)."""
+    tracing_url, eval_url = urls
+    async for _tracing, tracing_address in serve_tracing(tracing_url):
+        running, db, settings = await start_eval(eval_url, tracing_address, **overrides)
+        eval_channel = open_channel(f"127.0.0.1:{running.port}", INTERNAL_TOKEN)
+        tracing_channel = open_channel(tracing_address, INTERNAL_TOKEN)
+        made = Suite(
+            api_grpc.EvalServiceStub(eval_channel),
+            tapi_grpc.TracingServiceStub(tracing_channel),
+            db,
+            settings,
+            running,
+            eval_url,
+            tracing_address,
+            eval_channel,
+            overrides,
+        )
+        try:
+            yield made
+        finally:
+            await tracing_channel.close()
+            await made.stop_eval()
 
 
 async def serve_tracing(url: str) -> AsyncIterator[tuple[RunningServer, str]]:

@@ -8,77 +8,29 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import json_format
 from sqlalchemy import func, select
 
-from services.common.client import open_channel
 from services.eval.housekeeping import Housekeeping
 from services.eval.models import JudgmentRow
 from services.eval.rules import sampled
-from tests.conftest import INTERNAL_TOKEN, PgDatabases, new_user
+from tests.conftest import INTERNAL_TOKEN, new_user
 from tests.contract.conftest import rpc_error
-from tests.contract.eval_fixtures import T0, Suite, serve_tracing, span, start_eval
+from tests.contract.eval_fixtures import T0, Suite, eval_suite, span
 from tunelab.eval.v1 import eval_service_pb2 as api
-from tunelab.eval.v1 import eval_service_pb2_grpc as api_grpc
 from tunelab.tracing.v1 import spans_pb2 as pb
 from tunelab.tracing.v1 import tracing_service_pb2 as tapi
-from tunelab.tracing.v1 import tracing_service_pb2_grpc as tapi_grpc
 
 VALIDATORS = [{"kind": "contains", "params": {"value": "ok"}}]
 
 
 @pytest.fixture
-def urls(backend: str, tmp_path: Path, pg: PgDatabases) -> tuple[str, str]:
-    if backend == "postgresql":
-        return pg.fresh(None), pg.fresh(None)
-    return f"sqlite:///{tmp_path / 'tracing.db'}", f"sqlite:///{tmp_path / 'eval.db'}"
-
-
-class Restartable(Suite):
-    """A suite whose eval service can be stopped and started again on the same database."""
-
-    eval_url: str = ""
-    tracing_address: str = ""
-
-
-@pytest.fixture
-async def suite(urls: tuple[str, str]) -> AsyncIterator[Suite]:
-    tracing_url, eval_url = urls
-    async for _tracing, tracing_address in serve_tracing(tracing_url):
-        running, db, settings = await start_eval(eval_url, tracing_address)
-        tracing_channel = open_channel(tracing_address, INTERNAL_TOKEN)
-        eval_channel = open_channel(f"127.0.0.1:{running.port}", INTERNAL_TOKEN)
-        made = Suite(
-            api_grpc.EvalServiceStub(eval_channel),
-            tapi_grpc.TracingServiceStub(tracing_channel),
-            db,
-            settings,
-            running,
-        )
-        made.__dict__["restart_parts"] = (eval_url, tracing_address, eval_channel)
-        try:
-            yield made
-        finally:
-            await made.__dict__["restart_parts"][2].close()
-            await tracing_channel.close()
-            await made.running.stop()
-            await made.eval_db.close()
-
-
-async def restart_eval(suite: Suite) -> None:
-    eval_url, tracing_address, channel = suite.__dict__["restart_parts"]
-    await channel.close()
-    await suite.running.stop()
-    await suite.eval_db.close()
-    running, db, settings = await start_eval(eval_url, tracing_address)
-    channel = open_channel(f"127.0.0.1:{running.port}", INTERNAL_TOKEN)
-    suite.eval = api_grpc.EvalServiceStub(channel)
-    suite.running, suite.eval_db, suite.settings = running, db, settings
-    suite.__dict__["restart_parts"] = (eval_url, tracing_address, channel)
+async def suite(eval_urls: tuple[str, str]) -> AsyncIterator[Suite]:
+    async with eval_suite(eval_urls) as running:
+        yield running
 
 
 def traces(prefix: str, count: int, start: int = 0) -> list[pb.Span]:
@@ -130,7 +82,7 @@ async def test_a_sampled_rule_judges_its_share_of_new_traces_once_across_a_resta
         return len(await judgments(suite)) >= 40
 
     await until(judged_some)
-    await restart_eval(suite)
+    await suite.restart_eval()
     second = traces("t", 300, start=300)
     await suite.ingest(second)
     wanted |= {s.trace_id for s in second if sampled(rule.id, s.trace_id, 0.5)}
@@ -210,7 +162,7 @@ async def test_a_job_over_history_reports_progress_and_resumes_after_cancel(suit
     await asyncio.sleep(0.5)
     stopped_at = (await get()).spans_read
     assert stopped_at < 400
-    await restart_eval(suite)
+    await suite.restart_eval()
     resumed = (
         await suite.eval.ResumeRuleJob(
             api.ResumeRuleJobRequest(rule_id=rule.id, job_id=job.id), metadata=suite.as_()
@@ -305,7 +257,7 @@ async def test_judgments_of_deleted_traces_are_kept_and_flagged(suite: Suite) ->
     from services.eval.judgment_store import JudgmentStore
     from services.eval.tracing import TracingClient
 
-    tracing = TracingClient(suite.__dict__["restart_parts"][1], INTERNAL_TOKEN)
+    tracing = TracingClient(suite.tracing_address, INTERNAL_TOKEN)
     try:
         store = JudgmentStore(suite.eval_db)
         evaluator = Evaluator(tracing, store, None, lambda: T0)  # type: ignore[arg-type]

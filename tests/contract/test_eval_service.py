@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -15,16 +14,14 @@ import pytest
 from google.protobuf import json_format
 from sqlalchemy import func, select
 
-from services.common.client import open_channel
 from services.eval.models import JudgeKeyRow, JudgmentRow
-from tests.conftest import INTERNAL_TOKEN, PgDatabases, new_user
+from tests.conftest import new_user
 from tests.contract.conftest import rpc_error
-from tests.contract.eval_fixtures import Suite, rag_trace, serve_tracing, span, start_eval
+from tests.contract.eval_fixtures import Suite, eval_suite, rag_trace, span
+from tests.fakes.openai_chat import FakeOpenAIChat, Reply
 from tunelab.eval.v1 import eval_service_pb2 as api
-from tunelab.eval.v1 import eval_service_pb2_grpc as api_grpc
 from tunelab.eval.v1 import judgments_pb2 as jpb
 from tunelab.tracing.v1 import tracing_service_pb2 as tapi
-from tunelab.tracing.v1 import tracing_service_pb2_grpc as tapi_grpc
 
 DOCS = [
     "The Eiffel Tower is in Paris, France. It was completed in 1889.",
@@ -32,36 +29,13 @@ DOCS = [
 ]
 GROUNDED = "The Eiffel Tower is in Paris. It was completed in 1889."
 UNGROUNDED = "The Eiffel Tower is in Rome. It was built by the Romans in 300 BC."
+JUDGE_KEY = "sk-contract-judge-" + "J" * 32
 
 
 @pytest.fixture
-def urls(backend: str, tmp_path: Path, pg: PgDatabases) -> tuple[str, str]:
-    """Fresh, empty databases for the tracing and the eval service, on the test's backend."""
-    if backend == "postgresql":
-        return pg.fresh(None), pg.fresh(None)
-    return f"sqlite:///{tmp_path / 'tracing.db'}", f"sqlite:///{tmp_path / 'eval.db'}"
-
-
-@pytest.fixture
-async def suite(urls: tuple[str, str]) -> AsyncIterator[Suite]:
-    tracing_url, eval_url = urls
-    async for _running_tracing, tracing_address in serve_tracing(tracing_url):
-        running, db, settings = await start_eval(eval_url, tracing_address)
-        eval_channel = open_channel(f"127.0.0.1:{running.port}", INTERNAL_TOKEN)
-        tracing_channel = open_channel(tracing_address, INTERNAL_TOKEN)
-        try:
-            yield Suite(
-                api_grpc.EvalServiceStub(eval_channel),
-                tapi_grpc.TracingServiceStub(tracing_channel),
-                db,
-                settings,
-                running,
-            )
-        finally:
-            await eval_channel.close()
-            await tracing_channel.close()
-            await running.stop()
-            await db.close()
+async def suite(eval_urls: tuple[str, str]) -> AsyncIterator[Suite]:
+    async with eval_suite(eval_urls) as running:
+        yield running
 
 
 CHECKS: list[dict[str, Any]] = [
@@ -392,3 +366,62 @@ async def test_validator_kinds_are_listed(suite: Suite) -> None:
     assert "regex" in kinds
     assert "pattern" in kinds["regex"].params
     assert kinds["levenshtein"].default_threshold == 0.75
+
+
+@pytest.fixture
+def fake_judge() -> Iterator[FakeOpenAIChat]:
+    fake = FakeOpenAIChat(JUDGE_KEY)
+    with fake.serve():
+        yield fake
+
+
+@pytest.fixture
+async def judged(eval_urls: tuple[str, str]) -> AsyncIterator[Suite]:
+    """A suite whose operator allows the loopback address the fake judge listens on."""
+    async with eval_suite(eval_urls, judge_allow_networks="127.0.0.1/32") as running:
+        yield running
+
+
+async def test_the_judge_grades_and_checks_claims_with_the_users_stored_key(
+    judged: Suite, fake_judge: FakeOpenAIChat, caplog: pytest.LogCaptureFixture
+) -> None:
+    await judged.ingest(rag_trace("t", UNGROUNDED, DOCS))
+    await judged.eval.SetJudgeKey(
+        api.SetJudgeKeyRequest(name="fake", api_key=JUDGE_KEY), metadata=judged.as_()
+    )
+    judge = {"base_url": fake_judge.base_url, "model": "judge-1", "key_name": "fake"}
+    fake_judge.script(
+        Reply.score(3, "Wrong city."),
+        Reply.claims(("The tower is in Rome.", False, None), ("It was built in 300 BC.", False, 1)),
+    )
+    j = (
+        await judged.evaluate(
+            trace_id="t", judge=judge, groundedness={"method": "GROUNDEDNESS_METHOD_JUDGE"}
+        )
+    ).judgment
+    fake_judge.check()
+    assert j.status == jpb.JUDGMENT_STATUS_COMPLETE
+    assert j.judge.raw_score == 3
+    assert j.judge.reasoning == "Wrong city."
+    assert j.groundedness.method == jpb.GROUNDEDNESS_METHOD_JUDGE
+    assert j.groundedness.score == 0.0
+    assert list(j.groundedness.unsupported) == ["The tower is in Rome.", "It was built in 300 BC."]
+    assert set(j.failed) == {"judge", "groundedness"}
+    by_name = {r.name: r for r in j.results}
+    assert by_name["judge"].score == pytest.approx(2 / 9)
+    assert all(r.authorization == f"Bearer {JUDGE_KEY}" for r in fake_judge.requests)
+    # The judge's call is a trace of the user's own.
+    judge_trace = await judged.tracing.GetTrace(
+        tapi.GetTraceRequest(trace_id=j.judge.judge_trace_id), metadata=judged.as_()
+    )
+    assert judge_trace.roots[0].span.model.startswith("judge-1")
+    assert JUDGE_KEY not in str(j)
+    assert JUDGE_KEY not in str(judge_trace)
+    assert JUDGE_KEY not in caplog.text
+
+    # A key name the user has not stored is a failed judgment that says so; nothing is sent.
+    fake_judge.reset()
+    missing = (await judged.evaluate(trace_id="t", judge={**judge, "key_name": "absent"})).judgment
+    assert missing.status == jpb.JUDGMENT_STATUS_ERROR
+    assert missing.results[0].error == "no_key"
+    assert not fake_judge.requests
