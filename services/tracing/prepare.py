@@ -42,14 +42,15 @@ class Existing:
     updated_at: datetime
 
 
-# The columns of `Prepared.inserts`, in order.
-INSERT_COLUMNS = (*spans.ROW_COLUMNS, "owner", "updated_at", "received_at")
+# The columns of `Prepared.inserts`, in order. Not `updated_at`: the store stamps it when it
+# writes (see SpanStore._ingest).
+INSERT_COLUMNS = (*spans.ROW_COLUMNS, "owner", "received_at")
 
 
 @dataclass
 class Prepared:
     """Rows to write: new spans (INSERT_COLUMNS), and stored spans that parts changed (by
-    column name, `row_id` their id)."""
+    column name, `row_id` their id); `updated_at` is the writer's to add."""
 
     inserts: list[tuple[Any, ...]] = field(default_factory=list)
     insert_tags: list[list[str]] = field(default_factory=list)
@@ -130,10 +131,10 @@ def prepare(
             )
             continue
         if existing is None:
-            out.inserts.append((*cols.values, owner, now, now))
+            out.inserts.append((*cols.values, owner, now))
             out.insert_tags.append(cols.tags)
         else:
             values = dict(zip(spans.ROW_COLUMNS, cols.values, strict=True))
-            out.updates.append({**values, "owner": owner, "updated_at": now, "row_id": existing.id})
+            out.updates.append({**values, "owner": owner, "row_id": existing.id})
             out.update_tags[existing.id] = cols.tags
     return out

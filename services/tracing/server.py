@@ -61,7 +61,7 @@ class TracingServicer(api_grpc.TracingServiceServicer):
                 f"a batch holds at most {self.settings.max_batch_spans} spans; "
                 f"this one holds {len(batch)}: split it",
             )
-        refused = await self.store.ingest(owner, batch, offset, self.clock())
+        refused = await self.store.ingest(owner, batch, offset, self.clock)
         refused.sort(key=lambda r: r.index)
         return len(batch) - len(refused), list(_rejections(refused))
 
@@ -116,7 +116,7 @@ class TracingServicer(api_grpc.TracingServiceServicer):
         except spans.Invalid as exc:
             raise invalid_argument(exc.field, exc.reason) from None
         span = await self.store.annotate(
-            owner, request.trace_id, request.span_id, request.evaluation, self.clock()
+            owner, request.trace_id, request.span_id, request.evaluation, self.clock
         )
         return api.AnnotateSpanResponse(span=span)
 

@@ -3,6 +3,9 @@
 Ingest reads the stored versions of a batch's spans in one query, merges and completes them in
 memory, and writes the batch back with one bulk insert and one bulk update, so that a batch of a
 thousand spans costs a handful of statements, not thousands.
+
+Every write stamps `updated_at` inside its transaction, as late as it can; readers that follow
+changes (`span_changes`) rely on it.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -50,6 +53,8 @@ MAX_TRACE_BYTES = 12 * 1024**2
 MERGE_ATTEMPTS = 8
 _jitter = random.SystemRandom()
 DELETE_BATCH = 5_000
+_TICK = timedelta(microseconds=1)  # the finest time both databases store
+Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)
@@ -68,12 +73,13 @@ class SpanStore:
         self.preparer = preparer
 
     async def ingest(
-        self, owner: str, batch: Sequence[pb.Span], offset: int, now: datetime
+        self, owner: str, batch: Sequence[pb.Span], offset: int, clock: Clock
     ) -> list[Rejected]:
         """Store a batch's spans (numbered from `offset`); returns the parts refused, with why."""
+        now = clock()
         for attempt in range(MERGE_ATTEMPTS):
             try:
-                return await self._ingest(owner, batch, offset, now)
+                return await self._ingest(owner, batch, offset, now, clock)
             except ServiceError as exc:
                 # Another batch added or changed one of these spans meanwhile: merge again,
                 # after a random pause so that contenders fall out of step.
@@ -83,7 +89,7 @@ class SpanStore:
         raise AssertionError("unreachable")
 
     async def _ingest(
-        self, owner: str, batch: Sequence[pb.Span], offset: int, now: datetime
+        self, owner: str, batch: Sequence[pb.Span], offset: int, now: datetime, clock: Clock
     ) -> list[Rejected]:
         """Read what is stored, prepare the rows with no transaction open (the CPU work would
         hold SQLite's write lock), then write in one short transaction that first checks
@@ -104,16 +110,26 @@ class SpanStore:
         async with self.db.session(write=True) as session:
             if found:
                 await _unchanged_since_read(session, found.values())
+            # Stamped here, not when the request came in (before the CPU-heavy prepare step):
+            # a follower of changes holds back only the last few seconds of stamps, so a stamp
+            # must not lag its commit. SQLite's write lock is held from BEGIN IMMEDIATE to
+            # COMMIT, so there stamp order is commit order; on PostgreSQL the gap is this short
+            # write, after the row locks above are taken. Later than every stamp read, so that
+            # a change always changes updated_at (what _unchanged_since_read compares), even
+            # when the clock stands still or steps back.
+            stamp = _later(clock(), found.values())
             if rows.inserts:
                 ids = await insert_rows(
                     session,
                     SPANS,
-                    prepare.INSERT_COLUMNS,
-                    rows.inserts,
+                    (*prepare.INSERT_COLUMNS, "updated_at"),
+                    [(*row, stamp) for row in rows.inserts],
                     key=("trace_id", "span_id"),
                 )
                 await _add_tags(session, owner, zip(ids, rows.insert_tags, strict=True))
             if rows.updates:
+                for values in rows.updates:
+                    values["updated_at"] = stamp
                 await session.execute(
                     update(SPANS).where(SPANS.c.id == bindparam("row_id")), rows.updates
                 )
@@ -206,7 +222,7 @@ class SpanStore:
         return Page(found, Cursor(last.start_time, last.id, scope) if more and last else None)
 
     async def annotate(
-        self, owner: str, trace_id: str, span_id: str, evaluation: pb.Evaluation, now: datetime
+        self, owner: str, trace_id: str, span_id: str, evaluation: pb.Evaluation, clock: Clock
     ) -> pb.Span:
         async with self.db.session(write=True) as session:
             row = await session.scalar(
@@ -220,6 +236,7 @@ class SpanStore:
             )
             if row is None:
                 raise not_found("span", f"{trace_id}/{span_id}")
+            now = clock()
             span = spans.received(spans.parse_body(row.body))
             span.evaluation.MergeFrom(evaluation)
             if not evaluation.HasField("evaluated_at"):
@@ -229,7 +246,8 @@ class SpanStore:
             cols = spans.stored_form(span)
             for name, value in zip(spans.ROW_COLUMNS, cols.values, strict=True):
                 setattr(row, name, value)
-            row.updated_at = now
+            # Stamped with the row locked (on SQLite, the write lock held), as ingest does.
+            row.updated_at = _later(now, [row])
             return spans.parse_body(row.body)
 
     async def delete_before(self, owner: str, before: datetime) -> int:
@@ -249,6 +267,11 @@ class SpanStore:
                 await session.execute(delete(SpanTagRow).where(SpanTagRow.span_row_id.in_(ids)))
                 await session.execute(delete(SpanRow).where(SpanRow.id.in_(ids)))
             deleted += len(ids)
+
+
+def _later(now: datetime, read: Iterable[Existing | SpanRow]) -> datetime:
+    """`now`, or just after the latest of these rows' stamps when that is later."""
+    return max([now, *(row.updated_at + _TICK for row in read)])
 
 
 async def _unchanged_since_read(session: AsyncSession, read: Collection[Existing]) -> None:
