@@ -27,6 +27,7 @@ from services.eval.plan import GroundednessSpec, JudgeSpec, Plan
 from services.eval.subjects import Judged, choose_span, judged
 from services.eval.tracing import TracingClient
 from services.eval.validators import evaluate
+from services.eval.validators.metrics import FIELDS as SPAN_FIELD_KINDS
 from tunelab.eval.v1 import judgments_pb2 as jpb
 from tunelab.tracing.v1 import spans_pb2 as pb
 
@@ -47,11 +48,12 @@ class JudgeRunner(Protocol):
 
 
 def failed_check(
-    name: str, error: str, reason: str, weight: float, threshold: float
+    name: str, error: str, reason: str, weight: float, threshold: float, *, kind: str = ""
 ) -> jpb.CheckResult:
+    """A check that produced no score: failed, scoring 0, `error` saying why."""
     return jpb.CheckResult(
         name=name,
-        kind=name,
+        kind=kind or name,
         passed=False,
         score=0.0,
         reason=reason,
@@ -153,22 +155,37 @@ class Evaluator:
         )
         judgment.created_at.FromDatetime(self.clock())
         results: list[jpb.CheckResult] = []
+        has_output = span.HasField("output")
         if plan.validators:
             # CPU work (a 5 MB output takes most of a second): off the event loop.
             verdict = await asyncio.to_thread(evaluate, plan.validators, subject.subject)
-            results.extend(
-                jpb.CheckResult(
-                    name=item.config.name,
-                    kind=item.config.kind,
-                    passed=item.outcome.passed,
-                    score=item.outcome.score,
-                    reason=item.outcome.reason,
-                    weight=item.config.weight,
-                    threshold=item.config.threshold,
+            for item in verdict.judged:
+                config = item.config
+                if not has_output and config.kind not in SPAN_FIELD_KINDS:
+                    # "Does not contain X" must not pass on an answer that was never recorded.
+                    results.append(
+                        failed_check(
+                            config.name,
+                            "no_output",
+                            "the span recorded no output to check",
+                            config.weight,
+                            config.threshold,
+                            kind=config.kind,
+                        )
+                    )
+                    continue
+                results.append(
+                    jpb.CheckResult(
+                        name=config.name,
+                        kind=config.kind,
+                        passed=item.outcome.passed,
+                        score=item.outcome.score,
+                        reason=item.outcome.reason,
+                        weight=config.weight,
+                        threshold=config.threshold,
+                    )
                 )
-                for item in verdict.judged
-            )
-        has_output = span.HasField("output") and bool(subject.subject.output.strip())
+        has_output = has_output and bool(subject.subject.output.strip())
         if plan.judge is not None:
             spec = plan.judge
             if not has_output:

@@ -425,3 +425,25 @@ async def test_the_judge_grades_and_checks_claims_with_the_users_stored_key(
     assert missing.status == jpb.JUDGMENT_STATUS_ERROR
     assert missing.results[0].error == "no_key"
     assert not fake_judge.requests
+
+
+async def test_a_span_with_no_output_fails_the_text_checks_instead_of_passing_them(
+    suite: Suite,
+) -> None:
+    await suite.ingest([span("silent", "s", kind="SPAN_KIND_LLM", usage={"output_tokens": 0})])
+    j = (
+        await suite.evaluate(
+            trace_id="silent",
+            validators=[
+                {"kind": "not_contains", "params": {"value": "Rome"}},
+                {"kind": "pii"},
+                {"kind": "output_tokens", "params": {"max": 10}},
+            ],
+        )
+    ).judgment
+    by_name = {r.name: r for r in j.results}
+    assert by_name["not_contains"].error == "no_output"
+    assert by_name["pii"].error == "no_output"
+    assert by_name["output_tokens"].passed  # a bound on the span's fields needs no output
+    assert j.status == jpb.JUDGMENT_STATUS_ERROR
+    assert not j.passed
