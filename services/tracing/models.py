@@ -43,6 +43,8 @@ class SpanRow(Base):
         Index(None, "owner", "session_id", "start_time"),
         Index(None, "owner", "status", "start_time"),
         Index(None, "owner", "is_root", "start_time"),
+        # Following changes (ListSpanChanges): oldest change first, a range scan from a cursor.
+        Index(None, "owner", "updated_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, doc="Row id: the list's tiebreaker.")
@@ -70,8 +72,15 @@ class SpanRow(Base):
     streaming: Mapped[bool | None] = mapped_column(Boolean)
     has_warnings: Mapped[bool] = mapped_column(Boolean)
     groundedness: Mapped[float | None] = mapped_column(Float)
+    eval_score: Mapped[float | None] = mapped_column(
+        Float, doc="The eval service's latest overall score of the span (evaluation.eval_score)."
+    )
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime,
+        doc="When the span last changed (arrived, merged, annotated), stamped inside the write "
+        "transaction: the order ListSpanChanges follows.",
+    )
     body: Mapped[str] = mapped_column(Text, doc="The whole span as JSON, sanitized.")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -21,6 +22,9 @@ from tunelab.tracing.v1 import tracing_service_pb2_grpc as api_grpc
 Context = grpc.aio.ServicerContext[object, object]
 # A stream's answer lists at most this many rejections (its accepted count says the rest).
 MAX_REJECTIONS_LISTED = 1000
+# SpanFilter's numbers: scores (0 to 1), and amounts (any finite number).
+_FILTER_SCORES = ("groundedness_below", "min_groundedness", "min_eval_score", "eval_score_below")
+_FILTER_AMOUNTS = ("min_duration_ms", "min_cost_usd")
 Clock = Callable[[], datetime]
 
 
@@ -70,6 +74,7 @@ class TracingServicer(api_grpc.TracingServiceServicer):
     ) -> api.GetAnalyticsResponse:
         if request.group_by not in api.AnalyticsGroup.values():
             raise invalid_argument("group_by", "group_by is model, provider, hour or day")
+        check_filter(request.filter)
         rows = await analytics.analytics(
             self.store.db, require_user(), request.filter, request.group_by
         )
@@ -80,6 +85,7 @@ class TracingServicer(api_grpc.TracingServiceServicer):
     ) -> AsyncIterator[api.ExportSpansResponse]:
         if request.format not in api.ExportFormat.values():
             raise invalid_argument("format", "format is csv, json or jsonl")
+        check_filter(request.filter)
         owner = require_user()
         async for chunk in export.export(self.store.db, owner, request.filter, request.format):
             yield api.ExportSpansResponse(data=chunk)
@@ -87,6 +93,7 @@ class TracingServicer(api_grpc.TracingServiceServicer):
     async def ListSpans(
         self, request: api.ListSpansRequest, context: Context
     ) -> api.ListSpansResponse:
+        check_filter(request.filter)
         found = await self.store.list_spans(
             require_user(), request.filter, page_size(request.page_size), request.page_token
         )
@@ -128,6 +135,16 @@ class TracingServicer(api_grpc.TracingServiceServicer):
             raise invalid_argument("started_before", "started_before is required")
         before = request.started_before.ToDatetime(tzinfo=UTC)
         return api.DeleteSpansResponse(deleted=await self.store.delete_before(owner, before))
+
+
+def check_filter(where: api.SpanFilter) -> None:
+    """INVALID_ARGUMENT naming the first number of the filter that cannot be compared."""
+    for field, value in where.ListFields():
+        name = field.name
+        if name in _FILTER_SCORES and not 0 <= value <= 1:  # NaN too
+            raise invalid_argument(f"filter.{name}", f"{name} must be a number from 0 to 1")
+        if name in _FILTER_AMOUNTS and not math.isfinite(value):
+            raise invalid_argument(f"filter.{name}", f"{name} must be a finite number")
 
 
 def tree(found: Iterable[pb.Span]) -> list[pb.SpanNode]:

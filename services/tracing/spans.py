@@ -29,6 +29,7 @@ MAX_SPAN_BYTES = 1024**2
 MAX_TAGS = 32
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _HEX_ID = re.compile(r"[0-9a-fA-F._:-]+")
+_JUDGMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _EARLIEST = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp())
 _TIME_SLACK = 86_400  # a producer's clock a day ahead is still believed
 # The longest text each column may hold, by the message that holds it ("" is the span).
@@ -147,9 +148,16 @@ def _check_fields(part: str, message: Message, latest: int) -> None:
         elif name == "message_position":
             if value < 1:
                 raise Invalid(f"{part}.{name}", "message_position counts from 1")
-        elif name == "groundedness_score":
-            if not 0 <= value <= 1:
-                raise Invalid(f"{part}.{name}", "groundedness_score must be 0 to 1")
+        elif name in ("groundedness_score", "eval_score"):
+            if not 0 <= value <= 1:  # NaN too
+                raise Invalid(f"{part}.{name}", f"{name} must be 0 to 1")
+        elif name == "judgment_id":
+            if not _JUDGMENT_ID.fullmatch(value):
+                raise Invalid(
+                    f"{part}.{name}", "judgment_id must be 1 to 64 characters of A-Z a-z 0-9 _ -"
+                )
+            if sanitize_text(value) != value:
+                raise Invalid(f"{part}.{name}", "judgment_id looks like a credential")
         elif name == "scores":
             for key, score in value.items():
                 if not 0 <= score <= 1:
@@ -256,7 +264,7 @@ ROW_COLUMNS = (
     "trace_id", "span_id", "parent_span_id", "is_root", "name", "kind", "status", "model",
     "provider", "error_category", "session_id", "start_time", "end_time", "duration_ms",
     "ttft_ms", "tokens_per_second", "input_tokens", "output_tokens", "cache_read_tokens",
-    "cost_usd", "streaming", "has_warnings", "groundedness", "body",
+    "cost_usd", "streaming", "has_warnings", "groundedness", "eval_score", "body",
 )  # fmt: skip
 
 
@@ -310,6 +318,7 @@ def stored_form(span: pb.Span) -> Columns:
             opt(span.streaming, "enabled"),
             bool(span.flags.warnings),
             opt(span.evaluation, "groundedness_score"),
+            opt(span.evaluation, "eval_score"),
             body,
         ),
         data.get("tags", []),

@@ -325,6 +325,12 @@ def conditions(owner: str, where: api.SpanFilter) -> list[ColumnElement[bool]]:
         found.append(SpanRow.streaming == where.streaming)
     if where.HasField("groundedness_below"):
         found.append(SpanRow.groundedness < where.groundedness_below)
+    if where.HasField("min_groundedness"):
+        found.append(SpanRow.groundedness >= where.min_groundedness)
+    if where.HasField("min_eval_score"):
+        found.append(SpanRow.eval_score >= where.min_eval_score)
+    if where.HasField("eval_score_below"):
+        found.append(SpanRow.eval_score < where.eval_score_below)
     if where.roots_only:
         found.append(SpanRow.is_root.is_(True))
     return found

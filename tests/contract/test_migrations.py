@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import Connection, inspect, select, text
 
 from services.common.db import Database
 from services.common.migrations import Migrations
@@ -20,6 +21,10 @@ from services.deploy import models as deploy_models
 from services.deploy import service as deploy_service
 from services.tracing import models as tracing_models
 from services.tracing import service as tracing_service
+from services.tracing.prices import PriceTable
+from services.tracing.store import SpanStore
+from services.tracing.workers import Preparer
+from tunelab.tracing.v1 import spans_pb2 as pb
 
 
 def tables(conn: Connection) -> set[str]:
@@ -129,5 +134,40 @@ async def test_rows_survive_a_downgrade_and_upgrade(empty_db_url: str) -> None:
         assert await store.get_dataset("alice", dataset.id) == dataset
         tokens = await store.list_tokens("alice", dataset.id, 10, "")
         assert tokens.items == [minted.token]
+    finally:
+        await db.close()
+
+
+async def test_tracing_spans_and_tags_survive_a_downgrade_and_upgrade(empty_db_url: str) -> None:
+    """0002's downgrade drops a column of `spans`: on SQLite that must not copy the table, whose
+    old copy's DROP would delete every span's tags (ON DELETE CASCADE)."""
+    db = Database(empty_db_url)
+    store = SpanStore(db, PriceTable.load(None), Preparer(PriceTable.load(None), 0))
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    stamp = Timestamp()
+    stamp.FromDatetime(now)
+    scored = pb.Span(
+        trace_id="t",
+        span_id="s",
+        timing=pb.Timing(start_time=stamp),
+        tags=["prod", "exp-1"],
+        evaluation=pb.Evaluation(eval_score=0.5),
+    )
+    try:
+        await tracing_service.MIGRATIONS.upgrade(db)
+        assert await store.ingest("alice", [scored], 0, lambda: now) == []
+        await tracing_service.MIGRATIONS.downgrade(db, "0001")
+        async with db.engine.connect() as conn:
+            columns = await conn.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("spans")}
+            )
+            assert "eval_score" not in columns
+            assert (await conn.execute(text("SELECT count(*) FROM span_tags"))).scalar() == 2
+        await tracing_service.MIGRATIONS.upgrade(db)
+        (kept,) = await store.trace("alice", "t")
+        assert list(kept.tags) == ["prod", "exp-1"]
+        async with db.session() as session:
+            # Not backfilled: spans stored before 0002 carry no score column value.
+            assert (await session.scalar(select(tracing_models.SpanRow.eval_score))) is None
     finally:
         await db.close()

@@ -108,6 +108,32 @@ def test_ingest_list_tree_analytics_export(suite: Suite) -> None:
     assert alice.get("/v1/traces").json()["spans"] == []
 
 
+def test_score_filters_are_query_parameters(suite: Suite) -> None:
+    client = suite.client("scores")
+    spans = [
+        chat_span("e2e-s", "good", evaluation={"groundedness_score": 0.9, "eval_score": 0.8}),
+        chat_span("e2e-s", "poor", evaluation={"groundedness_score": 0.1, "eval_score": 0.2}),
+        chat_span("e2e-s", "unscored"),
+    ]
+    assert client.post("/v1/traces/spans", json={"spans": spans}).json()["accepted"] == 3
+
+    def ids(**params: str) -> set[str]:
+        reply = client.get("/v1/traces", params=params)
+        assert reply.status_code == 200, reply.text
+        return {s["span_id"] for s in reply.json()["spans"]}
+
+    assert ids(min_groundedness="0.5") == {"good"}
+    assert ids(min_eval_score="0.5") == {"good"}
+    assert ids(eval_score_below="0.5") == {"poor"}
+    assert ids(min_groundedness="0", eval_score_below="1") == {"good", "poor"}
+    (row,) = client.get("/v1/traces/analytics", params={"min_groundedness": "0.5"}).json()["rows"]
+    assert row["count"] == "1"
+    for value in ("2", "-0.1", "NaN", "Infinity"):
+        bad = client.get("/v1/traces", params={"min_groundedness": value})
+        assert bad.status_code == 400, (value, bad.text)
+        assert "min_groundedness" in bad.json()["error"]["message"]
+
+
 def test_opentelemetry_sdk_exports_through_the_gateway(suite: Suite) -> None:
     """An app instrumented with the OpenTelemetry SDK and the GenAI conventions, exporting
     OTLP/HTTP (protobuf) to the gateway with nothing but an Authorization header."""
