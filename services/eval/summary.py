@@ -1,8 +1,5 @@
-"""The evaluation summary, computed in the database: pass rate, mean and percentile scores,
-overall or by validator, model or time bucket.
-
-Percentiles are nearest-rank, as the tracing service's analytics: PostgreSQL's percentile_disc
-aggregate; on SQLite a window function numbers the scores and the same rank is picked in SQL.
+"""The evaluation summary, computed in the database: pass rate, mean and nearest-rank
+percentile scores, overall or by validator, model or time bucket (services/common/sqlstats.py).
 """
 
 from __future__ import annotations
@@ -10,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, literal, select
+from sqlalchemy import ColumnElement, case, func, select
 
 from services.common.db import Database
 from services.common.errors import invalid_argument
+from services.common.sqlstats import no_group, percentile_columns, ranked_percentiles, time_bucket
 from services.eval.judgment_store import conditions
 from services.eval.models import CheckRow, JudgmentRow
 from tunelab.eval.v1 import eval_service_pb2 as api
@@ -62,11 +60,7 @@ async def summary(
         errors = func.sum(case((JudgmentRow.status == jpb.JUDGMENT_STATUS_ERROR, 1), else_=0))
         group = _group(db, group_by)
         base = select().select_from(JudgmentRow)
-    inline = (
-        []
-        if db.is_sqlite
-        else [func.percentile_disc(p / 100).within_group(score).label(f"p{p}") for p in PERCENTILES]
-    )
+    inline = [] if db.is_sqlite else percentile_columns(score, PERCENTILES, "p")
     totals = (
         base.add_columns(
             *inline,
@@ -94,34 +88,11 @@ async def summary(
                 else {},
             )
         if not inline:
-            for r in await session.execute(_percentiles(base, group, score, conds)):
+            ranks = ranked_percentiles(group, score, conds, PERCENTILES, base)
+            for r in await session.execute(ranks):
                 if (row := rows.get(r.grp or "")) is not None:
                     row.percentiles = {p: float(getattr(r, f"p{p}") or 0.0) for p in PERCENTILES}
     return list(rows.values())
-
-
-def _percentiles(
-    base: Select[Any],
-    group: ColumnElement[Any],
-    score: Any,
-    conds: list[ColumnElement[bool]],
-) -> Select[Any]:
-    ranked = (
-        base.add_columns(
-            group.label("grp"),
-            score.label("v"),
-            func.row_number().over(partition_by=group, order_by=score).label("rn"),
-            func.count().over(partition_by=group).label("n"),
-        )
-        .where(*conds)
-        .subquery()
-    )
-    # Nearest rank, in integers: ceil(p * n / 100) = (p * n + 99) / 100.
-    picks = [
-        func.max(case((ranked.c.rn == (p * ranked.c.n + 99) // 100, ranked.c.v))).label(f"p{p}")
-        for p in PERCENTILES
-    ]
-    return select(ranked.c.grp, *picks).group_by(ranked.c.grp)
 
 
 def _group(db: Database, group_by: api.SummaryGroup.ValueType) -> ColumnElement[Any]:
@@ -129,10 +100,5 @@ def _group(db: Database, group_by: api.SummaryGroup.ValueType) -> ColumnElement[
         return JudgmentRow.model.expression
     if group_by in (api.SUMMARY_GROUP_HOUR, api.SUMMARY_GROUP_DAY):
         hourly = group_by == api.SUMMARY_GROUP_HOUR
-        if db.is_sqlite:  # stored as naive UTC text
-            pattern = "%Y-%m-%dT%H:00:00Z" if hourly else "%Y-%m-%dT00:00:00Z"
-            return func.strftime(pattern, JudgmentRow.created_at)
-        unit = "hour" if hourly else "day"
-        utc = func.timezone("UTC", JudgmentRow.created_at)
-        return func.to_char(func.date_trunc(unit, utc), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-    return literal("")
+        return time_bucket(db.is_sqlite, JudgmentRow.created_at, hourly)
+    return no_group()

@@ -1,20 +1,15 @@
 """Analytics computed in the database: one aggregate query and one percentile query per call,
-whatever the number of spans, on PostgreSQL and SQLite alike.
-
-Percentiles are nearest-rank (the value at rank ceil(p * n) of the sorted values): PostgreSQL's
-percentile_disc aggregate in the same pass; on SQLite, which has no percentile aggregate, a
-window function numbers the values and the same rank is picked, in SQL too.
-"""
+whatever the number of spans, on PostgreSQL and SQLite alike (services/common/sqlstats.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, literal, select
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import ColumnElement, case, func, select
 
 from services.common.db import Database
+from services.common.sqlstats import no_group, percentile_columns, ranked_percentiles, time_bucket
 from services.tracing.models import SpanRow
 from services.tracing.store import conditions
 from tunelab.tracing.v1 import spans_pb2 as pb
@@ -49,9 +44,8 @@ async def analytics(
         []
         if db.is_sqlite
         else [
-            func.percentile_disc(p / 100).within_group(column).label(f"{name}{p}")
-            for name, column in (("latency", SpanRow.duration_ms), ("ttft", SpanRow.ttft_ms))
-            for p in PERCENTILES
+            *percentile_columns(SpanRow.duration_ms, PERCENTILES, "latency"),
+            *percentile_columns(SpanRow.ttft_ms, PERCENTILES, "ttft"),
         ]
     )
     totals = (
@@ -93,35 +87,12 @@ async def analytics(
             )
         windowed = [] if inline else [(SpanRow.duration_ms, "latency"), (SpanRow.ttft_ms, "ttft")]
         for column, target in windowed:
-            for r in await session.execute(_percentiles(group, conds, column)):
+            for r in await session.execute(ranked_percentiles(group, column, conds, PERCENTILES)):
                 if (row := rows.get(r.grp or "")) is not None:
                     getattr(row, target).update(
                         {p: float(getattr(r, f"p{p}") or 0.0) for p in PERCENTILES}
                     )
     return list(rows.values())
-
-
-def _percentiles(
-    group: ColumnElement[Any],
-    conds: list[ColumnElement[bool]],
-    column: InstrumentedAttribute[float | None],
-) -> Select[Any]:
-    ranked = (
-        select(
-            group.label("grp"),
-            column.label("v"),
-            func.row_number().over(partition_by=group, order_by=column).label("rn"),
-            func.count().over(partition_by=group).label("n"),
-        )
-        .where(*conds, column.is_not(None))
-        .subquery()
-    )
-    # Nearest rank, in integers: ceil(p * n / 100) = (p * n + 99) / 100.
-    picks = [
-        func.max(case((ranked.c.rn == (p * ranked.c.n + 99) // 100, ranked.c.v))).label(f"p{p}")
-        for p in PERCENTILES
-    ]
-    return select(ranked.c.grp, *picks).group_by(ranked.c.grp)
 
 
 def _group(db: Database, group_by: api.AnalyticsGroup.ValueType) -> ColumnElement[Any]:
@@ -131,10 +102,5 @@ def _group(db: Database, group_by: api.AnalyticsGroup.ValueType) -> ColumnElemen
         return SpanRow.provider.expression
     if group_by in (api.ANALYTICS_GROUP_HOUR, api.ANALYTICS_GROUP_DAY):
         hourly = group_by == api.ANALYTICS_GROUP_HOUR
-        if db.is_sqlite:  # stored as naive UTC text
-            pattern = "%Y-%m-%dT%H:00:00Z" if hourly else "%Y-%m-%dT00:00:00Z"
-            return func.strftime(pattern, SpanRow.start_time)
-        unit = "hour" if hourly else "day"
-        utc = func.timezone("UTC", SpanRow.start_time)
-        return func.to_char(func.date_trunc(unit, utc), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-    return literal("")
+        return time_bucket(db.is_sqlite, SpanRow.start_time, hourly)
+    return no_group()
