@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
@@ -22,6 +22,8 @@ from tunelab.tracing.v1 import tracing_service_pb2_grpc as api_grpc
 Context = grpc.aio.ServicerContext[object, object]
 # A stream's answer lists at most this many rejections (its accepted count says the rest).
 MAX_REJECTIONS_LISTED = 1000
+MAX_FIND_TRACES = 1000
+CHANGES_PAGE_SIZE, MAX_CHANGES_PAGE_SIZE = 100, 1000
 # SpanFilter's numbers: scores (0 to 1), and amounts (any finite number).
 _FILTER_SCORES = ("groundedness_below", "min_groundedness", "min_eval_score", "eval_score_below")
 _FILTER_AMOUNTS = ("min_duration_ms", "min_cost_usd")
@@ -99,6 +101,32 @@ class TracingServicer(api_grpc.TracingServiceServicer):
         )
         return api.ListSpansResponse(
             spans=[s.span for s in found.items], next_page_token=found.next_page_token
+        )
+
+    async def ListSpanChanges(
+        self, request: api.ListSpanChangesRequest, context: Context
+    ) -> api.ListSpanChangesResponse:
+        owner = require_user()
+        check_filter(request.filter)
+        size = page_size(request.page_size, CHANGES_PAGE_SIZE, MAX_CHANGES_PAGE_SIZE)
+        settled = self.clock() - timedelta(seconds=self.settings.follow_settle_seconds)
+        found = await self.store.span_changes(owner, request.filter, size, request.cursor, settled)
+        return api.ListSpanChangesResponse(
+            spans=found.spans, next_cursor=found.cursor, caught_up=found.caught_up
+        )
+
+    async def FindTraces(
+        self, request: api.FindTracesRequest, context: Context
+    ) -> api.FindTracesResponse:
+        owner = require_user()
+        if len(request.trace_ids) > MAX_FIND_TRACES:
+            raise invalid_argument(
+                "trace_ids",
+                f"at most {MAX_FIND_TRACES} trace_ids at a time; this request holds "
+                f"{len(request.trace_ids)}: split it",
+            )
+        return api.FindTracesResponse(
+            trace_ids=await self.store.find_traces(owner, request.trace_ids)
         )
 
     async def GetTrace(

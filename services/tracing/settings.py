@@ -25,6 +25,13 @@ class TracingSettings(CommonSettings):
         "dollars per million tokens: added to (or overriding) the built-in price table.",
     )
     max_batch_spans: int = Field(1000, gt=0, le=10_000)
+    follow_settle_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="ListSpanChanges holds back spans changed more recently than this: a write "
+        "stamped earlier may still be committing, and a follower that passed it would skip it.",
+    )
     ingest_workers: int | None = Field(
         None,
         ge=0,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import grpc
 from sqlalchemy import (
     ARRAY,
+    BindParameter,
     ColumnElement,
     Select,
     String,
@@ -53,6 +55,8 @@ MAX_TRACE_BYTES = 12 * 1024**2
 MERGE_ATTEMPTS = 8
 _jitter = random.SystemRandom()
 DELETE_BATCH = 5_000
+# Where following changes starts: before every span.
+_BEGINNING = (datetime(1970, 1, 1, tzinfo=UTC), 0)
 _TICK = timedelta(microseconds=1)  # the finest time both databases store
 Clock = Callable[[], datetime]
 
@@ -64,6 +68,15 @@ class Stored:
     id: str
     start_time: datetime
     span: pb.Span
+
+
+@dataclass(frozen=True)
+class Changes:
+    """A page of changed spans, the cursor after them, and whether no settled change is left."""
+
+    spans: list[pb.Span]
+    cursor: str
+    caught_up: bool
 
 
 class SpanStore:
@@ -193,10 +206,7 @@ class SpanStore:
     async def list_spans(
         self, owner: str, where: api.SpanFilter, size: int, page_token: str
     ) -> Page[Stored]:
-        # The filter is part of the scope (a token is refused under another filter), hashed:
-        # page tokens stay short whatever the filter holds.
-        digest = hashlib.sha256(where.SerializeToString(deterministic=True)).hexdigest()[:16]
-        scope = f"spans:{digest}"
+        scope = f"spans:{_digest(where)}"
         after = Cursor.decode(page_token, scope)
         query = select(SpanRow.id, SpanRow.start_time, SpanRow.body).where(
             *conditions(owner, where)
@@ -208,18 +218,69 @@ class SpanStore:
         query = query.order_by(SpanRow.start_time.desc(), SpanRow.id.desc()).limit(size + 1)
         async with self.db.session() as session:
             rows = (await session.execute(query)).all()
-        # A page must fit in one gRPC answer whatever its spans weigh: cut it short by bytes.
-        kept: list[Any] = []
-        weight = 0
-        for row in rows[:size]:
-            weight += len(row.body)
-            if kept and weight > MAX_PAGE_BYTES:
-                break
-            kept.append(row)
+        kept = _fitting(rows[:size])
         found = [Stored(str(r.id), r.start_time, spans.parse_body(r.body)) for r in kept]
         more = len(rows) > len(kept)
         last = found[-1] if found else None
         return Page(found, Cursor(last.start_time, last.id, scope) if more and last else None)
+
+    async def span_changes(
+        self, owner: str, where: api.SpanFilter, size: int, cursor: str, settled: datetime
+    ) -> Changes:
+        """The owner's matching spans in the order they last changed, after `cursor`, of those
+        changed no later than `settled` (the later ones may have writes of their moment still
+        to commit, with earlier stamps)."""
+        scope = f"span-changes:{_digest(where)}"
+        after = _change_cursor(cursor, scope)
+        position = tuple_(SpanRow.updated_at, SpanRow.id)
+        async with self.db.session() as session:
+            # The owner's last settled change, matching or not: when every match up to it fits
+            # in this page, the next call starts after it (not after the last match), and does
+            # not scan the same unmatched changes again.
+            last = (
+                await session.execute(
+                    select(SpanRow.updated_at, SpanRow.id)
+                    .where(SpanRow.owner == owner, SpanRow.updated_at <= settled)
+                    .order_by(SpanRow.updated_at.desc(), SpanRow.id.desc())
+                    .limit(1)
+                )
+            ).first()
+            if last is None or (after is not None and (last.updated_at, last.id) <= after):
+                return Changes([], _encode(after or _BEGINNING, scope), caught_up=True)
+            end: tuple[datetime, int] = (last.updated_at, last.id)
+            query = select(SpanRow.id, SpanRow.updated_at, SpanRow.body).where(
+                *conditions(owner, where), position <= end
+            )
+            if after is not None:
+                query = query.where(position > after)
+            query = query.order_by(SpanRow.updated_at, SpanRow.id).limit(size + 1)
+            rows = (await session.execute(query)).all()
+        kept = _fitting(rows[:size])
+        more = len(rows) > len(kept)
+        if more:
+            end = (kept[-1].updated_at, kept[-1].id)
+        found = [spans.parse_body(r.body) for r in kept]
+        return Changes(found, _encode(end, scope), caught_up=not more)
+
+    async def find_traces(self, owner: str, trace_ids: Sequence[str]) -> list[str]:
+        """Those of `trace_ids` the owner has a span of, in the order asked, each once."""
+        wanted = list(dict.fromkeys(t for t in trace_ids if spans.plausible_id(t)))
+        if not wanted:
+            return []
+        # One index probe per id (EXISTS stops at the first span), however long the trace.
+        ids: BindParameter[Any]
+        if self.db.is_sqlite:
+            ids = bindparam("trace_ids", json.dumps(wanted))
+            keys = func.json_each(ids).table_valued("value").alias("wanted")
+        else:
+            ids = bindparam("trace_ids", wanted, type_=ARRAY(String))
+            keys = func.unnest(ids).table_valued("value").render_derived(name="wanted")
+        query = select(keys.c.value).where(
+            exists().where(SpanRow.owner == owner, SpanRow.trace_id == keys.c.value)
+        )
+        async with self.db.session() as session:
+            found = set((await session.scalars(query)).all())
+        return [t for t in wanted if t in found]
 
     async def annotate(
         self, owner: str, trace_id: str, span_id: str, evaluation: pb.Evaluation, clock: Clock
@@ -272,6 +333,48 @@ class SpanStore:
 def _later(now: datetime, read: Iterable[Existing | SpanRow]) -> datetime:
     """`now`, or just after the latest of these rows' stamps when that is later."""
     return max([now, *(row.updated_at + _TICK for row in read)])
+
+
+def _digest(where: api.SpanFilter) -> str:
+    """The filter, hashed: a cursor is refused under another filter, and stays short whatever
+    the filter holds."""
+    return hashlib.sha256(where.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+def _fitting(rows: Sequence[Any]) -> list[Any]:
+    """The first rows (one at least) whose bodies fit in one gRPC answer."""
+    kept: list[Any] = []
+    weight = 0
+    for row in rows:
+        weight += len(row.body)
+        if kept and weight > MAX_PAGE_BYTES:
+            break
+        kept.append(row)
+    return kept
+
+
+def _change_cursor(token: str, scope: str) -> tuple[datetime, int] | None:
+    """The (updated_at, id) a ListSpanChanges cursor holds; None for an empty one."""
+    try:
+        after = Cursor.decode(token, scope)
+        if after is None:
+            return None
+        row_id = int_key(after)
+        if not 0 <= row_id < 2**63:
+            raise ValueError(row_id)
+        return after.created_at.astimezone(UTC), row_id
+    except (ServiceError, ValueError, OverflowError):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cursor is not one ListSpanChanges returned for this filter: pass next_cursor back "
+            "unchanged, or leave it empty to start from the first span",
+            errors_pb2.ERROR_REASON_INVALID_PAGE_TOKEN,
+            {"field": "cursor"},
+        ) from None
+
+
+def _encode(position: tuple[datetime, int], scope: str) -> str:
+    return Cursor(position[0], str(position[1]), scope).encode()
 
 
 async def _unchanged_since_read(session: AsyncSession, read: Collection[Existing]) -> None:
