@@ -19,6 +19,8 @@ from services.datasets.service import MIGRATIONS
 from services.datasets.store import DatasetStore
 from services.deploy import models as deploy_models
 from services.deploy import service as deploy_service
+from services.eval import models as eval_models
+from services.eval import service as eval_service
 from services.tracing import models as tracing_models
 from services.tracing import service as tracing_service
 from services.tracing.prices import PriceTable
@@ -54,8 +56,13 @@ def drift(conn: Connection, migrations: Migrations = MIGRATIONS, base: Any = Bas
             },
         ),
         (tracing_service.MIGRATIONS, tracing_models.Base, {"spans", "span_tags"}),
+        (
+            eval_service.MIGRATIONS,
+            eval_models.Base,
+            {"judgments", "judgment_checks", "rules", "rule_jobs", "judge_keys"},
+        ),
     ],
-    ids=["deploy", "tracing"],
+    ids=["deploy", "tracing", "eval"],
 )
 async def test_other_services_up_down_up_and_no_drift(
     empty_db_url: str, migrations: Migrations, base: Any, expected: set[str]
