@@ -117,12 +117,27 @@ class RuleWorker:
         while True:
             busy = False
             try:
-                for rule in await self.rules.enabled():
-                    busy |= await self.follow(rule)
+                rules = await self.rules.enabled()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the tracing service or the database is away: wait
+            except Exception as exc:  # the database is away: wait
                 log.warning("following new spans paused", extra={"error": repr(exc)[:300]})
+                rules = []
+            # Side by side, each on its own: one rule's slow judge or failing filter holds
+            # up no other (the judging itself is bounded by the shared concurrency limit).
+            outcomes = await asyncio.gather(
+                *(self.follow(rule) for rule in rules), return_exceptions=True
+            )
+            for rule, outcome in zip(rules, outcomes, strict=True):
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+                if isinstance(outcome, BaseException):
+                    log.warning(
+                        "following new spans paused for a rule",
+                        extra={"rule_id": rule.id, "error": repr(outcome)[:300]},
+                    )
+                else:
+                    busy |= outcome
             if not busy:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.interval)

@@ -12,10 +12,10 @@ from datetime import timedelta
 import grpc
 import pytest
 from google.protobuf import json_format
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from services.eval.housekeeping import Housekeeping
-from services.eval.models import JudgmentRow
+from services.eval.models import JudgmentRow, RuleRow
 from services.eval.rules import sampled
 from tests.conftest import INTERNAL_TOKEN, new_user
 from tests.contract.conftest import rpc_error
@@ -273,3 +273,22 @@ async def test_judgments_of_deleted_traces_are_kept_and_flagged(suite: Suite) ->
     ]
     async with suite.eval_db.session() as session:
         assert await session.scalar(select(func.count()).select_from(JudgmentRow)) == 3
+
+
+async def test_a_rule_that_fails_holds_up_no_other(suite: Suite) -> None:
+    broken = await create_rule(suite, name="broken")
+    # A filter the tracing service has come to refuse (stored before its checks were added).
+    async with suite.eval_db.session(write=True) as session:
+        await session.execute(
+            update(RuleRow)
+            .where(RuleRow.id == broken.id)
+            .values(filter='{"roots_only": true, "min_groundedness": 2}')
+        )
+    healthy = await create_rule(suite, name="healthy")
+    await suite.ingest(traces("h", 10))
+
+    async def judged() -> bool:
+        return len(await judgments(suite)) == 10
+
+    await until(judged)
+    assert {r for _, r, _ in await judgments(suite)} == {healthy.id}
