@@ -256,6 +256,27 @@ def test_hostile_requests_get_clear_errors(suite: Suite) -> None:
             "/v1/evaluations", content=raw, headers={"Content-Type": "application/json"}
         )
         assert answer.status_code == 400, (raw, answer.text)
+    # A 5 MB output never becomes a judgment of a cut answer: the span is refused at ingest,
+    # saying why (the validators themselves bound their work on outputs that large).
+    huge = client.post(
+        "/v1/traces/spans",
+        json={
+            "spans": [
+                {
+                    "trace_id": "huge",
+                    "span_id": "s",
+                    "name": "chat",
+                    "timing": {"start_time": "2026-12-04T10:00:00Z"},
+                    "output": "a" * 5_000_000,
+                }
+            ]
+        },
+    )
+    assert huge.status_code == 200, huge.text
+    (refused,) = huge.json()["rejected"]
+    assert "larger than" in refused["reason"]
+    missing = evaluate(client, trace_id="huge", validators=VALIDATORS)
+    assert missing.status_code == 404
     nan = client.get("/v1/judgments", params={"min_score": "NaN"})
     assert nan.status_code == 400
     assert client.get("/v1/judgments/jdg_nope").status_code == 404
