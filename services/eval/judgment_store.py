@@ -216,11 +216,13 @@ def conditions(owner: str, where: api.JudgmentFilter) -> list[ColumnElement[bool
             found.append(getattr(JudgmentRow, name) == value)
     if where.validator:
         found.append(
-            exists().where(
+            exists()
+            .where(
                 CheckRow.judgment_id == JudgmentRow.id,
                 CheckRow.owner == owner,
                 CheckRow.name == where.validator,
             )
+            .correlate(JudgmentRow)  # not the checks too, when the outer query reads them
         )
     if where.HasField("passed"):
         found.append(JudgmentRow.passed.is_(where.passed))

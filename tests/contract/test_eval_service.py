@@ -447,3 +447,39 @@ async def test_a_span_with_no_output_fails_the_text_checks_instead_of_passing_th
     assert by_name["output_tokens"].passed  # a bound on the span's fields needs no output
     assert j.status == jpb.JUDGMENT_STATUS_ERROR
     assert not j.passed
+
+
+async def test_a_summary_by_validator_of_the_judgments_that_ran_one(suite: Suite) -> None:
+    # The validator filter is an EXISTS over the checks, correlated to the judgment only: the
+    # summary by validator reads the checks too, and once took both tables into the EXISTS
+    # (no FROM left: INTERNAL).
+    await suite.ingest(rag_trace("both", GROUNDED, DOCS))
+    await suite.ingest(rag_trace("one", UNGROUNDED, DOCS))
+    await suite.evaluate(trace_id="both", validators=CHECKS[:3])
+    await suite.evaluate(trace_id="one", validators=CHECKS[2:3])
+    reply = await suite.eval.GetSummary(
+        api.GetSummaryRequest(
+            group_by=api.SUMMARY_GROUP_VALIDATOR, filter=api.JudgmentFilter(validator="no_rome")
+        ),
+        metadata=suite.as_(),
+    )
+    # Every check of the judgments that ran no_rome: those of "both", not the pii of "one".
+    assert {r.group: (r.count, r.passed) for r in reply.rows} == {
+        "contains": (1, 1),
+        "no_rome": (1, 1),
+        "pii": (1, 1),
+    }
+
+
+async def test_a_validator_name_with_a_nul_is_refused_before_a_rule_is_made(suite: Suite) -> None:
+    # PostgreSQL stores no NUL in text: such a name once made a rule that could store none of
+    # its judgments, retried forever, while SQLite stored them.
+    await suite.ingest(rag_trace("t", GROUNDED, DOCS))
+    named = [{"kind": "pii", "name": "a\x00b"}]
+    error = await rpc_error(suite.evaluate(trace_id="t", validators=named))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "validators[0].name" in str(error.details())
+    request = json_format.ParseDict({"name": "r", "validators": named}, api.CreateRuleRequest())
+    error = await rpc_error(suite.eval.CreateRule(request, metadata=suite.as_()))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "validators[0].name" in str(error.details())

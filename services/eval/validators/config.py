@@ -73,7 +73,7 @@ def parse_config(raw: object, where: str = "") -> ValidatorConfig:
             f"{where}kind", f"must be one of {', '.join(sorted(BUILDERS))}, not {kind!r}"
         )
     name = raw.get("name", kind)
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\x00" in name:
         raise ValidatorConfigError(f"{where}name", "must be a non-empty string of ≤ 200 characters")
     weight = _fraction(raw, "weight", 1.0, where)
     if weight <= 0:
