@@ -20,6 +20,8 @@ import pytest
 
 from tests.conftest import PgDatabases
 from tests.e2e.conftest import Suite, suite_on
+from tests.e2e.fuzz_hooks import CHAT_TRACE, RAG_TRACE
+from tests.e2e.test_cli_eval import rag_trace
 from tests.e2e.test_deploy_local import chat_rows, request, upload, wait_until
 from tests.e2e.test_tracing_http import chat_span
 
@@ -29,6 +31,7 @@ EXAMPLES = int(os.environ.get("TUNELAB_FUZZ_EXAMPLES", "20"))
 SEED = int(os.environ.get("TUNELAB_FUZZ_SEED", "20261204"))
 # A watch is a stream that lasts until the run ends: the fuzzer reads it to its end.
 SHORT_WATCHES = {"TUNELAB_DEPLOY_WATCH_MAX_SECONDS": "2"}
+CHECKS = [{"kind": "contains", "params": {"value": "Paris"}}, {"kind": "pii"}]
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -39,28 +42,52 @@ def fuzzed(
         yield running
 
 
-def seed(suite: Suite) -> dict[str, str]:
-    """Real ids for path parameters, so that the fuzzer reaches past NOT_FOUND."""
+def seed(suite: Suite) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Real ids for path parameters, so that the fuzzer reaches past NOT_FOUND: those of every
+    operation, and those of single operations by their operationId."""
     alice = suite.client("fuzzer")
     dataset_id = upload(alice, "fuzz.jsonl", chat_rows(20))
     token = alice.post(f"/v1/datasets/{dataset_id}/download-tokens", json={"max_uses": 100})
     created = alice.post("/v1/deployments", json=request(dataset_id, max_steps=3))
     deployment_id = created.json()["id"]
     wait_until(alice, deployment_id, {"succeeded"})
-    spans = [chat_span("fuzz-trace", f"span-{i}") for i in range(3)]
-    assert alice.post("/v1/traces/spans", json={"spans": spans}).json()["accepted"] == 3
-    return {
+    spans = [chat_span(CHAT_TRACE, f"span-{i}") for i in range(3)]
+    spans += rag_trace(RAG_TRACE, "The Eiffel Tower is in Paris.", "s1")
+    assert alice.post("/v1/traces/spans", json={"spans": spans}).json()["accepted"] == 6
+    judged = alice.post("/v1/evaluations", json={"trace_id": RAG_TRACE, "validators": CHECKS})
+    assert judged.status_code == 200, judged.text
+    rule, doomed = (
+        alice.post("/v1/eval-rules", json={"name": name, "validators": CHECKS}).json()["rule"]
+        for name in ("fuzz", "deleted by the fuzzer")
+    )
+    job = alice.post(f"/v1/eval-rules/{rule['id']}/jobs", json={}).json()["job"]
+    everywhere = {
         "token": suite.remember(token.json()["token"]),
         "deployment_id": deployment_id,
-        "trace_id": "fuzz-trace",
+        "trace_id": CHAT_TRACE,
+        "judgment_id": judged.json()["judgment"]["id"],
+        "rule_id": rule["id"],
+        "job_id": job["id"],
+    }
+    # The deletes are given what the other operations do not go on using: another rule, and a
+    # time before the seeded traces (which the evaluations and rules need) started.
+    return everywhere, {
+        "DeleteRule": {"rule_id": doomed["id"]},
+        "DeleteSpans": {"started_before": "2026-01-01T00:00:00Z"},
     }
 
 
 def test_no_operation_answers_a_server_error(fuzzed: Suite, tmp_path: Path) -> None:
-    parameters = seed(fuzzed)
+    everywhere, by_operation = seed(fuzzed)
     config = tmp_path / "schemathesis.toml"
     config.write_text(
-        "[parameters]\n" + "".join(f'{name} = "{value}"\n' for name, value in parameters.items())
+        _parameters("[parameters]", everywhere)
+        + "".join(
+            _parameters(
+                f'[[operations]]\ninclude-operation-id = "{name}"\n[operations.parameters]', values
+            )
+            for name, values in by_operation.items()
+        )
     )
     junit = tmp_path / "junit.xml"
     command = [
@@ -87,6 +114,10 @@ def test_no_operation_answers_a_server_error(fuzzed: Suite, tmp_path: Path) -> N
     assert "unhandled error" not in fuzzed.logs()
     for name, process in fuzzed.processes.items():
         assert process.poll() is None, f"{name} died under the fuzzer"
+
+
+def _parameters(table: str, values: dict[str, str]) -> str:
+    return table + "\n" + "".join(f'"{name}" = "{value}"\n' for name, value in values.items())
 
 
 def _operations(output: str) -> str:
