@@ -52,9 +52,14 @@ bench-tracing: setup
 	$(BIN)/python -m bench tracing
 
 ## make bench-validators: the eval validators' judgments/s over 10,000 subjects beside the same
-## checks written inline, and one 5 MB output through them (python -m bench validators --help).
+## checks written inline, and one 5 MB output through them (python -m bench validators --help);
+## then the same validators with storage over 10,000 traces on PostgreSQL and SQLite: Evaluate
+## 16 in flight and a rule following new traces, through the tracing and eval services, beside
+## the validators alone and a Core bulk insert of the same judgments (a few minutes;
+## python -m bench validators --storage --help, --traces 500 for a quick check).
 bench-validators: setup
 	$(BIN)/python -m bench validators
+	$(BIN)/python -m bench validators --storage
 
 ## make bench-judge: the LLM judge's grades/s against the fake OpenAI endpoint answering in
 ## 200 ms, at concurrency 8 and 16, beside the ideal concurrency / 0.2 s

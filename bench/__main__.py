@@ -1,6 +1,7 @@
 """python -m bench: the transfer benchmark. `python -m bench tracing [--spans N]`: tracing.
 `python -m bench load`: the load test (make load). `python -m bench validators`: the eval
-service's deterministic validators (pure computation). `python -m bench judge`: the LLM judge's
+service's deterministic validators (pure computation; with `--storage`, through the services
+and their databases). `python -m bench judge`: the LLM judge's
 throughput against a fake endpoint answering in 200 ms."""
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""The processes under test: `tunelab dev` on free ports in a scratch var dir, and nginx."""
+"""The processes under test: `tunelab dev` on free ports in a scratch var dir, and nginx; and
+what the benchmarks share (BenchError, free ports, RSS, concurrent callers)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -10,8 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import httpx
 import jwt
@@ -19,6 +22,31 @@ import jwt
 
 class BenchError(Exception):
     """The benchmark cannot go on; the message says why."""
+
+
+T = TypeVar("T")
+
+
+async def callers(items: Iterable[T], count: int, work: Callable[[T], Awaitable[None]]) -> None:
+    """`work` on each item, from `count` callers at once. After a failure no caller takes
+    another item and the calls in flight finish (cancelling them would cancel an in-process
+    service's handlers mid-transaction); then the first error is raised."""
+    queue = iter(items)
+    failed: list[Exception] = []
+
+    async def caller() -> None:
+        for item in queue:
+            if failed:
+                return
+            try:
+                await work(item)
+            except Exception as exc:
+                failed.append(exc)
+                return
+
+    await asyncio.gather(*(caller() for _ in range(count)))
+    if failed:
+        raise failed[0]
 
 
 def free_port() -> int:

@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -51,10 +50,11 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import make_url
 
 from bench import spangen
-from bench.suite import BenchError, free_port, peak_rss_mib
+from bench.suite import BenchError, callers, free_port, peak_rss_mib
 from services.common.client import open_channel
 from services.common.db import Database
 from services.common.identity import USER_KEY
+from services.common.migrations import Migrations
 from services.tracing.analytics import _group
 from services.tracing.models import SPAN_TAGS, SPANS, SpanRow, SpanTagRow
 from services.tracing.service import MIGRATIONS
@@ -96,7 +96,8 @@ class Backend:
         finally:
             await conn.close()
 
-    async def fresh(self, label: str) -> str:
+    async def fresh(self, label: str, migrations: Migrations = MIGRATIONS) -> str:
+        """A new database at `migrations`' head (the tracing service's by default)."""
         if self.kind == "postgresql":
             name = f"tunelab_bench_{label}_{secrets.token_hex(4)}"
             await self._admin(f'CREATE DATABASE "{name}"')
@@ -106,7 +107,7 @@ class Backend:
             url = f"sqlite:///{self.tmp / f'{label}-{secrets.token_hex(4)}.db'}"
         db = Database(url)
         try:
-            await MIGRATIONS.upgrade(db)
+            await migrations.upgrade(db)
         finally:
             await db.close()
         return url
@@ -204,18 +205,6 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-async def _gather_batches(
-    batches: list[Any], callers: int, work: Callable[[Any], Awaitable[None]]
-) -> None:
-    queue = iter(batches)
-
-    async def caller() -> None:
-        for batch in queue:
-            await work(batch)
-
-    await asyncio.gather(*(caller() for _ in range(callers)))
-
-
 # ---------------------------------------------------------------- ingest
 
 
@@ -279,7 +268,7 @@ async def _ingest_round(
         await send(warm_up)
         accepted = 0
         started = time.perf_counter()
-        await _gather_batches(requests, CALLERS, send)
+        await callers(requests, CALLERS, send)
         service_s = time.perf_counter() - started
     finally:
         await service.stop()
@@ -333,7 +322,7 @@ async def _ingest_round(
         await write(batches.pop(0))
         started = time.perf_counter()
         # SQLite has one writer: its limit is one caller (more only wait for the lock).
-        await _gather_batches(batches, 1 if backend.kind == "sqlite" else CALLERS, write)
+        await callers(batches, 1 if backend.kind == "sqlite" else CALLERS, write)
         baseline_s = time.perf_counter() - started
     finally:
         await target.close()

@@ -15,7 +15,9 @@ Judgments   evaluate() with a typical set of 8 validators (contains, case-insens
 5 MB        One 5 MB output through the same 8 validators plus Levenshtein and ROUGE-L against a
             5 MB reference (capped at 10,000 characters / 20,000 words) and a catastrophic
             regex (timeout 100 ms): seconds for the judgment.
-Pure computation in this process; no service, no database.
+Pure computation in this process; no service, no database. With --storage: the same
+validators through the eval service, its storage and the tracing service, on PostgreSQL and
+SQLite (bench/eval_storage.py; python -m bench validators --storage --help).
 """
 
 from __future__ import annotations
@@ -53,19 +55,25 @@ SENTENCE = (
 WORDS = SENTENCE.split()
 
 
+def answer(rng: random.Random, index: int) -> str:
+    """The synthetic answer number `index`: 20 to 400 words, one in four a JSON object, some a
+    refusal or with an email."""
+    text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 400)))
+    if index % 4 == 0:
+        return json.dumps({"answer": text, "year": rng.randint(1000, 2100)})
+    if index % 17 == 0:
+        return "I'm sorry, but I cannot help with that. " + text
+    if index % 13 == 0:
+        return text + " write to someone@example.com"
+    return text
+
+
 def subjects(count: int, seed: int = 11) -> list[Subject]:
     rng = random.Random(seed)
-    made = []
-    for index in range(count):
-        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 400)))
-        if index % 4 == 0:
-            text = json.dumps({"answer": text, "year": rng.randint(1000, 2100)})
-        elif index % 17 == 0:
-            text = "I'm sorry, but I cannot help with that. " + text
-        elif index % 13 == 0:
-            text += " write to someone@example.com"
-        made.append(Subject(output=text, latency_ms=rng.uniform(100, 4000)))
-    return made
+    return [
+        Subject(output=answer(rng, index), latency_ms=rng.uniform(100, 4000))
+        for index in range(count)
+    ]
 
 
 YEAR = re.compile(r"\b\d{4}\b")
@@ -146,9 +154,19 @@ def five_megabytes() -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    if "--storage" in argv:
+        from bench.eval_storage import main as with_storage
+
+        return with_storage([arg for arg in argv if arg != "--storage"])
     parser = argparse.ArgumentParser(prog="python -m bench validators", description=__doc__)
     parser.add_argument("--subjects", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--storage",
+        action="store_true",
+        help="measure through the services and their databases instead "
+        "(python -m bench validators --storage --help)",
+    )
     args = parser.parse_args(argv)
     if args.subjects <= 0 or args.rounds <= 0:
         parser.error("the counts must be positive")
