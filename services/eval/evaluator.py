@@ -136,8 +136,17 @@ class Evaluator:
                 extra={"judgment_id": judgment.id, "code": exc.code().name},
             )
             return False
-        # Written, or the span is gone (the housekeeping pass flags that): not retried.
-        await self.store.mark_annotated([judgment.id])
+        # Written, or the span is gone (the housekeeping pass flags that): not retried. If
+        # the mark itself fails, the stored judgment is answered all the same; the pass
+        # writes the scores again, which changes nothing.
+        try:
+            await self.store.mark_annotated([judgment.id])
+        except ServiceError as exc:
+            log.warning(
+                "judgment written onto its span but not marked so",
+                extra={"judgment_id": judgment.id, "error": exc.message},
+            )
+            return False
         return True
 
     async def _judge(

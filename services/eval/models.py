@@ -96,6 +96,7 @@ class RuleRow(Base):
     sampling_rate: Mapped[float] = mapped_column(Float)
     enabled: Mapped[bool] = mapped_column(Boolean)
     cursor: Mapped[str] = mapped_column(Text, doc="Where following new spans goes on from.")
+    error: Mapped[str] = mapped_column(Text, doc="Why the service paused it; empty if it did not.")
     followed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     spans_seen: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

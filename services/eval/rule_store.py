@@ -57,6 +57,7 @@ def _rule(row: RuleRow, judged: int = 0) -> StoredRule:
         sampling_rate=row.sampling_rate,
         enabled=row.enabled,
         config_key=row.config_key,
+        error=row.error,
         spans_seen=row.spans_seen,
         spans_judged=judged,
     )
@@ -136,6 +137,7 @@ class RuleStore:
             sampling_rate=sampling_rate,
             enabled=True,
             cursor="",
+            error="",
             followed_until=None,
             spans_seen=0,
             created_at=now,
@@ -175,7 +177,15 @@ class RuleStore:
             if row is None or row.owner != owner:
                 raise not_found("rule", rule_id)
             row.enabled = enabled
+            row.error = ""
         return _rule(row)
+
+    async def pause(self, rule_id: str, error: str) -> None:
+        """Stop following for a reason the owner must act on (shown as the rule's error)."""
+        async with self.db.session(write=True) as session:
+            await session.execute(
+                update(RuleRow).where(RuleRow.id == rule_id).values(enabled=False, error=error)
+            )
 
     async def delete(self, owner: str, rule_id: str) -> None:
         async with self.db.session(write=True) as session:

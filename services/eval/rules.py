@@ -50,6 +50,18 @@ def sampled(rule_id: str, trace_id: str, rate: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
+_PERMANENT = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def _refusal(error: BaseException) -> str | None:
+    """The message of an error that retrying cannot cure, or None."""
+    if isinstance(error, ServiceError) and error.code in _PERMANENT:
+        return error.message
+    if isinstance(error, grpc.aio.AioRpcError) and error.code() in _PERMANENT:
+        return error.details() or error.code().name
+    return None
+
+
 def _complete(span: pb.Span) -> bool:
     """A span sent in parts is judged once its end has arrived."""
     return span.timing.HasField("end_time")
@@ -132,16 +144,27 @@ class RuleWorker:
                 if isinstance(outcome, asyncio.CancelledError):
                     raise outcome
                 if isinstance(outcome, BaseException):
-                    log.warning(
-                        "following new spans paused for a rule",
-                        extra={"rule_id": rule.id, "error": repr(outcome)[:300]},
-                    )
+                    await self._failed(rule, outcome)
                 else:
                     busy |= outcome
             if not busy:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.interval)
                 self.wake.clear()
+
+    async def _failed(self, rule: StoredRule, error: BaseException) -> None:
+        """A refusal that no retry can cure pauses the rule with the reason; anything else
+        (a service away) is retried on the next round."""
+        refused = _refusal(error)
+        if refused is None:
+            log.warning(
+                "following new spans paused for a rule",
+                extra={"rule_id": rule.id, "error": repr(error)[:300]},
+            )
+            return
+        log.warning("rule paused", extra={"rule_id": rule.id, "reason": refused})
+        with contextlib.suppress(Exception):
+            await self.rules.pause(rule.id, f"paused: {refused}"[:2000])
 
     async def follow(self, rule: StoredRule) -> bool:
         """One page of the rule's new spans; True when more may be waiting."""

@@ -292,3 +292,14 @@ async def test_a_rule_that_fails_holds_up_no_other(suite: Suite) -> None:
 
     await until(judged)
     assert {r for _, r, _ in await judgments(suite)} == {healthy.id}
+    # A refusal no retry can cure pauses the rule, saying why, instead of retrying forever.
+    shown = (
+        await suite.eval.GetRule(api.GetRuleRequest(rule_id=broken.id), metadata=suite.as_())
+    ).rule
+    assert not shown.enabled
+    assert "min_groundedness" in shown.error
+    resumed = await suite.eval.SetRuleEnabled(
+        api.SetRuleEnabledRequest(rule_id=broken.id, enabled=True), metadata=suite.as_()
+    )
+    assert resumed.rule.enabled
+    assert resumed.rule.error == ""

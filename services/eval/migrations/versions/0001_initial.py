@@ -100,6 +100,7 @@ def upgrade() -> None:
         sa.Column("sampling_rate", sa.Float(), nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False),
         sa.Column("cursor", sa.Text(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=False),
         sa.Column("followed_until", UTCDateTime(), nullable=True),
         sa.Column("spans_seen", sa.Integer(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),

@@ -500,6 +500,7 @@ class Rule(_message.Message):
     SPANS_SEEN_FIELD_NUMBER: _builtins.int
     SPANS_JUDGED_FIELD_NUMBER: _builtins.int
     FOLLOWED_UNTIL_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     sampling_rate: _builtins.float
@@ -513,6 +514,10 @@ class Rule(_message.Message):
     made (following and its jobs), and when it last read.
     """
     spans_judged: _builtins.int
+    error: _builtins.str
+    """Why the service paused the rule (its filter or configuration is refused now); empty
+    otherwise. Enabling the rule again clears it and retries.
+    """
     @_builtins.property
     def filter(self) -> _tracing_service_pb2.SpanFilter:
         """Which spans (the tracing service's filter, scoped to the caller). Default: traces' roots."""
@@ -537,10 +542,11 @@ class Rule(_message.Message):
         spans_seen: _builtins.int = ...,
         spans_judged: _builtins.int = ...,
         followed_until: _timestamp_pb2.Timestamp | None = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "filter", b"filter", "followed_until", b"followed_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "config_key", b"config_key", "created_at", b"created_at", "enabled", b"enabled", "filter", b"filter", "followed_until", b"followed_until", "id", b"id", "name", b"name", "sampling_rate", b"sampling_rate", "spans_judged", b"spans_judged", "spans_seen", b"spans_seen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "config_key", b"config_key", "created_at", b"created_at", "enabled", b"enabled", "error", b"error", "filter", b"filter", "followed_until", b"followed_until", "id", b"id", "name", b"name", "sampling_rate", b"sampling_rate", "spans_judged", b"spans_judged", "spans_seen", b"spans_seen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
