@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
+from collections.abc import Iterator
 from contextvars import ContextVar
 
 request_id: ContextVar[str] = ContextVar("request_id", default="")
@@ -21,3 +23,14 @@ def accept_request_id(value: str | None) -> str:
     if value and _REQUEST_ID.fullmatch(value):
         return value
     return new_request_id()
+
+
+@contextlib.contextmanager
+def acting_for(user: str) -> Iterator[None]:
+    """Outbound calls made inside the block act for `user` (a service calling another on a
+    user's behalf from a background task, or for another user than its caller)."""
+    token = caller.set(user)
+    try:
+        yield
+    finally:
+        caller.reset(token)

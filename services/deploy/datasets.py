@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import grpc
 
-from services.common import context
 from services.common.client import open_channel
+from services.common.context import acting_for
 from services.common.errors import RemoteError
 from tunelab.datasets.v1 import datasets_pb2
 from tunelab.datasets.v1 import datasets_service_pb2 as api
@@ -40,15 +41,13 @@ class DatasetsClient:
 
     async def get(self, owner: str, dataset_id: str) -> DatasetFacts | None:
         """The dataset, or None when it does not exist or is not the owner's."""
-        token = context.caller.set(owner)
-        try:
-            reply = await self.stub.GetDataset(api.GetDatasetRequest(dataset_id=dataset_id))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
-        finally:
-            context.caller.reset(token)
+        with acting_for(owner):
+            try:
+                reply = await self.stub.GetDataset(api.GetDatasetRequest(dataset_id=dataset_id))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise
         d = reply.dataset
         error = ""
         if d.HasField("format_error"):
@@ -58,28 +57,20 @@ class DatasetsClient:
     async def download_link(
         self, owner: str, dataset_id: str, *, ttl_seconds: int, max_uses: int
     ) -> DownloadLink:
-        token = context.caller.set(owner)
-        try:
+        with acting_for(owner):
             reply = await self.stub.CreateDownloadToken(
                 api.CreateDownloadTokenRequest(
                     dataset_id=dataset_id, ttl_seconds=ttl_seconds, max_uses=max_uses
                 )
             )
-        finally:
-            context.caller.reset(token)
         return DownloadLink(reply.url, reply.token_id)
 
     async def revoke(self, owner: str, dataset_id: str, token_id: str) -> None:
         """Revoke a link no pod will use (best effort: it expires on its own anyway)."""
-        token = context.caller.set(owner)
-        try:
+        with acting_for(owner), contextlib.suppress(grpc.aio.AioRpcError):
             await self.stub.RevokeDownloadToken(
                 api.RevokeDownloadTokenRequest(dataset_id=dataset_id, token_id=token_id)
             )
-        except grpc.aio.AioRpcError:
-            pass
-        finally:
-            context.caller.reset(token)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -6,14 +6,13 @@ it never reads the tracing service's tables.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
-from services.common import context
 from services.common.client import open_channel
+from services.common.context import acting_for
 from services.common.errors import RemoteError, ServiceError, not_found
 from tunelab.common.v1 import errors_pb2
 from tunelab.tracing.v1 import spans_pb2 as pb
@@ -30,15 +29,6 @@ class Changes:
     spans: list[pb.Span]
     cursor: str
     caught_up: bool
-
-
-@contextlib.contextmanager
-def acting_for(owner: str) -> Iterator[None]:
-    token = context.caller.set(owner)
-    try:
-        yield
-    finally:
-        context.caller.reset(token)
 
 
 def unavailable(error: grpc.aio.AioRpcError) -> ServiceError:
