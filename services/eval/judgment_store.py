@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from sqlalchemy import ColumnElement, exists, select, tuple_, update
 
 from services.common.db import Database
@@ -25,8 +26,9 @@ class Stored:
     judgment: jpb.Judgment
 
 
-def encode(judgment: jpb.Judgment) -> str:
-    return json_format.MessageToJson(judgment, indent=None, preserving_proto_field_name=True)
+def encode(message: Message) -> str:
+    """A message as stored: compact JSON with the proto's field names."""
+    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
 
 
 def decode(body: str, trace_deleted: bool) -> jpb.Judgment:

@@ -13,6 +13,7 @@ from services.common.db import Database
 from services.common.errors import not_found
 from services.common.ids import new_id
 from services.common.pagination import Cursor, Page, newest_first, page
+from services.eval.judgment_store import encode
 from services.eval.models import JobRow, JudgmentRow, RuleRow
 from tunelab.eval.v1 import eval_service_pb2 as api
 from tunelab.eval.v1 import judgments_pb2 as jpb
@@ -40,10 +41,6 @@ class StoredJob:
     id: str
     created_at: datetime
     row: JobRow
-
-
-def _json(message: object) -> str:
-    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)  # type: ignore[arg-type]
 
 
 def _rule(row: RuleRow, judged: int = 0) -> StoredRule:
@@ -131,8 +128,8 @@ class RuleStore:
             id=new_id("rule"),
             owner=owner,
             name=name,
-            filter=_json(where),
-            config=_json(config),
+            filter=encode(where),
+            config=encode(config),
             config_key=config_key,
             sampling_rate=sampling_rate,
             enabled=True,

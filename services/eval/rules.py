@@ -40,6 +40,8 @@ Clock = Callable[[], datetime]
 FOLLOW_PAGE = 200
 JOB_PAGE = 100
 MAX_RUNNING_JOBS = 2
+# Parsed rule configurations kept (more than any installation's rules; then they are re-parsed).
+MAX_PLANS = 1024
 
 
 def sampled(rule_id: str, trace_id: str, rate: float) -> bool:
@@ -90,9 +92,18 @@ class RuleWorker:
         self.interval = interval
         self.running: dict[str, asyncio.Task[None]] = {}
         self.wake = asyncio.Event()
+        self._plans: dict[str, Plan] = {}
 
     def plan(self, rule: StoredRule) -> Plan:
-        return plan_from_config(rule.config, has_operator_judge=self.has_operator_judge)
+        """The rule's checked plan, parsed once per configuration (not every round: parsing
+        compiles its regexes and JSON Schemas)."""
+        plan = self._plans.get(rule.config_key)
+        if plan is None:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            plan = plan_from_config(rule.config, has_operator_judge=self.has_operator_judge)
+            self._plans[rule.config_key] = plan
+        return plan
 
     async def _judge_all(
         self, rule: StoredRule, plan: Plan, spans: Sequence[pb.Span], rerun: bool, source: str

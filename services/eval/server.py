@@ -66,10 +66,6 @@ class EvalServicer(api_grpc.EvalServiceServicer):
         self.clock = clock
         self.resolve = resolve
 
-    @property
-    def has_operator_judge(self) -> bool:
-        return bool(self.settings.judge_base_url and self.settings.judge_model)
-
     async def _plan(
         self,
         validators: Sequence[jpb.Validator],
@@ -78,7 +74,11 @@ class EvalServicer(api_grpc.EvalServiceServicer):
         reference: str,
     ) -> Plan:
         plan = parse_plan(
-            validators, judge, groundedness, reference, has_operator_judge=self.has_operator_judge
+            validators,
+            judge,
+            groundedness,
+            reference,
+            has_operator_judge=self.settings.has_operator_judge,
         )
         if plan.judge and plan.judge.base_url:
             # A URL a user gave: refused here, before anything is stored or sent, when it

@@ -59,14 +59,13 @@ def server_spec(
         deadline_s=settings.judge_timeout_seconds,
     )
     evaluator = Evaluator(tracing, judgments, JudgeRunner(client, keys, tracing, settings), clock)
-    operator_judge = bool(settings.judge_base_url and settings.judge_model)
     worker = RuleWorker(
         rules,
         judgments,
         tracing,
         evaluator,
         clock,
-        has_operator_judge=operator_judge,
+        has_operator_judge=settings.has_operator_judge,
         concurrency=settings.rule_concurrency,
         interval=settings.follow_interval_seconds,
     )

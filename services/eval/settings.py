@@ -70,5 +70,10 @@ class EvalSettings(CommonSettings):
             raise ValueError(f"not a network: {exc}") from None
         return value
 
+    @property
+    def has_operator_judge(self) -> bool:
+        """Whether evaluations may leave out the judge's base URL."""
+        return bool(self.judge_base_url and self.judge_model)
+
     def allowlist(self) -> tuple[egress.IPNetwork, ...]:
         return egress.parse_allowlist(self.judge_allow_networks.split(","))
