@@ -16,6 +16,7 @@ from services.eval import catalog, summary
 from services.eval.evaluator import Evaluator
 from services.eval.judge_keys import JudgeKeys
 from services.eval.judgment_store import JudgmentStore
+from services.eval.models import JobRow
 from services.eval.plan import Plan, parse_plan
 from services.eval.rule_store import ACTIVE, RuleStore, job_message
 from services.eval.rules import RuleWorker
@@ -237,23 +238,26 @@ class EvalServicer(api_grpc.EvalServiceServicer):
             jobs=[job_message(j.row) for j in found.items], next_page_token=found.next_page_token
         )
 
-    async def GetRuleJob(
-        self, request: api.GetRuleJobRequest, context: Context
-    ) -> api.GetRuleJobResponse:
-        row = await self.rules.job(
+    async def _job(
+        self,
+        request: api.GetRuleJobRequest | api.CancelRuleJobRequest | api.ResumeRuleJobRequest,
+    ) -> JobRow:
+        """The caller's job the request names (NOT_FOUND if it is not theirs)."""
+        return await self.rules.job(
             require_user(),
             _required(request.rule_id, "rule_id"),
             _required(request.job_id, "job_id"),
         )
-        return api.GetRuleJobResponse(job=job_message(row))
+
+    async def GetRuleJob(
+        self, request: api.GetRuleJobRequest, context: Context
+    ) -> api.GetRuleJobResponse:
+        return api.GetRuleJobResponse(job=job_message(await self._job(request)))
 
     async def CancelRuleJob(
         self, request: api.CancelRuleJobRequest, context: Context
     ) -> api.CancelRuleJobResponse:
-        owner = require_user()
-        row = await self.rules.job(
-            owner, _required(request.rule_id, "rule_id"), _required(request.job_id, "job_id")
-        )
+        row = await self._job(request)
         changed = await self.rules.set_job_state(
             row.id, api.JOB_STATE_CANCELLED, self.clock(), only_from=ACTIVE
         )
@@ -262,10 +266,7 @@ class EvalServicer(api_grpc.EvalServiceServicer):
     async def ResumeRuleJob(
         self, request: api.ResumeRuleJobRequest, context: Context
     ) -> api.ResumeRuleJobResponse:
-        owner = require_user()
-        row = await self.rules.job(
-            owner, _required(request.rule_id, "rule_id"), _required(request.job_id, "job_id")
-        )
+        row = await self._job(request)
         if row.state == api.JOB_STATE_SUCCEEDED:
             raise invalid_argument(
                 "job_id", "the job has finished: start a new one to judge newer spans"
