@@ -494,12 +494,14 @@ def test_abandoned_downloads_leak_no_file_descriptors(suite: Suite, tmp_path: Pa
     def open_fds() -> int:
         return len(list(Path(f"/proc/{gateway}/fd").iterdir()))
 
-    with httpx.stream("GET", minted["url"]) as response:  # warm up: lazily opened things
+    # The test counts descriptors, not seconds: httpx's 5 s default must not fail it on a
+    # loaded machine (a CI run once waited longer than that for one download's headers).
+    with httpx.stream("GET", minted["url"], timeout=60) as response:  # warm up: lazily opened
         next(response.iter_raw(65536))
     time.sleep(0.3)
     before = open_fds()
     for _ in range(30):
-        with httpx.stream("GET", minted["url"]) as response:
+        with httpx.stream("GET", minted["url"], timeout=60) as response:
             assert response.status_code == 200
             next(response.iter_raw(65536))  # then hang up mid-transfer
     for _ in range(50):
