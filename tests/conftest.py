@@ -31,6 +31,9 @@ INTERNAL_TOKEN = "test-internal-token-" + "x" * 32
 
 os.environ.setdefault("TUNELAB_LOG_FORMAT", "text")
 
+# S3 storage on a real SeaweedFS: s3_server, s3_config, private_s3_server.
+pytest_plugins = ["tests.s3_fixtures"]
+
 
 class PgDatabases:
     """Creates PostgreSQL databases for tests from migrated templates, and drops them after."""
