@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from gateway import openapi
 from gateway.auth import Authenticator, AuthError, KeysUnavailable
-from gateway.downloads import Downloads
+from gateway.downloads import Downloads, Sources
 from gateway.errors import error_response
 from gateway.events import sse_endpoint
 from gateway.exports import export_endpoint
@@ -40,7 +40,6 @@ from gateway.settings import GatewaySettings
 from gateway.transcode import BEARER_FIELDS, BYTE_STREAMS, Endpoint, unary_endpoint
 from gateway.uploads import Uploads
 from services.common import context, redact
-from services.common.blobstore import LocalBlobStore
 from services.common.client import open_channel
 from tunelab.datasets.v1 import datasets_service_pb2, datasets_service_pb2_grpc
 from tunelab.deploy.v1 import deploy_service_pb2, deploy_service_pb2_grpc
@@ -125,9 +124,8 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
         for name, address in addresses.items()
     }
     datasets = datasets_service_pb2_grpc.DatasetsServiceStub(channels["datasets"])
-    downloads = Downloads(
-        datasets, LocalBlobStore(settings.datasets_storage_dir), settings.download_chunk_bytes
-    )
+    sources = Sources()
+    downloads = Downloads(datasets, sources, settings.download_chunk_bytes)
     outputs = Outputs(
         deploy_service_pb2_grpc.DeployServiceStub(channels["deploy"]),
         settings.upload_timeout_seconds,
@@ -252,6 +250,7 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await downloads.drain()
+        await sources.close()
         await asyncio.gather(*(channel.close() for channel in channels.values()))
 
     middleware = [Middleware(Observe)]

@@ -413,7 +413,9 @@ def _hand_written(paths: dict[str, dict[str, Any]], schemas: Schemas) -> None:
     output = schemas.ref(deployments_pb2.Output.DESCRIPTOR)
     gzip = {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}
     deployment_id = {"name": "deployment_id", "in": "path", "required": True}
-    paths["/v1/deployments/{deployment_id}/output"] = {
+    # DeleteOutput shares the path: its HTTP rule describes it.
+    outputs = "/v1/deployments/{deployment_id}/output"
+    paths[outputs] = paths.get(outputs, {}) | {
         "put": {
             "operationId": "UploadOutput",
             "tags": ["DeployService"],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -37,10 +35,6 @@ class GatewaySettings(CommonSettings):
         validation_alias=AliasChoices(
             "TUNELAB_GATEWAY_DEPLOY_ADDRESS", "TUNELAB_DEPLOY_GRPC_ADDRESS"
         ),
-    )
-    # The datasets service's blob store, read-only here: downloads stream straight from it.
-    datasets_storage_dir: Path = Field(
-        Path("var/datasets"), validation_alias=shared("datasets_storage_dir")
     )
     jwt_secret: SecretStr | None = Field(
         None, validation_alias=shared("jwt_secret"), description="HS256 key (development)."

@@ -89,6 +89,17 @@ def storage_unavailable() -> ServiceError:
     )
 
 
+def storage_down() -> ServiceError:
+    """The object storage cannot be reached right now (StorageUnavailable): nothing was stored
+    or sent, and the same request should work once it is back."""
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE,
+        "file storage is unreachable right now; nothing was changed, retry shortly",
+        errors_pb2.ERROR_REASON_STORAGE_UNAVAILABLE,
+        {"retry_after_seconds": "5"},
+    )
+
+
 def internal(request_id: str, where: str = "service") -> ServiceError:
     return ServiceError(
         grpc.StatusCode.INTERNAL,

@@ -19,7 +19,8 @@ from typing import Any, TypeAlias
 import grpc
 
 from services.common import context
-from services.common.errors import ServiceError, internal, unauthenticated
+from services.common.blobstore import StorageUnavailable
+from services.common.errors import ServiceError, internal, storage_down, unauthenticated
 from services.common.identity import (
     INTERNAL_TOKEN_KEY,
     REQUEST_ID_KEY,
@@ -76,6 +77,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         except ServiceError as exc:
             code = exc.code
             await ctx.abort_with_status(exc.to_status(self._domain))
+        except StorageUnavailable as exc:
+            code = grpc.StatusCode.UNAVAILABLE
+            log.warning("storage unavailable", extra={"method": method, "error": str(exc)})
+            await ctx.abort_with_status(storage_down().to_status(self._domain))
         except grpc.aio.AbortError:
             code = ctx.code() or grpc.StatusCode.UNKNOWN
             raise

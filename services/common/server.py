@@ -35,6 +35,10 @@ class ServerSpec:
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=tuple)
     # Run once the server has stopped (release worker processes and the like).
     after_stop: Sequence[Callable[[], None]] = field(default_factory=tuple)
+    # Awaited before the server listens (open clients, bind side listeners), and after it has
+    # stopped, in reverse order.
+    startup: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=tuple)
+    shutdown: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=tuple)
 
 
 @dataclass
@@ -52,11 +56,15 @@ class RunningServer:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.server.stop(self.spec.grace_seconds)
+        for close in reversed(self.spec.shutdown):
+            await close()
         for release in self.spec.after_stop:
             release()
 
 
 async def start(spec: ServerSpec) -> RunningServer:
+    for prepare in spec.startup:
+        await prepare()
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(domain=spec.domain, internal_token=spec.internal_token)],
         options=[

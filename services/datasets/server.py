@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import grpc
 
 from services.common import context as request_context
-from services.common.blobstore import BlobError, LocalBlobStore
-from services.common.errors import ServiceError, invalid_argument
+from services.common.blobstore import BlobError, BlobStore, StorageUnavailable
+from services.common.errors import ServiceError, invalid_argument, storage_down
 from services.common.filenames import check_name
 from services.common.identity import require_user
 from services.common.pagination import page_size
@@ -25,6 +24,8 @@ log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[object, object]
 Clock = Callable[[], datetime]
+# A URL the gateway may GET a blob from for this many seconds.
+Presign = Callable[[str, int], Awaitable[str]]
 
 
 def utc_now() -> datetime:
@@ -35,12 +36,14 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
     def __init__(
         self,
         store: DatasetStore,
-        blobs: LocalBlobStore,
+        blobs: BlobStore,
+        presign: Presign,
         settings: DatasetsSettings,
         clock: Clock = utc_now,
     ) -> None:
         self.store = store
         self.blobs = blobs
+        self.presign = presign
         self.settings = settings
         self.clock = clock
 
@@ -71,7 +74,7 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
                 now=self.clock(),
             )
         except BaseException:
-            await asyncio.to_thread(self.blobs.delete, received.blob_key)
+            await self.blobs.delete(received.blob_key)
             raise
         log.info(
             "dataset stored",
@@ -97,12 +100,16 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
                     raise invalid_argument("chunk", "only the first message carries a name")
                 yield message.chunk
 
-        received = await upload.receive(
-            chunks(),
-            self.blobs,
-            max_bytes=self.settings.max_upload_bytes,
-            max_line_bytes=self.settings.max_line_bytes,
-        )
+        try:
+            received = await upload.receive(
+                chunks(),
+                self.blobs,
+                max_bytes=self.settings.max_upload_bytes,
+                max_line_bytes=self.settings.max_line_bytes,
+            )
+        except StorageUnavailable as exc:  # a ServiceError, so that the rest is drained
+            log.warning("upload refused: storage unavailable", extra={"error": str(exc)})
+            raise storage_down() from None
         return name, received
 
     async def GetDataset(
@@ -127,10 +134,11 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
     ) -> api.DeleteDatasetResponse:
         dataset = await self.store.delete_dataset(require_user(), request.dataset_id)
         try:
-            await asyncio.to_thread(self.blobs.delete, dataset.blob_key)
-        except OSError as exc:  # the record is gone: the caller's delete succeeded
+            await self.blobs.delete(dataset.blob_key)
+        except (OSError, BlobError) as exc:  # the record is gone: the caller's delete succeeded
             log.error(
-                "dataset file left behind", extra={"dataset_id": dataset.id, "error": str(exc)}
+                "dataset file left behind; reconciliation will remove it",
+                extra={"dataset_id": dataset.id, "error": str(exc)},
             )
         log.info("dataset deleted", extra={"dataset_id": dataset.id})
         return api.DeleteDatasetResponse()
@@ -224,6 +232,9 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
             self._blob_ok,
         )
         d = grant.dataset
+        source = ""
+        if grant.grant_id:  # a GET: the gateway fetches the bytes from here
+            source = await self.presign(d.blob_key, self.settings.source_url_seconds)
         return api.RedeemDownloadTokenResponse(
             dataset_id=d.id,
             name=d.name,
@@ -233,7 +244,7 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
             offset=grant.span.offset,
             length=grant.span.length,
             partial=grant.span.partial,
-            blob_key=d.blob_key,
+            source_url=source,
             remaining_uses=grant.remaining_uses,
             expires_at=convert.timestamp(grant.expires_at),
             etag=ranges.etag(d.sha256),
@@ -250,13 +261,16 @@ class DatasetsServicer(api_grpc.DatasetsServiceServicer):
         return api.FinishDownloadResponse()
 
     async def _blob_ok(self, dataset: Dataset) -> bool:
-        """The stored file is there, is ours and has the recorded size."""
+        """The stored file is there, is ours and has the recorded size. Storage that cannot be
+        reached is a refusal of its own: retrying later works."""
         try:
-            blob = await asyncio.to_thread(self.blobs.open, dataset.blob_key)
+            blob = await self.blobs.stat(dataset.blob_key)
+        except StorageUnavailable as exc:
+            log.warning("storage unavailable", extra={"dataset_id": dataset.id, "error": str(exc)})
+            raise storage_down() from None
         except BlobError as exc:
             log.error("stored blob unusable", extra={"dataset_id": dataset.id, "error": str(exc)})
             return False
-        blob.close()
         if blob.size != dataset.size_bytes:
             log.error(
                 "stored blob has the wrong size",

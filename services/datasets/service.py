@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from services.common.blobstore import LocalBlobStore
+from services.common.blobserver import BlobServer
+from services.common.blobstore import BlobStore
+from services.common.blobstore.local import LocalBlobStore
 from services.common.db import Database
 from services.common.migrations import Migrations
+from services.common.reconcile import Reconciled, reconcile
 from services.common.server import ServerSpec
-from services.datasets.server import Clock, DatasetsServicer, utc_now
+from services.datasets.server import Clock, DatasetsServicer, Presign, utc_now
 from services.datasets.settings import DatasetsSettings
 from services.datasets.store import DatasetStore
 from tunelab.datasets.v1 import datasets_service_pb2, datasets_service_pb2_grpc
@@ -26,10 +29,22 @@ SERVICE_NAME = datasets_service_pb2.DESCRIPTOR.services_by_name["DatasetsService
 def server_spec(
     settings: DatasetsSettings, db: Database, *, clock: Clock = utc_now, address: str | None = None
 ) -> ServerSpec:
-    blobs = LocalBlobStore(settings.storage_dir)
-    blobs.ensure_layout()
+    internal_token = settings.require_internal_token()
+    blobs = settings.blob_store(settings.storage_dir)
+    startup, shutdown = [blobs.start], [blobs.close]
+    presign: Presign
+    if isinstance(blobs, LocalBlobStore):
+        # No other process may open the directory: the gateway fetches the bytes from us.
+        blob_server = BlobServer(
+            blobs, internal_token, settings.blob_http_address, settings.blob_http_url
+        )
+        startup.append(blob_server.start)
+        shutdown.append(blob_server.stop)
+        presign = blob_server.url_for
+    else:
+        presign = _presigned(blobs)
     store = DatasetStore(db)
-    servicer = DatasetsServicer(store, blobs, settings, clock)
+    servicer = DatasetsServicer(store, blobs, presign, settings, clock)
 
     async def housekeeping() -> None:
         """Expired tokens, old audit records, what a crash left of uploads: all go, in turn."""
@@ -42,43 +57,64 @@ def server_spec(
                 events = await store.purge_events(
                     now - timedelta(days=settings.audit_retention_days)
                 )
-                stale = settings.stale_upload_hours * 3600
-                uploads = await asyncio.to_thread(blobs.sweep_incoming, stale)
-                unowned = await sweep_unowned_blobs(store, blobs, stale)
-                if tokens or events or uploads or unowned:
+                uploads = await blobs.sweep_incoming(settings.stale_upload_hours * 3600)
+                if tokens or events or uploads:
                     log.info(
                         "housekeeping",
-                        extra={
-                            "tokens": tokens,
-                            "events": events,
-                            "partial_uploads": uploads,
-                            "unowned_blobs": unowned,
-                        },
+                        extra={"tokens": tokens, "events": events, "partial_uploads": uploads},
                     )
             except Exception:  # the loop must outlive any one failure
                 log.exception("housekeeping failed; will retry")
             await asyncio.sleep(settings.purge_interval_seconds)
 
+    async def reconciliation() -> None:
+        grace = timedelta(hours=settings.stale_upload_hours)
+        while True:
+            try:
+                await reconcile_datasets(store, blobs, now=clock(), grace=grace)
+            except Exception:  # the loop must outlive any one failure (storage down included)
+                log.exception("reconciliation failed; will retry")
+            await asyncio.sleep(settings.reconcile_interval_seconds)
+
     return ServerSpec(
         name="datasets",
         domain=DOMAIN,
         address=address or settings.grpc_address,
-        internal_token=settings.require_internal_token(),
+        internal_token=internal_token,
         register=lambda server: datasets_service_pb2_grpc.add_DatasetsServiceServicer_to_server(
             servicer, server
         ),
         service_names=[SERVICE_NAME],
-        background=[housekeeping],
+        background=[housekeeping, reconciliation],
+        startup=startup,
+        shutdown=shutdown,
     )
 
 
-async def sweep_unowned_blobs(store: DatasetStore, blobs: LocalBlobStore, older_than: float) -> int:
-    """Delete finished blobs that no dataset names, older than `older_than` seconds: an upload
-    whose blob was committed but whose record was not (the service was killed in between), or
-    a dataset whose record was deleted but not its blob. Returns how many."""
-    keys = await asyncio.to_thread(blobs.keys_older_than, older_than)
-    unowned = set(keys) - await store.blob_keys_in_use(keys) if keys else set()
-    for key in unowned:
-        log.warning("blob no dataset names removed", extra={"blob_key": key})
-        await asyncio.to_thread(blobs.delete, key)
-    return len(unowned)
+def _presigned(blobs: BlobStore) -> Presign:
+    async def presign(key: str, seconds: int) -> str:
+        url = await blobs.presign_get(key, seconds)
+        if url is None:
+            raise RuntimeError(f"{blobs.backend} storage cannot presign")
+        return url
+
+    return presign
+
+
+async def reconcile_datasets(
+    store: DatasetStore, blobs: BlobStore, *, now: datetime, grace: timedelta
+) -> Reconciled:
+    """One reconciliation pass of the dataset store against the datasets' records."""
+    done = await reconcile(
+        "datasets", blobs, store.owned_after, store.blob_keys_in_use, now=now, grace=grace
+    )
+    log.info(
+        "storage reconciled",
+        extra={
+            "blobs": done.blobs,
+            "bytes": done.bytes,
+            "unowned_removed": done.removed,
+            "missing": len(done.missing),
+        },
+    )
+    return done

@@ -7,17 +7,35 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.common.blobstore.settings import StorageSettings
 from services.common.settings import DEFAULT_MAX_UPLOAD_BYTES, CommonSettings
 
 MAX_TOKEN_TTL_SECONDS = 2 * 60 * 60
 MAX_TOKEN_USES = 1000
 
 
-class DatasetsSettings(CommonSettings):
+class DatasetsSettings(CommonSettings, StorageSettings):
     model_config = SettingsConfigDict(env_prefix="TUNELAB_DATASETS_", extra="ignore", frozen=True)
 
     database_url: str = "sqlite:///var/datasets.db"
-    storage_dir: Path = Path("var/datasets")
+    storage_dir: Path = Field(Path("var/datasets"), description="Local storage's directory.")
+    blob_http_address: str = Field(
+        "127.0.0.1:50061",
+        description="Local storage: where this service serves the gateway signed blob URLs, "
+        "as object storage would (port 0 picks a free one).",
+    )
+    blob_http_url: str = Field(
+        "",
+        description="Local storage: how the gateway reaches blob_http_address (e.g. "
+        "http://datasets:50061 on Kubernetes); empty: http://<the address it listens on>.",
+    )
+    source_url_seconds: int = Field(
+        300,
+        ge=10,
+        le=3600,
+        description="How long the URL the gateway fetches a download's bytes from stays valid "
+        "(the fetch must start within it; a long download may run on).",
+    )
     grpc_address: str = "127.0.0.1:50051"
     metrics_address: str = "127.0.0.1:9151"
     max_upload_bytes: int = Field(
@@ -35,6 +53,12 @@ class DatasetsSettings(CommonSettings):
     )
     audit_retention_days: float = Field(
         180.0, gt=0, description="Download audit records older than this are deleted."
+    )
+    reconcile_interval_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How often storage is walked against the records (blobs no dataset names "
+        "are removed, datasets whose blob is missing reported); each pass lists the store.",
     )
     stale_upload_hours: float = Field(
         24.0,

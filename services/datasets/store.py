@@ -21,6 +21,7 @@ from services.common import bearer, ids
 from services.common.db import Database
 from services.common.errors import ServiceError, not_found, reason_name, storage_unavailable
 from services.common.pagination import Cursor, Page, newest_first, page
+from services.common.reconcile import Owned
 from services.common.redact import DOWNLOAD_TOKEN_PREFIX
 from services.datasets import ranges
 from services.datasets.formats import Analysis, Format
@@ -259,6 +260,17 @@ class DatasetStore:
                     )
                 )
         return found
+
+    async def owned_after(self, after: str, limit: int) -> list[Owned]:
+        """Datasets' blob keys after `after`, in key order (for reconciliation)."""
+        async with self.db.session() as session:
+            rows = await session.execute(
+                select(DatasetRow.blob_key, DatasetRow.id, DatasetRow.created_at)
+                .where(DatasetRow.blob_key > after)
+                .order_by(DatasetRow.blob_key)
+                .limit(limit)
+            )
+            return [Owned(key, f"dataset {ident}", created) for key, ident, created in rows]
 
     async def purge_expired(self, before: datetime) -> int:
         """Forget tokens that expired before `before`; their audit records stay."""

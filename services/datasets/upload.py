@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from services.common.blobstore import LocalBlobStore
+from services.common.blobstore import BlobStore
 from services.common.receive import receive as store_stream
 from services.datasets.formats import Analysis, FormatDetector
 
@@ -20,13 +20,13 @@ class Received:
 
 
 async def receive(
-    chunks: AsyncIterator[bytes], blobs: LocalBlobStore, *, max_bytes: int, max_line_bytes: int
+    chunks: AsyncIterator[bytes], blobs: BlobStore, *, max_bytes: int, max_line_bytes: int
 ) -> Received:
     detector = FormatDetector(max_line_bytes)
     stored = await store_stream(chunks, blobs, max_bytes=max_bytes, inspect=detector.feed)
     try:
         analysis = detector.finish()
     except BaseException:
-        blobs.delete(stored.blob_key)
+        await blobs.delete(stored.blob_key)
         raise
     return Received(stored.blob_key, stored.size_bytes, stored.sha256, analysis)

@@ -33,6 +33,9 @@ class DeploymentRow(Base):
     __tablename__ = "deployments"
     __table_args__ = (
         Index(None, "owner", "created_at", "id"),
+        # Reconciliation walks outputs in key order; retention finds them by age.
+        Index(None, "output_blob_key", unique=True),
+        Index(None, "output_at"),
         UniqueConstraint("owner", "request_id"),
         CheckConstraint("max_runtime_minutes > 0", name="runtime_positive"),
         CheckConstraint("max_cost_usd > 0", name="cost_limit_positive"),
@@ -152,6 +155,17 @@ class ProviderKeyRow(Base):
     ciphertext: Mapped[str] = mapped_column(Text, doc="Fernet token of the API key.")
     last4: Mapped[str] = mapped_column(String(4), doc="All that is ever shown of the key.")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OutputRetentionRow(Base):
+    """How long a user's runs' outputs are kept, where they chose (else the operator's
+    default applies)."""
+
+    __tablename__ = "output_retention"
+
+    owner: Mapped[str] = mapped_column(String(255), primary_key=True)
+    days: Mapped[int] = mapped_column(Integer, doc="0: kept until deleted.")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

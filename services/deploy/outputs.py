@@ -5,15 +5,20 @@ left unrecorded leaves no blob behind."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from datetime import datetime
 
 import grpc
 
-from services.common.blobstore import BlobError, LocalBlobStore, read_range
-from services.common.errors import ServiceError, invalid_argument, storage_unavailable
+from services.common.blobstore import BlobError, BlobStore, StorageUnavailable
+from services.common.errors import (
+    ServiceError,
+    invalid_argument,
+    storage_down,
+    storage_unavailable,
+)
 from services.common.receive import receive
 from services.deploy import convert
 from services.deploy.reports import finished
@@ -34,7 +39,7 @@ async def upload(
     *,
     authenticate: Authenticate,
     store: DeploymentStore,
-    blobs: LocalBlobStore,
+    blobs: BlobStore,
     max_bytes: int,
     clock: Callable[[], datetime],
 ) -> Output:
@@ -53,7 +58,11 @@ async def upload(
                 "chunk", "the first message names the run; the file starts in the second"
             )
         budget = max_bytes
-        stored = await receive(_chunks(messages), blobs, max_bytes=budget)
+        try:
+            stored = await receive(_chunks(messages), blobs, max_bytes=budget)
+        except StorageUnavailable as exc:  # a ServiceError, so that the rest is drained
+            log.warning("output refused: storage unavailable", extra={"error": str(exc)})
+            raise storage_down() from None
     except ServiceError:
         # Refused while the pod is still sending: read the rest first (a gRPC client whose
         # send fails reports that, not our status).
@@ -75,37 +84,76 @@ async def upload(
     try:
         after, _ = await store.mutate(d.id, now, attach)
     except BaseException:
-        await asyncio.to_thread(blobs.delete, stored.blob_key)
+        await blobs.delete(stored.blob_key)
         raise
     if replaced is not None:
-        await asyncio.to_thread(blobs.delete, replaced.blob_key)
+        await _delete_quietly(blobs, replaced.blob_key, d.id)
     log.info("output stored", extra={"deployment": d.id, "size_bytes": stored.size_bytes})
     assert after.output is not None
     return after.output
 
 
-async def download(
-    d: Deployment, blobs: LocalBlobStore
-) -> AsyncIterator[api.DownloadOutputResponse]:
+async def download(d: Deployment, blobs: BlobStore) -> AsyncIterator[api.DownloadOutputResponse]:
     """The run's output: its description, then the file in chunks."""
     if d.output is None:
-        raise ServiceError(
-            grpc.StatusCode.NOT_FOUND,
-            f"deployment {d.id} has no output (yet): its pod sends it when training succeeds",
-            errors_pb2.ERROR_REASON_NOT_FOUND,
-            {"kind": "output"},
-        )
-    try:
-        blob = await asyncio.to_thread(blobs.open, d.output.blob_key)
-    except BlobError as exc:
-        log.error("output blob unreadable", extra={"deployment": d.id, "error": str(exc)})
-        raise storage_unavailable() from None
-    try:
+        raise _no_output(d)
+    async with aclosing(blobs.read(d.output.blob_key, 0, d.output.size_bytes)) as chunks:
+        try:
+            # The first chunk before the description: a missing blob must be an error status,
+            # not a stream that starts and breaks off.
+            first = await anext(chunks, b"")
+        except StorageUnavailable:
+            raise
+        except BlobError as exc:
+            log.error("output blob unreadable", extra={"deployment": d.id, "error": str(exc)})
+            raise storage_unavailable() from None
         yield api.DownloadOutputResponse(output=convert.output(d.output))
-        async for chunk in read_range(blob, 0, blob.size):
+        if first:
+            yield api.DownloadOutputResponse(chunk=first)
+        async for chunk in chunks:
             yield api.DownloadOutputResponse(chunk=chunk)
-    finally:
-        blob.close()
+
+
+async def delete(
+    d: Deployment, *, store: DeploymentStore, blobs: BlobStore, now: datetime
+) -> Output:
+    """Forget the run's output, then remove its bytes; returns what was deleted."""
+    removed: Output | None = None
+
+    def detach(current: Deployment) -> Change:
+        nonlocal removed
+        if current.output is None:
+            raise _no_output(current)
+        removed = current.output
+        change = Change(output=None)
+        change.log("output_deleted", f"{removed.size_bytes} bytes, sha256 {removed.sha256}")
+        return change
+
+    await store.mutate(d.id, now, detach)
+    assert removed is not None
+    await _delete_quietly(blobs, removed.blob_key, d.id)
+    log.info("output deleted", extra={"deployment": d.id, "size_bytes": removed.size_bytes})
+    return removed
+
+
+def _no_output(d: Deployment) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.NOT_FOUND,
+        f"deployment {d.id} has no output: its pod sends it when training succeeds, and a "
+        "deleted one is gone",
+        errors_pb2.ERROR_REASON_NOT_FOUND,
+        {"kind": "output"},
+    )
+
+
+async def _delete_quietly(blobs: BlobStore, key: str, deployment: str) -> None:
+    """Delete a blob no record names any more; if that fails, reconciliation will."""
+    try:
+        await blobs.delete(key)
+    except BlobError as exc:
+        log.warning(
+            "replaced output left behind", extra={"deployment": deployment, "error": str(exc)}
+        )
 
 
 async def _chunks(messages: AsyncIterator[api.UploadOutputRequest]) -> AsyncIterator[bytes]:

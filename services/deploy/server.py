@@ -10,7 +10,7 @@ from functools import partial
 
 import grpc
 
-from services.common.blobstore import LocalBlobStore
+from services.common.blobstore import BlobStore
 from services.common.errors import ServiceError, invalid_argument, not_found
 from services.common.identity import require_user
 from services.common.pagination import page_size
@@ -33,6 +33,8 @@ from tunelab.deploy.v1 import deployments_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+MAX_RETENTION_DAYS = 36500
+
 Context = grpc.aio.ServicerContext[object, object]
 Clock = Callable[[], datetime]
 
@@ -43,7 +45,7 @@ class DeployServicer(api_grpc.DeployServiceServicer):
     def __init__(
         self,
         store: DeploymentStore,
-        outputs: LocalBlobStore,
+        outputs: BlobStore,
         preflight: Preflight,
         providers: Providers,
         supervisor: Supervisor,
@@ -257,6 +259,38 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         d = await self.store.get(require_user(), request.deployment_id)
         async for message in run_outputs.download(d, self.outputs):
             yield message
+
+    async def DeleteOutput(
+        self, request: api.DeleteOutputRequest, context: Context
+    ) -> api.DeleteOutputResponse:
+        d = await self.store.get(require_user(), request.deployment_id)
+        await run_outputs.delete(d, store=self.store, blobs=self.outputs, now=self.clock())
+        return api.DeleteOutputResponse()
+
+    async def GetOutputRetention(
+        self, request: api.GetOutputRetentionRequest, context: Context
+    ) -> api.GetOutputRetentionResponse:
+        chosen = await self.store.output_retention(require_user())
+        return api.GetOutputRetentionResponse(retention=self._retention(chosen))
+
+    async def SetOutputRetention(
+        self, request: api.SetOutputRetentionRequest, context: Context
+    ) -> api.SetOutputRetentionResponse:
+        owner = require_user()
+        if not request.use_default and not 0 <= request.days <= MAX_RETENTION_DAYS:
+            raise invalid_argument(
+                "days",
+                f"days must be between 0 (keep until deleted) and {MAX_RETENTION_DAYS}; or set "
+                "use_default for the operator's default",
+            )
+        chosen = None if request.use_default else request.days
+        await self.store.set_output_retention(owner, chosen, self.clock())
+        return api.SetOutputRetentionResponse(retention=self._retention(chosen))
+
+    def _retention(self, chosen: int | None) -> api.OutputRetention:
+        if chosen is None:
+            return api.OutputRetention(days=self.settings.output_retention_days, is_default=True)
+        return api.OutputRetention(days=chosen, is_default=False)
 
     async def SetProviderKey(
         self, request: api.SetProviderKeyRequest, context: Context

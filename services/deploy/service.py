@@ -6,15 +6,17 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
-from services.common.blobstore import LocalBlobStore
+from services.common.blobstore import BlobStore
 from services.common.db import Database
 from services.common.migrations import Migrations
 from services.common.server import ServerSpec
 from services.deploy.changes import Changes
 from services.deploy.datasets import DatasetsClient
 from services.deploy.keys import KEK_VARIABLE, KeyRing, KeyRingError
+from services.deploy.output_upkeep import upkeep_forever
 from services.deploy.pod import render
 from services.deploy.preflight import Preflight
 from services.deploy.providers.local import LocalProvider
@@ -49,6 +51,7 @@ class Parts:
     supervisor: Supervisor
     store: DeploymentStore
     datasets: DatasetsClient
+    outputs: BlobStore
 
 
 def assemble(
@@ -82,12 +85,11 @@ def assemble(
         max_cost_per_run_usd=settings.max_cost_per_run_usd,
         cuda_floor=settings.cuda_floor,
     )
-    outputs = LocalBlobStore(settings.output_dir)
-    outputs.ensure_layout()
+    outputs = settings.blob_store(settings.output_dir)
     servicer = DeployServicer(
         store, outputs, preflight, providers, supervisor, changes, settings, clock
     )
-    return Parts(servicer, supervisor, store, datasets)
+    return Parts(servicer, supervisor, store, datasets, outputs)
 
 
 def server_spec(
@@ -108,5 +110,10 @@ def server_spec(
             parts.servicer, server
         ),
         service_names=[SERVICE_NAME],
-        background=[parts.supervisor.run_forever],
+        background=[
+            parts.supervisor.run_forever,
+            partial(upkeep_forever, parts.store, parts.outputs, settings, clock),
+        ],
+        startup=[parts.outputs.start],
+        shutdown=[parts.outputs.close],
     )

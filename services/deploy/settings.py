@@ -7,13 +7,14 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from services.common.blobstore.settings import StorageSettings
 from services.common.settings import CommonSettings, shared
 from services.deploy.pod import stack
 
 DEFAULT_RUNPOD_IMAGE = stack.IMAGE
 
 
-class DeploySettings(CommonSettings):
+class DeploySettings(CommonSettings, StorageSettings):
     model_config = SettingsConfigDict(
         env_prefix="TUNELAB_DEPLOY_", extra="ignore", frozen=True, populate_by_name=True
     )
@@ -88,7 +89,27 @@ class DeploySettings(CommonSettings):
         5, ge=1, le=100, description="Downloads a pod may start: retries and resumes included."
     )
     output_dir: Path = Field(
-        Path("var/outputs"), description="Where runs' trained outputs (.tar.gz) are kept."
+        Path("var/outputs"),
+        description="Local storage: where runs' trained outputs (.tar.gz) are kept.",
+    )
+    output_retention_days: int = Field(
+        0,
+        ge=0,
+        le=36500,
+        description="Outputs of finished runs are deleted this long after they arrived, unless "
+        "their owner chose otherwise (PUT /v1/output-retention); 0 keeps them until deleted.",
+    )
+    output_upkeep_interval_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How often retention is applied and the output store reconciled with "
+        "the records (each pass lists the store).",
+    )
+    stale_upload_hours: float = Field(
+        24.0,
+        gt=0,
+        description="What a crash left of output uploads (partial files, unfinished multipart "
+        "uploads, blobs no run names) is removed after this long.",
     )
     max_output_bytes: int = Field(
         50 * 1024**3,

@@ -14,24 +14,26 @@ from datetime import datetime, timedelta
 from typing import Final
 
 import grpc
-from sqlalchemy import delete, or_, select
+from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common import ids
 from services.common.db import Database
 from services.common.errors import ServiceError, not_found
 from services.common.pagination import Cursor, Page, newest_first, oldest_first, page
+from services.common.reconcile import Owned
 from services.deploy import metrics
 from services.deploy.models import (
     DeploymentEventRow,
     DeploymentRow,
     LeaseRow,
     MetricRow,
+    OutputRetentionRow,
     ProviderKeyRow,
 )
 from services.deploy.providers.base import GpuRequest
 from services.deploy.spec import Spec
-from services.deploy.states import LIVE, State
+from services.deploy.states import LIVE, TERMINAL, State
 from tunelab_trainer.common import Hyperparameters
 
 
@@ -314,6 +316,78 @@ class DeploymentStore:
         )
         async with self.db.session() as session:
             return [_deployment(r) for r in (await session.scalars(query)).all()]
+
+    # Outputs' storage ---------------------------------------------------------------------
+
+    async def outputs_after(self, after: str, limit: int) -> list[Owned]:
+        """Outputs' blob keys after `after`, in key order (for reconciliation)."""
+        async with self.db.session() as session:
+            rows = await session.execute(
+                select(DeploymentRow.output_blob_key, DeploymentRow.id, DeploymentRow.output_at)
+                .where(DeploymentRow.output_blob_key > after)
+                .order_by(DeploymentRow.output_blob_key)
+                .limit(limit)
+            )
+            return [
+                Owned(key, f"deployment {ident}", created)
+                for key, ident, created in rows
+                if key is not None and created is not None
+            ]
+
+    async def output_keys_in_use(self, keys: list[str]) -> set[str]:
+        async with self.db.session() as session:
+            found = await session.scalars(
+                select(DeploymentRow.output_blob_key).where(DeploymentRow.output_blob_key.in_(keys))
+            )
+            return {key for key in found if key is not None}
+
+    async def expired_outputs(
+        self, now: datetime, default_days: float, limit: int
+    ) -> list[Deployment]:
+        """Finished runs whose output is older than its owner's retention (their own choice,
+        else `default_days`; 0 keeps it), oldest first, at most `limit`."""
+        expired: list[Deployment] = []
+        async with self.db.session() as session:
+            chosen = list((await session.scalars(select(OutputRetentionRow))).all())
+            groups: list[tuple[ColumnElement[bool], float]] = [
+                (DeploymentRow.owner == row.owner, row.days) for row in chosen if row.days > 0
+            ]
+            if default_days > 0:
+                others = DeploymentRow.owner.not_in(select(OutputRetentionRow.owner))
+                groups.append((others, default_days))
+            for who, days in groups:
+                query = (
+                    select(DeploymentRow)
+                    .where(
+                        who,
+                        DeploymentRow.output_at < now - timedelta(days=days),
+                        DeploymentRow.state.in_([s.value for s in TERMINAL]),
+                    )
+                    .order_by(DeploymentRow.output_at)
+                    .limit(limit - len(expired))
+                )
+                expired += [_deployment(r) for r in (await session.scalars(query)).all()]
+                if len(expired) >= limit:
+                    break
+        return expired
+
+    async def output_retention(self, owner: str) -> int | None:
+        """The owner's chosen retention in days (0: kept until deleted), None if unset."""
+        async with self.db.session() as session:
+            row = await session.get(OutputRetentionRow, owner)
+            return row.days if row else None
+
+    async def set_output_retention(self, owner: str, days: int | None, now: datetime) -> None:
+        """Choose a retention (None: back to the operator's default)."""
+        async with self.db.session(write=True) as session:
+            row = await session.get(OutputRetentionRow, owner)
+            if days is None:
+                if row is not None:
+                    await session.delete(row)
+            elif row is None:
+                session.add(OutputRetentionRow(owner=owner, days=days, updated_at=now))
+            else:
+                row.days, row.updated_at = days, now
 
     async def known_ids(self, deployment_ids: Sequence[str]) -> dict[str, Deployment]:
         if not deployment_ids:

@@ -77,6 +77,7 @@ async def datasets(datasets_db_url: str, tmp_path: Path) -> AsyncIterator[Datase
     settings = DatasetsSettings(
         database_url=datasets_db_url,
         storage_dir=tmp_path / "blobs",
+        blob_http_address="127.0.0.1:0",
         internal_token=INTERNAL_TOKEN,
         public_url="https://tunelab.example",
         max_upload_bytes=1 << 20,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import select, text
@@ -303,6 +305,36 @@ async def test_redeem_whole_file_and_ranges(datasets: Datasets) -> None:
     assert (part.offset, part.length, part.partial) == (100, len(SFT) - 100, True)
     stale = await datasets.redeem(minted.token, range="bytes=100-", if_range='"other"')
     assert (stale.offset, stale.partial) == (0, False)
+
+
+async def test_a_get_grant_names_a_source_that_serves_exactly_the_datasets_bytes(
+    datasets: Datasets, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    d = (await datasets.upload(SFT)).dataset
+    minted = await datasets.mint(d.id, max_uses=10)
+    checked = await datasets.redeem(minted.token, http_method="HEAD")
+    assert checked.source_url == ""  # a HEAD sends no bytes: nothing to fetch
+    whole = await datasets.redeem(minted.token)
+    part = await datasets.redeem(minted.token, range="bytes=100-199")
+    assert whole.source_url.startswith("http://127.0.0.1:")
+    async with httpx.AsyncClient(timeout=10) as client:
+        got = await client.get(whole.source_url)
+        ranged = await client.get(part.source_url, headers={"Range": "bytes=100-199"})
+    assert (got.status_code, got.content) == (200, SFT)
+    assert hashlib.sha256(got.content).hexdigest() == d.sha256
+    assert (ranged.status_code, ranged.content) == (206, SFT[100:200])
+    assert ranged.headers["content-range"] == f"bytes 100-199/{len(SFT)}"
+    # The URL is a credential: the service never logs it (the test's own client does).
+    logged = "\n".join(
+        r.getMessage() + repr(r.__dict__)
+        for r in caplog.records
+        if not r.name.startswith(("httpx", "httpcore"))
+    )
+    assert "dataset stored" in logged  # the service's logs were captured
+    for url in (whole.source_url, part.source_url):
+        assert url not in logged
+        assert url.split("signature=")[1] not in logged
 
 
 async def test_single_use_token_is_refused_the_second_time(datasets: Datasets) -> None:

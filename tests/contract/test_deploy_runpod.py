@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from services.common import bearer, ids
+from services.common.blobstore.local import LocalBlobStore
 from services.common.client import open_channel
 from services.common.db import Database
 from services.common.identity import USER_KEY
@@ -89,6 +90,26 @@ class Deploy:
         self.clock.advance(seconds)
         await self.parts.supervisor.tick()
 
+    @property
+    def output_root(self) -> Path:
+        """The outputs' local store (these tests run on local storage)."""
+        outputs = self.parts.servicer.outputs
+        assert isinstance(outputs, LocalBlobStore)
+        return outputs.root
+
+    def output_files(self) -> list[Path]:
+        return sorted(p for p in (self.output_root / "objects").rglob("*") if p.is_file())
+
+    async def send_output(
+        self, deployment_id: str, job_token: str, data: bytes
+    ) -> api.UploadOutputResponse:
+        async def messages() -> AsyncIterator[api.UploadOutputRequest]:
+            yield api.UploadOutputRequest(deployment_id=deployment_id, job_token=job_token)
+            for start_at in range(0, len(data), 65536):
+                yield api.UploadOutputRequest(chunk=data[start_at : start_at + 65536])
+
+        return await self.stub.UploadOutput(messages(), timeout=60)
+
 
 @pytest.fixture
 async def deploy(
@@ -133,6 +154,8 @@ async def deploy(
                 parts.servicer, server
             ),
             service_names=[service.SERVICE_NAME],
+            startup=[parts.outputs.start],
+            shutdown=[parts.outputs.close],
         )
     )
     channel = open_channel(f"127.0.0.1:{running.port}", INTERNAL_TOKEN)
@@ -670,19 +693,13 @@ async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_rese
     token = pod["env"]["TUNELAB_JOB_TOKEN"]
 
     async def send(data: bytes, job_token: str = token) -> api.UploadOutputResponse:
-        async def messages() -> AsyncIterator[api.UploadOutputRequest]:
-            yield api.UploadOutputRequest(deployment_id=created.id, job_token=job_token)
-            for start_at in range(0, len(data), 65536):
-                yield api.UploadOutputRequest(chunk=data[start_at : start_at + 65536])
-
-        return await deploy.stub.UploadOutput(messages(), timeout=60)
+        return await deploy.send_output(created.id, job_token, data)
 
     first = await send(b"first model" * 1000)
     assert first.output.size_bytes == 11000
     second = await send(b"second model")
     assert second.output.sha256 == hashlib.sha256(b"second model").hexdigest()
-    stored = sorted((deploy.parts.servicer.outputs.root / "objects").rglob("*"))
-    assert len([p for p in stored if p.is_file()]) == 1  # the first one is gone
+    assert len(deploy.output_files()) == 1  # the first one is gone
     chunks = [
         m
         async for m in deploy.stub.DownloadOutput(
@@ -701,9 +718,8 @@ async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_rese
 
     too_big = await rpc_error(send(b"x" * ((1 << 20) + 1)))
     assert too_big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    store_root = deploy.parts.servicer.outputs.root
-    assert len([p for p in (store_root / "objects").rglob("*") if p.is_file()]) == 1
-    assert list((store_root / "incoming").iterdir()) == []
+    assert len(deploy.output_files()) == 1
+    assert list((deploy.output_root / "incoming").iterdir()) == []
     forged = await rpc_error(send(b"model", "tljb_" + "F" * 43))
     assert forged.code() == grpc.StatusCode.UNAUTHENTICATED
     await deploy.stub.CancelDeployment(
@@ -711,6 +727,45 @@ async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_rese
     )
     late = await rpc_error(send(b"late model"))
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_delete_output_removes_the_record_and_the_bytes_for_its_owner_only(
+    deploy: Deploy,
+) -> None:
+    created = await deploy.create()
+    await deploy.tick()
+    (pod,) = deploy.fake.live_pods(f"tunelab-{created.id}")
+    await deploy.send_output(created.id, pod["env"]["TUNELAB_JOB_TOKEN"], b"model" * 1000)
+    assert len(deploy.output_files()) == 1
+
+    def delete(user: str | None = None) -> Any:
+        return deploy.stub.DeleteOutput(
+            api.DeleteOutputRequest(deployment_id=created.id), metadata=deploy.as_(user)
+        )
+
+    async def download() -> list[api.DownloadOutputResponse]:
+        call = deploy.stub.DownloadOutput(
+            api.DownloadOutputRequest(deployment_id=created.id), metadata=deploy.as_(), timeout=60
+        )
+        return [m async for m in call]
+
+    stolen = await rpc_error(delete("eve"))
+    assert stolen.code() == grpc.StatusCode.NOT_FOUND
+    assert len(deploy.output_files()) == 1  # another user's call left it alone
+    kept = await download()
+    assert b"".join(m.chunk for m in kept[1:]) == b"model" * 1000
+
+    await delete()
+    assert deploy.output_files() == []
+    assert not (await deploy.get(created.id)).HasField("output")
+    gone = await rpc_error(download())
+    assert gone.code() == grpc.StatusCode.NOT_FOUND
+    again = await rpc_error(delete())
+    assert again.code() == grpc.StatusCode.NOT_FOUND
+    events = await deploy.stub.ListDeploymentEvents(
+        api.ListDeploymentEventsRequest(deployment_id=created.id), metadata=deploy.as_()
+    )
+    assert "output_deleted" in [e.kind for e in events.events]
 
 
 async def test_a_pod_that_sent_its_output_and_exited_cleanly_succeeded(deploy: Deploy) -> None:

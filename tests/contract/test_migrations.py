@@ -53,6 +53,7 @@ def drift(conn: Connection, migrations: Migrations = MIGRATIONS, base: Any = Bas
                 "deployment_log_lines",
                 "provider_keys",
                 "leases",
+                "output_retention",
             },
         ),
         (tracing_service.MIGRATIONS, tracing_models.Base, {"spans", "span_tags"}),

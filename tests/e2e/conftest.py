@@ -146,6 +146,8 @@ def start_suite(
         "TUNELAB_DATASETS_STORAGE_DIR": str(var / "datasets"),
         "TUNELAB_DATASETS_GRPC_ADDRESS": grpc_address,
         "TUNELAB_DATASETS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        # Where the datasets service serves the gateway its signed blob URLs.
+        "TUNELAB_DATASETS_BLOB_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
         "TUNELAB_DATASETS_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
         "TUNELAB_DATASETS_MAX_LINE_BYTES": str(MAX_LINE),
         "TUNELAB_GATEWAY_PORT": str(gateway_port),

@@ -34,6 +34,7 @@ def test_dev_launcher_token_upload_list_link_and_ctrl_c(tmp_path: Path) -> None:
             for service in ("datasets", "deploy", "tracing", "eval")
             for kind in ("GRPC", "METRICS")
         },
+        "TUNELAB_DATASETS_BLOB_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
     }
     cli = [sys.executable, "-m", "tunelab_cli"]
     launcher = subprocess.Popen(

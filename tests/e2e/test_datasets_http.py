@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import text
 
 from services.common.db import Database
-from tests.e2e.conftest import MAX_LINE, MAX_UPLOAD, Suite, needs
+from tests.conftest import PgDatabases
+from tests.e2e.conftest import MAX_LINE, MAX_UPLOAD, Suite, free_port, needs, suite_on
 
 pytestmark = pytest.mark.e2e
 
@@ -259,6 +260,78 @@ def test_concurrent_downloads_of_a_single_use_token(suite: Suite, data: Path) ->
     assert sorted(statuses) == [200] + [403] * 11
 
 
+def _stored_blob(suite: Suite, content: bytes) -> Path:
+    """The datasets service's file holding exactly `content`."""
+    [blob] = [
+        p
+        for p in (suite.storage / "objects").rglob("*")
+        if p.is_file() and p.read_bytes() == content
+    ]
+    return blob
+
+
+def _uses(suite: Suite, user: str, dataset_id: str) -> int:
+    with suite.client(user) as client:
+        tokens = client.get(f"/v1/datasets/{dataset_id}/download-tokens").json()
+    [token] = tokens["download_tokens"]
+    return int(token.get("use_count", 0))
+
+
+def test_a_file_gone_from_storage_is_a_clear_500_that_uses_nothing(
+    suite: Suite, tmp_path: Path
+) -> None:
+    content = sft(50) + b'{"text": "only here: ' + str(time.time_ns()).encode() + b'"}\n'
+    path = tmp_path / "lost.jsonl"
+    path.write_bytes(content)
+    dataset = upload(suite, path, "lena")
+    minted = mint(suite, "lena", dataset["id"])  # one use
+    blob = _stored_blob(suite, content)
+    aside = tmp_path / "aside"
+    blob.rename(aside)  # the operator's disk lost it
+    try:
+        refused = httpx.get(minted["url"], timeout=30)
+        assert_refused(refused, 500, "STORAGE_UNAVAILABLE")
+        assert content[:20] not in refused.content
+        assert "objects" not in refused.text
+        assert blob.name not in refused.text
+    finally:
+        aside.rename(blob)
+    assert _uses(suite, "lena", dataset["id"]) == 0
+    back = httpx.get(minted["url"], timeout=30)  # the one use was never taken
+    assert (back.status_code, back.content) == (200, content)
+
+
+def test_an_unreachable_source_is_a_503_to_retry_and_gives_the_use_back(
+    tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases, tmp_path: Path
+) -> None:
+    """The datasets service grants the download, but the URL it grants the bytes at does not
+    answer (its blob listener is not where the gateway is told to look)."""
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with suite_on("sqlite", tmp_path_factory, pg, TUNELAB_DATASETS_BLOB_HTTP_URL=nowhere) as broken:
+        path = tmp_path / "train.jsonl"
+        path.write_bytes(sft(100))
+        dataset = upload(broken, path, "nina")
+        minted = mint(broken, "nina", dataset["id"])  # one use
+        assert httpx.head(minted["url"]).status_code == 200  # fetches nothing
+        for _ in range(2):  # the use came back: the second try is refused the same way
+            refused = httpx.get(minted["url"], timeout=30)
+            assert_refused(refused, 503, "STORAGE_UNAVAILABLE")
+            assert int(refused.headers["retry-after"]) > 0
+            for _ in range(100):  # reported in the background
+                if _uses(broken, "nina", dataset["id"]) == 0:
+                    break
+                time.sleep(0.05)
+            assert _uses(broken, "nina", dataset["id"]) == 0
+        with broken.client("nina") as client:
+            events = client.get(f"/v1/datasets/{dataset['id']}/download-events").json()
+        granted = [e for e in events["download_events"] if e["outcome"] == "granted"]
+        assert len(granted) == 2
+        assert all(int(e.get("bytes_sent", "0")) == 0 for e in granted)
+        logs = broken.logs()
+        assert "cannot fetch a granted download" in logs
+        assert "signature=" not in logs  # the granted URL is a credential
+
+
 @pytest.mark.parametrize(
     ("name", "field"),
     [("../../etc/passwd", "name"), ("/etc/passwd", "name"), ("a%00b.jsonl", "name"), ("", "name")],
@@ -482,6 +555,7 @@ def test_no_credential_reached_a_log_line(suite: Suite) -> None:
     assert "download attempt" in logs
     leaked = [s[:12] + "…" for s in suite.secrets_seen if s in logs]
     assert leaked == []
+    assert "signature=" not in logs  # nor any URL a download's bytes were granted at
 
 
 def test_abandoned_downloads_leak_no_file_descriptors(suite: Suite, tmp_path: Path) -> None:

@@ -171,6 +171,22 @@ def test_a_run_trains_reports_and_leaves_nothing_running(suite: Suite) -> None:
     assert forged.status_code == 401
     assert alice.get(f"/v1/deployments/{deployment['id']}/output").content == output.content
 
+    # Its owner deletes it (no one else can), and it is gone: the record and the file.
+    def stored_outputs() -> int:
+        return sum(1 for p in (suite.var / "outputs" / "objects").rglob("*") if p.is_file())
+
+    kept = stored_outputs()
+    assert kept >= 1
+    assert mallory.delete(f"/v1/deployments/{deployment['id']}/output").status_code == 404
+    assert stored_outputs() == kept
+    deleted = alice.delete(f"/v1/deployments/{deployment['id']}/output")
+    assert deleted.status_code == 204, deleted.text
+    assert stored_outputs() == kept - 1
+    assert alice.get(f"/v1/deployments/{deployment['id']}/output").status_code == 404
+    assert "output" not in alice.get(f"/v1/deployments/{deployment['id']}").json()
+    again = alice.delete(f"/v1/deployments/{deployment['id']}/output")
+    assert (again.status_code, again.json()["error"]["reason"]) == (404, "NOT_FOUND")
+
     # The job token never reached a log (that it is dead now: see the reports test).
     pod_env = (pod_dir(suite, deployment["id"]) / "pod.log").read_text()
     assert not JOB_TOKEN.search(suite.logs() + pod_env)

@@ -54,6 +54,7 @@ class Dev:
                 for service in ("datasets", "deploy", "tracing", "eval")
                 for kind in ("GRPC", "METRICS")
             },
+            "TUNELAB_DATASETS_BLOB_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
             **extra_env,
         }
         self.process = subprocess.Popen(

@@ -29,6 +29,7 @@ def service_env(tmp_path: Path) -> dict[str, str]:
         "TUNELAB_DATASETS_STORAGE_DIR": str(tmp_path / "blobs"),
         "TUNELAB_DATASETS_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
         "TUNELAB_DATASETS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TUNELAB_DATASETS_BLOB_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
         "TUNELAB_LOG_FORMAT": "json",
     }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,10 +17,8 @@ from tests.conftest import INTERNAL_TOKEN
 PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", DOWNLOAD_ROUTE}
 
 
-async def test_openapi_documents_exactly_the_routes_served(tmp_path: Path) -> None:
-    settings = GatewaySettings(
-        internal_token=INTERNAL_TOKEN, jwt_secret="j" * 40, datasets_storage_dir=tmp_path
-    )
+async def test_openapi_documents_exactly_the_routes_served() -> None:
+    settings = GatewaySettings(internal_token=INTERNAL_TOKEN, jwt_secret="j" * 40)
     app = create_app(settings)
     served = {
         (method.lower(), route.path)
@@ -74,17 +71,13 @@ def assert_links_resolve(document: dict[str, Any]) -> None:
     assert linked >= 15
 
 
-async def test_cors_is_off_by_default_and_exact_when_configured(tmp_path: Path) -> None:
+async def test_cors_is_off_by_default_and_exact_when_configured() -> None:
     preflight = {
         "Origin": "https://app.example",
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization",
     }
-    closed = create_app(
-        GatewaySettings(
-            internal_token=INTERNAL_TOKEN, jwt_secret="j" * 40, datasets_storage_dir=tmp_path
-        )
-    )
+    closed = create_app(GatewaySettings(internal_token=INTERNAL_TOKEN, jwt_secret="j" * 40))
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=closed), base_url="http://t"
     ) as c:
@@ -94,7 +87,6 @@ async def test_cors_is_off_by_default_and_exact_when_configured(tmp_path: Path) 
         GatewaySettings(
             internal_token=INTERNAL_TOKEN,
             jwt_secret="j" * 40,
-            datasets_storage_dir=tmp_path,
             cors_origins=["https://app.example"],
         )
     )
@@ -118,10 +110,8 @@ class _Exploding(Authenticator):
         raise RuntimeError("boom: sk-live-" + "q" * 30)
 
 
-async def test_unexpected_errors_are_json_500_with_the_request_id(tmp_path: Path) -> None:
-    settings = GatewaySettings(
-        internal_token=INTERNAL_TOKEN, jwt_secret="j" * 40, datasets_storage_dir=tmp_path
-    )
+async def test_unexpected_errors_are_json_500_with_the_request_id() -> None:
+    settings = GatewaySettings(internal_token=INTERNAL_TOKEN, jwt_secret="j" * 40)
     app = create_app(settings, authenticator=_Exploding())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.get("/v1/datasets", headers={"X-Request-Id": "rid-9"})
@@ -137,12 +127,11 @@ async def test_unexpected_errors_are_json_500_with_the_request_id(tmp_path: Path
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def test_conflicting_auth_settings_stop_the_gateway_with_a_reason(tmp_path: Path) -> None:
+def test_conflicting_auth_settings_stop_the_gateway_with_a_reason() -> None:
     settings = GatewaySettings(
         internal_token=INTERNAL_TOKEN,
         jwt_secret="j" * 40,
         jwks_url="https://idp.example/jwks.json",
-        datasets_storage_dir=tmp_path,
     )
     with pytest.raises(SystemExit, match="exactly one"):
         create_app(settings)

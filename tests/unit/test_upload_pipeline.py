@@ -1,4 +1,7 @@
-"""The upload pipeline under cancellation: whatever moment it is stopped at, nothing is left."""
+"""The upload pipeline under cancellation: whatever moment it is stopped at, nothing is left.
+
+The file work runs in threads inside LocalBlobWriter (base.in_thread); a cancelled upload must
+wait for them before it discards what they wrote."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.blobstore import LocalBlobStore
+from services.common.blobstore.local import LocalBlobStore
 from services.common.errors import ServiceError
 from services.datasets import upload
 from services.datasets.formats import FormatDetector
@@ -28,9 +31,9 @@ async def rows(count: int) -> AsyncIterator[bytes]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> LocalBlobStore:
+async def store(tmp_path: Path) -> LocalBlobStore:
     blobs = LocalBlobStore(tmp_path / "blobs")
-    blobs.ensure_layout()
+    await blobs.start()
     return blobs
 
 
@@ -42,17 +45,19 @@ async def test_receive_stores_hashes_and_counts(store: LocalBlobStore) -> None:
     assert blob.name == received.blob_key
 
 
-@pytest.mark.parametrize("stage", ["write", "fsync"])
+@pytest.mark.parametrize("stage", ["open", "write", "fsync"])
 async def test_cancelled_while_a_thread_works_leaves_nothing(
     store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch, stage: str
 ) -> None:
     entered, release = threading.Event(), threading.Event()
     real = getattr(os, stage)
 
-    def slow(*args: object) -> object:
-        entered.set()
-        release.wait(5)
-        return real(*args)
+    def slow(*args: object, **kwargs: object) -> object:
+        # "open": the writer creating its file in incoming/ (not the directories on the way).
+        if stage != "open" or (isinstance(args[1], int) and args[1] & os.O_CREAT):
+            entered.set()
+            release.wait(5)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(os, stage, slow)
     task = asyncio.create_task(

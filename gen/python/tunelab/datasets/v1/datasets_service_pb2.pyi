@@ -434,12 +434,12 @@ class RedeemDownloadTokenResponse(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     PARTIAL_FIELD_NUMBER: _builtins.int
-    BLOB_KEY_FIELD_NUMBER: _builtins.int
     REMAINING_USES_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     LAST_MODIFIED_FIELD_NUMBER: _builtins.int
     GRANT_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_URL_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     """What is being downloaded."""
     name: _builtins.str
@@ -450,8 +450,6 @@ class RedeemDownloadTokenResponse(_message.Message):
     length: _builtins.int
     partial: _builtins.bool
     """True when a Range was honoured: the answer is 206 Partial Content."""
-    blob_key: _builtins.str
-    """Where the bytes are in the blob store the gateway reads (a key, never a path)."""
     remaining_uses: _builtins.int
     """The token's remaining uses after this one."""
     etag: _builtins.str
@@ -461,6 +459,12 @@ class RedeemDownloadTokenResponse(_message.Message):
     last_modified: _builtins.str
     grant_id: _builtins.str
     """Names this grant in FinishDownload (and in the audit log); empty for HEAD."""
+    source_url: _builtins.str
+    """Where the gateway fetches the granted bytes, sending `Range: bytes=offset-(offset+length-1)`
+    when `partial`: a presigned object-storage URL, or the datasets service's own signed blob
+    URL for local storage. Short-lived, and a credential: never logged, never shown to the
+    client. Empty for HEAD.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -476,16 +480,16 @@ class RedeemDownloadTokenResponse(_message.Message):
         offset: _builtins.int = ...,
         length: _builtins.int = ...,
         partial: _builtins.bool = ...,
-        blob_key: _builtins.str = ...,
         remaining_uses: _builtins.int = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
         last_modified: _builtins.str = ...,
         grant_id: _builtins.str = ...,
+        source_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "created_at", b"created_at", "dataset_id", b"dataset_id", "etag", b"etag", "expires_at", b"expires_at", "grant_id", b"grant_id", "last_modified", b"last_modified", "length", b"length", "name", b"name", "offset", b"offset", "partial", b"partial", "remaining_uses", b"remaining_uses", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dataset_id", b"dataset_id", "etag", b"etag", "expires_at", b"expires_at", "grant_id", b"grant_id", "last_modified", b"last_modified", "length", b"length", "name", b"name", "offset", b"offset", "partial", b"partial", "remaining_uses", b"remaining_uses", "sha256", b"sha256", "size_bytes", b"size_bytes", "source_url", b"source_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

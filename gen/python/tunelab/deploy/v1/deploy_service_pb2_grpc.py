@@ -105,6 +105,21 @@ class DeployServiceStub:
                 request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputRequest.SerializeToString,
                 response_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputResponse.FromString,
                 _registered_method=True)
+        self.DeleteOutput = channel.unary_unary(
+                '/tunelab.deploy.v1.DeployService/DeleteOutput',
+                request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DeleteOutputRequest.SerializeToString,
+                response_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DeleteOutputResponse.FromString,
+                _registered_method=True)
+        self.GetOutputRetention = channel.unary_unary(
+                '/tunelab.deploy.v1.DeployService/GetOutputRetention',
+                request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.GetOutputRetentionRequest.SerializeToString,
+                response_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.GetOutputRetentionResponse.FromString,
+                _registered_method=True)
+        self.SetOutputRetention = channel.unary_unary(
+                '/tunelab.deploy.v1.DeployService/SetOutputRetention',
+                request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.SetOutputRetentionRequest.SerializeToString,
+                response_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.SetOutputRetentionResponse.FromString,
+                _registered_method=True)
         self.SetProviderKey = channel.unary_unary(
                 '/tunelab.deploy.v1.DeployService/SetProviderKey',
                 request_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.SetProviderKeyRequest.SerializeToString,
@@ -247,6 +262,30 @@ class DeployServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteOutput(self, request, context):
+        """Deletes what the run trained: its record and its bytes. Deleting it again is NOT_FOUND.
+        A run still in flight may have its pod send another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOutputRetention(self, request, context):
+        """How long the caller's runs' outputs are kept once their run has finished: the caller's
+        own choice, else the operator's default.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetOutputRetention(self, request, context):
+        """Chooses how long the caller's runs' outputs are kept (0 days: until deleted), or goes
+        back to the operator's default. Applies to outputs already stored, at the next upkeep.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetProviderKey(self, request, context):
         """Stores (or replaces) the caller's API key for a provider, encrypted. New runs use it;
         runs in flight keep the key their pod was rented with.
@@ -344,6 +383,21 @@ def add_DeployServiceServicer_to_server(servicer, server):
                     servicer.DownloadOutput,
                     request_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputRequest.FromString,
                     response_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputResponse.SerializeToString,
+            ),
+            'DeleteOutput': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteOutput,
+                    request_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DeleteOutputRequest.FromString,
+                    response_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DeleteOutputResponse.SerializeToString,
+            ),
+            'GetOutputRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOutputRetention,
+                    request_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.GetOutputRetentionRequest.FromString,
+                    response_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.GetOutputRetentionResponse.SerializeToString,
+            ),
+            'SetOutputRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOutputRetention,
+                    request_deserializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.SetOutputRetentionRequest.FromString,
+                    response_serializer=tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.SetOutputRetentionResponse.SerializeToString,
             ),
             'SetProviderKey': grpc.unary_unary_rpc_method_handler(
                     servicer.SetProviderKey,
@@ -723,6 +777,87 @@ class DeployService:
             '/tunelab.deploy.v1.DeployService/DownloadOutput',
             tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputRequest.SerializeToString,
             tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DownloadOutputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.deploy.v1.DeployService/DeleteOutput',
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DeleteOutputRequest.SerializeToString,
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.DeleteOutputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOutputRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.deploy.v1.DeployService/GetOutputRetention',
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.GetOutputRetentionRequest.SerializeToString,
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.GetOutputRetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetOutputRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.deploy.v1.DeployService/SetOutputRetention',
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.SetOutputRetentionRequest.SerializeToString,
+            tunelab_dot_deploy_dot_v1_dot_deploy__service__pb2.SetOutputRetentionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -94,6 +94,18 @@ class DeployServiceStub:
     """What the run trained, streamed: first a message with what it is, then its bytes.
     NOT_FOUND until the pod has sent it. Over HTTP: the .tar.gz itself.
     """
+    DeleteOutput: _grpc.UnaryUnaryMultiCallable[_deploy_service_pb2.DeleteOutputRequest, _deploy_service_pb2.DeleteOutputResponse]
+    """Deletes what the run trained: its record and its bytes. Deleting it again is NOT_FOUND.
+    A run still in flight may have its pod send another.
+    """
+    GetOutputRetention: _grpc.UnaryUnaryMultiCallable[_deploy_service_pb2.GetOutputRetentionRequest, _deploy_service_pb2.GetOutputRetentionResponse]
+    """How long the caller's runs' outputs are kept once their run has finished: the caller's
+    own choice, else the operator's default.
+    """
+    SetOutputRetention: _grpc.UnaryUnaryMultiCallable[_deploy_service_pb2.SetOutputRetentionRequest, _deploy_service_pb2.SetOutputRetentionResponse]
+    """Chooses how long the caller's runs' outputs are kept (0 days: until deleted), or goes
+    back to the operator's default. Applies to outputs already stored, at the next upkeep.
+    """
     SetProviderKey: _grpc.UnaryUnaryMultiCallable[_deploy_service_pb2.SetProviderKeyRequest, _deploy_service_pb2.SetProviderKeyResponse]
     """Stores (or replaces) the caller's API key for a provider, encrypted. New runs use it;
     runs in flight keep the key their pod was rented with.
@@ -173,6 +185,18 @@ class DeployServiceAsyncStub(DeployServiceStub):
     DownloadOutput: _aio.UnaryStreamMultiCallable[_deploy_service_pb2.DownloadOutputRequest, _deploy_service_pb2.DownloadOutputResponse]  # type: ignore[assignment]
     """What the run trained, streamed: first a message with what it is, then its bytes.
     NOT_FOUND until the pod has sent it. Over HTTP: the .tar.gz itself.
+    """
+    DeleteOutput: _aio.UnaryUnaryMultiCallable[_deploy_service_pb2.DeleteOutputRequest, _deploy_service_pb2.DeleteOutputResponse]  # type: ignore[assignment]
+    """Deletes what the run trained: its record and its bytes. Deleting it again is NOT_FOUND.
+    A run still in flight may have its pod send another.
+    """
+    GetOutputRetention: _aio.UnaryUnaryMultiCallable[_deploy_service_pb2.GetOutputRetentionRequest, _deploy_service_pb2.GetOutputRetentionResponse]  # type: ignore[assignment]
+    """How long the caller's runs' outputs are kept once their run has finished: the caller's
+    own choice, else the operator's default.
+    """
+    SetOutputRetention: _aio.UnaryUnaryMultiCallable[_deploy_service_pb2.SetOutputRetentionRequest, _deploy_service_pb2.SetOutputRetentionResponse]  # type: ignore[assignment]
+    """Chooses how long the caller's runs' outputs are kept (0 days: until deleted), or goes
+    back to the operator's default. Applies to outputs already stored, at the next upkeep.
     """
     SetProviderKey: _aio.UnaryUnaryMultiCallable[_deploy_service_pb2.SetProviderKeyRequest, _deploy_service_pb2.SetProviderKeyResponse]  # type: ignore[assignment]
     """Stores (or replaces) the caller's API key for a provider, encrypted. New runs use it;
@@ -328,6 +352,36 @@ class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_deploy_service_pb2.DownloadOutputResponse], _abc.AsyncIterator[_deploy_service_pb2.DownloadOutputResponse]]:
         """What the run trained, streamed: first a message with what it is, then its bytes.
         NOT_FOUND until the pod has sent it. Over HTTP: the .tar.gz itself.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteOutput(
+        self,
+        request: _deploy_service_pb2.DeleteOutputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deploy_service_pb2.DeleteOutputResponse, _abc.Awaitable[_deploy_service_pb2.DeleteOutputResponse]]:
+        """Deletes what the run trained: its record and its bytes. Deleting it again is NOT_FOUND.
+        A run still in flight may have its pod send another.
+        """
+
+    @_abc_1.abstractmethod
+    def GetOutputRetention(
+        self,
+        request: _deploy_service_pb2.GetOutputRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deploy_service_pb2.GetOutputRetentionResponse, _abc.Awaitable[_deploy_service_pb2.GetOutputRetentionResponse]]:
+        """How long the caller's runs' outputs are kept once their run has finished: the caller's
+        own choice, else the operator's default.
+        """
+
+    @_abc_1.abstractmethod
+    def SetOutputRetention(
+        self,
+        request: _deploy_service_pb2.SetOutputRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deploy_service_pb2.SetOutputRetentionResponse, _abc.Awaitable[_deploy_service_pb2.SetOutputRetentionResponse]]:
+        """Chooses how long the caller's runs' outputs are kept (0 days: until deleted), or goes
+        back to the operator's default. Applies to outputs already stored, at the next upkeep.
         """
 
     @_abc_1.abstractmethod
