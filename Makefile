@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 
-.PHONY: setup run test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge fuzz load test-trl pod-lock clean
+.PHONY: setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge fuzz load test-trl pod-lock clean
 
 setup: $(INSTALLED)
 
@@ -25,6 +25,10 @@ $(NODE_INSTALLED): package.json package-lock.json
 ## make run: start every service and the gateway on http://127.0.0.1:8080 (SQLite under var/).
 run: setup
 	$(BIN)/tunelab dev
+
+## make run-s3: the same, with datasets and outputs in a local SeaweedFS S3 server (var/seaweedfs).
+run-s3: setup
+	$(BIN)/tunelab dev --s3
 
 ## make test: the linters, the generated-code check, then every test (SQLite and PostgreSQL).
 test: lint pytest

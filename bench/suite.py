@@ -131,6 +131,7 @@ class Suite:
                 "TUNELAB_DATASETS_GRPC_ADDRESS": grpc,
                 "TUNELAB_GATEWAY_DATASETS_ADDRESS": grpc,
                 "TUNELAB_DATASETS_METRICS_ADDRESS": "",
+                "TUNELAB_DATASETS_BLOB_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
                 "TUNELAB_DEPLOY_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
                 "TUNELAB_DEPLOY_METRICS_ADDRESS": "",
                 "TUNELAB_TRACING_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",

@@ -1,7 +1,12 @@
-"""Transfer benchmark: a large JSONL dataset up and down through the gateway, against nginx.
+"""Transfer benchmark: a large JSONL dataset up and down through the gateway, on each storage
+backend, against the limit of that backend measured in the same run.
 
-Upload:   curl -T FILE -X POST /v1/datasets   vs   curl -T FILE (PUT) to nginx's dav module.
-Download: curl of a minted download URL         vs   curl of the same blob file from nginx.
+local:  upload   curl -T FILE -X POST /v1/datasets   vs   curl -T FILE (PUT) to nginx's dav module
+        download curl of a minted download URL         vs   curl of the same blob file from nginx
+s3:     upload   curl -T FILE -X POST /v1/datasets   vs   curl -T FILE to a presigned PUT URL
+                                                          straight to SeaweedFS
+        download curl of a minted download URL         vs   curl of a presigned GET URL of the
+                                                          same object straight from SeaweedFS
 Both sides write to / read from the same disk; runs alternate between them, medians reported.
 """
 
@@ -21,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -30,6 +35,88 @@ from bench.suite import BenchError, Nginx, Suite
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1 << 20
+
+
+class Reference(Protocol):
+    """The limit a backend sets: the same transfers without tunelab in the way."""
+
+    name: str
+
+    def blobs(self) -> set[str]:
+        """The stored blobs (to find the one an upload made)."""
+        ...
+
+    def put(self, path: Path, run: int, timeout: float) -> float:
+        """Store the file directly; bytes/s."""
+        ...
+
+    def url(self, blob: str) -> str:
+        """Where the stored blob can be fetched directly."""
+        ...
+
+
+class NginxReference:
+    name = "nginx"
+
+    def __init__(self, suite: Suite, nginx: Nginx) -> None:
+        self._suite = suite
+        self._nginx = nginx
+
+    def blobs(self) -> set[str]:
+        return {str(p.relative_to(self._nginx.files)) for p in self._suite.blobs()}
+
+    def put(self, path: Path, run: int, timeout: float) -> float:
+        target = f"upload/run-{run}.jsonl"
+        status, speed = _curl(
+            ["-o", "/dev/null", "-T", str(path), f"{self._nginx.url}/{target}"],
+            "speed_upload",
+            timeout,
+        )
+        _expect(status, 201, "nginx PUT")
+        stored = self._nginx.dav / target
+        if stored.stat().st_size != path.stat().st_size:
+            raise BenchError(
+                f"nginx stored {stored.stat().st_size} bytes, not {path.stat().st_size}"
+            )
+        stored.unlink()  # a fresh file each run, as the gateway makes
+        return speed
+
+    def url(self, blob: str) -> str:
+        return f"{self._nginx.url}/files/{blob}"
+
+
+class S3Reference:
+    name = "seaweedfs"
+
+    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+        self._client = client  # a botocore S3 client
+        self._bucket = bucket
+        self._prefix = prefix
+
+    def blobs(self) -> set[str]:
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self._bucket, Prefix=self._prefix
+        )
+        return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+    def put(self, path: Path, run: int, timeout: float) -> float:
+        key = f"reference/run-{run}.jsonl"
+        url = self._client.generate_presigned_url(
+            "put_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=3600
+        )
+        status, speed = _curl(["-o", "/dev/null", "-T", str(path), url], "speed_upload", timeout)
+        _expect(status, 200, "SeaweedFS presigned PUT")
+        head = self._client.head_object(Bucket=self._bucket, Key=key)
+        if head["ContentLength"] != path.stat().st_size:
+            raise BenchError(f"SeaweedFS stored {head['ContentLength']} bytes")
+        self._client.delete_object(Bucket=self._bucket, Key=key)
+        return speed
+
+    def url(self, blob: str) -> str:
+        url: str = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self._bucket, "Key": blob}, ExpiresIn=3600
+        )
+        return url
 
 
 def _curl(args: list[str], variable: str, timeout: float) -> tuple[int, float]:
@@ -63,16 +150,16 @@ def _check_dataset(body: dict[str, Any], data: dataset.Dataset) -> None:
 
 
 def upload(
-    suite: Suite, nginx: Nginx, data: dataset.Dataset, runs: int, token: str, tmp: Path
-) -> tuple[dict[str, Any], str, Path]:
-    """Median MB/s of each side; the id and blob file of the last dataset uploaded."""
+    suite: Suite, ref: Reference, data: dataset.Dataset, runs: int, token: str, tmp: Path
+) -> tuple[dict[str, Any], str, str]:
+    """Median MB/s of each side; the id and stored blob of the last dataset uploaded."""
     timeout = 120 + data.size_bytes / 2e6
     gateway: list[float] = []
     baseline: list[float] = []
-    dataset_id, blob = "", Path()
+    dataset_id, blob = "", ""
     reply = tmp / "upload.json"
     for run in range(runs):
-        before = suite.blobs()
+        before = ref.blobs()
         status, speed = _curl(
             [
                 "-o", str(reply), "-T", str(data.path), "-X", "POST",
@@ -88,28 +175,16 @@ def upload(
         _check_dataset(body, data)
         gateway.append(speed / 1e6)
         dataset_id = body["id"]
-        new = suite.blobs() - before
+        new = ref.blobs() - before
         if len(new) != 1:
             raise BenchError(f"expected one new blob after the upload, found {len(new)}")
         blob = new.pop()
-
-        target = f"upload/run-{run}.jsonl"
-        status, speed = _curl(
-            ["-o", "/dev/null", "-T", str(data.path), f"{nginx.url}/{target}"],
-            "speed_upload",
-            timeout,
-        )
-        _expect(status, 201, "nginx PUT")
-        stored = nginx.dav / target
-        if stored.stat().st_size != data.size_bytes:
-            raise BenchError(f"nginx stored {stored.stat().st_size} bytes, not {data.size_bytes}")
-        stored.unlink()  # a fresh file each run, as the gateway makes
-        baseline.append(speed / 1e6)
-    return _figures(gateway, baseline), dataset_id, blob
+        baseline.append(ref.put(data.path, run, timeout) / 1e6)
+    return _figures(gateway, baseline, ref.name), dataset_id, blob
 
 
 def download(
-    suite: Suite, nginx: Nginx, data: dataset.Dataset, dataset_id: str, blob: Path, runs: int
+    suite: Suite, ref: Reference, data: dataset.Dataset, dataset_id: str, blob: str, runs: int
 ) -> dict[str, Any]:
     timeout = 120 + data.size_bytes / 2e6
     token = suite.token()
@@ -121,18 +196,17 @@ def download(
     if response.status_code != 201:
         raise BenchError(f"minting a download token: HTTP {response.status_code}: {response.text}")
     url = response.json()["url"]
-    files = f"{nginx.url}/files/{blob.relative_to(nginx.files)}"
 
     _verify_download(url, data, timeout)
-    urls = {"gateway": url, "nginx": files}
-    speeds: dict[str, list[float]] = {"gateway": [], "nginx": []}
+    urls = {"gateway": url, ref.name: ref.url(blob)}
+    speeds: dict[str, list[float]] = {"gateway": [], ref.name: []}
     for run in range(runs + 1):
         for side, address in urls.items():
             status, speed = _curl(["-o", "/dev/null", address], "speed_download", timeout)
             _expect(status, 200, f"{side} download")
             if run:  # the first round warms up
                 speeds[side].append(speed / 1e6)
-    return _figures(speeds["gateway"], speeds["nginx"])
+    return _figures(speeds["gateway"], speeds[ref.name], ref.name)
 
 
 def _verify_download(url: str, data: dataset.Dataset, timeout: float) -> None:
@@ -152,31 +226,37 @@ def _verify_download(url: str, data: dataset.Dataset, timeout: float) -> None:
         )
 
 
-def _figures(gateway: list[float], nginx: list[float]) -> dict[str, Any]:
-    medians = statistics.median(gateway), statistics.median(nginx)
+def _figures(gateway: list[float], baseline: list[float], reference: str) -> dict[str, Any]:
+    medians = statistics.median(gateway), statistics.median(baseline)
     return {
+        "reference": reference,
         "gateway_mb_s": round(medians[0], 1),
-        "nginx_mb_s": round(medians[1], 1),
+        "reference_mb_s": round(medians[1], 1),
         "ratio": round(medians[0] / medians[1], 3),
         "gateway_runs_mb_s": [round(s, 1) for s in gateway],
-        "nginx_runs_mb_s": [round(s, 1) for s in nginx],
+        "reference_runs_mb_s": [round(s, 1) for s in baseline],
     }
 
 
 def table(results: dict[str, Any]) -> str:
-    up, down, rss = results["upload"], results["download"], results["peak_rss_mib"]
-    return "\n".join(
-        [
-            f"transfer benchmark: {results['size_bytes'] / MIB:.0f} MiB JSONL "
-            f"({results['rows']:,} rows), {results['runs']} runs, medians",
-            f"upload    gateway {up['gateway_mb_s']:7.1f} MB/s   "
-            f"nginx PUT {up['nginx_mb_s']:7.1f} MB/s   ratio {up['ratio']:.2f}   "
-            f"(floor: sha256+parse in-process {up['floor_mb_s']:.0f} MB/s)",
-            f"download  gateway {down['gateway_mb_s']:7.1f} MB/s   "
-            f"nginx     {down['nginx_mb_s']:7.1f} MB/s   ratio {down['ratio']:.2f}",
-            "peak RSS  " + "  ".join(f"{name} {mib:.0f} MiB" for name, mib in rss.items()),
-        ]
-    )
+    lines = [
+        f"transfer benchmark: {results['size_bytes'] / MIB:.0f} MiB JSONL "
+        f"({results['rows']:,} rows), {results['runs']} runs, medians "
+        f"(upload floor: sha256+parse in-process {results['floor_mb_s']:.0f} MB/s)"
+    ]
+    for storage, figures in results["storage"].items():
+        for way in ("upload", "download"):
+            f = figures[way]
+            lines.append(
+                f"{storage:5} {way:8}  gateway {f['gateway_mb_s']:7.1f} MB/s   "
+                f"{f['reference']:9} {f['reference_mb_s']:7.1f} MB/s   ratio {f['ratio']:.2f}"
+            )
+        rss = figures["peak_rss_mib"]
+        lines.append(
+            f"{storage:5} peak RSS  "
+            + "  ".join(f"{name} {mib:.0f} MiB" for name, mib in rss.items())
+        )
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dict[str, Any]:
@@ -191,19 +271,16 @@ def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dic
             raise BenchError("the dataset changed on disk while being measured")
         floors.append(speed)
 
-    suite = Suite(tmp / "suite")
-    stack.callback(_keep_log, suite)
-    stack.callback(suite.stop)
-    suite.start()
-    nginx = Nginx(tmp / "nginx", suite.storage / "objects")
-    stack.callback(nginx.stop)
-    nginx.start()
-
-    print(f"uploading, {args.runs} runs each ...", flush=True)
-    up, dataset_id, blob = upload(suite, nginx, data, args.runs, suite.token(), tmp)
-    up["floor_mb_s"] = round(statistics.median(floors), 1)
-    print(f"downloading, {args.runs} runs each after a warm-up ...", flush=True)
-    down = download(suite, nginx, data, dataset_id, blob, args.runs)
+    figures = {}
+    for storage in args.storage:
+        with contextlib.ExitStack() as inner:
+            suite, ref = _start(storage, tmp / storage, inner)
+            print(f"{storage}: uploading, {args.runs} runs each ...", flush=True)
+            up, dataset_id, blob = upload(suite, ref, data, args.runs, suite.token(), tmp)
+            print(f"{storage}: downloading, {args.runs} runs each after a warm-up ...", flush=True)
+            down = download(suite, ref, data, dataset_id, blob, args.runs)
+            rss = {k: round(v, 1) for k, v in suite.peak_rss_mib().items()}
+            figures[storage] = {"upload": up, "download": down, "peak_rss_mib": rss}
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cpus": os.cpu_count(),
@@ -211,18 +288,42 @@ def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dic
         "rows": data.rows,
         "sha256": data.sha256,
         "runs": args.runs,
-        "upload": up,
-        "download": down,
-        "peak_rss_mib": {k: round(v, 1) for k, v in suite.peak_rss_mib().items()},
+        "floor_mb_s": round(statistics.median(floors), 1),
+        "storage": figures,
     }
 
 
-def _keep_log(suite: Suite) -> None:
+def _start(storage: str, root: Path, stack: contextlib.ExitStack) -> tuple[Suite, Reference]:
+    """The suite on `storage`, and that storage's reference."""
+    if storage == "local":
+        suite = Suite(root / "suite")
+        stack.callback(_keep_log, suite, storage)
+        stack.callback(suite.stop)
+        suite.start()
+        nginx = Nginx(root / "nginx", suite.storage / "objects")
+        stack.callback(nginx.stop)
+        nginx.start()
+        return suite, NginxReference(suite, nginx)
+    from tunelab_cli.seaweed import SeaweedFS
+
+    seaweed = SeaweedFS(root / "seaweedfs")
+    stack.callback(seaweed.stop)
+    seaweed.start()
+    bucket = "bench"
+    seaweed.create_bucket(bucket)
+    suite = Suite(root / "suite", env=seaweed.storage_env(bucket))
+    stack.callback(_keep_log, suite, storage)
+    stack.callback(suite.stop)
+    suite.start()
+    return suite, S3Reference(seaweed.client(), bucket, "datasets/")
+
+
+def _keep_log(suite: Suite, storage: str) -> None:
     """Keep the suite's log (WARNING and up) beside the results; say if it has anything."""
     if not suite.log_path.exists():
         return
     RESULTS.mkdir(exist_ok=True)
-    kept = RESULTS / "transfer-suite.log"
+    kept = RESULTS / f"transfer-suite-{storage}.log"
     shutil.copyfile(suite.log_path, kept)
     lines = kept.read_text(errors="replace").splitlines()
     noteworthy = [line for line in lines if re.search(r" (WARNING|ERROR|CRITICAL) ", line)]
@@ -237,6 +338,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--size-mib", type=int, default=1024, help="dataset size (default 1024)")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per side (default 3)")
     parser.add_argument("--seed", type=int, default=1234, help="random seed of the dataset")
+    parser.add_argument(
+        "--storage",
+        choices=["local", "s3"],
+        action="append",
+        help="the backend(s) to measure (default: both; repeat the flag for several)",
+    )
     return parser
 
 
@@ -246,6 +353,7 @@ def _interrupt(signum: int, _: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.storage = args.storage or ["local", "s3"]
     if args.size_mib < 1 or args.runs < 1:
         print("bench: --size-mib and --runs must be positive", file=sys.stderr)
         return 2

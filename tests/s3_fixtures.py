@@ -1,5 +1,5 @@
-"""Fixtures for tests of S3 storage, on a real SeaweedFS (tests/s3server.py): one server for the
-session, a fresh prefix of its bucket for each test, and the credentials in the environment,
+"""Fixtures for tests of S3 storage, on a real SeaweedFS (tunelab_cli/seaweed.py): one server for
+the session, a fresh prefix of its bucket for each test, and the credentials in the environment,
 where the AWS chain finds them (S3Config has no credentials).
 
 Every test session loads this plugin, most never use S3: the heavy imports (aiobotocore,
@@ -17,7 +17,7 @@ import pytest
 
 if TYPE_CHECKING:
     from services.common.blobstore.s3 import S3Config
-    from tests.s3server import SeaweedFS
+    from tunelab_cli.seaweed import SeaweedFS
 
 S3_TEST_BUCKET = "tunelab-test"
 
@@ -49,7 +49,7 @@ def config_for(server: SeaweedFS) -> S3Config:
 
 
 def _started(data_dir: Path) -> SeaweedFS:
-    from tests.s3server import SeaweedFS
+    from tunelab_cli.seaweed import SeaweedFS
 
     server = SeaweedFS(data_dir)
     server.start()

@@ -36,10 +36,12 @@ SECRETS = {
     "deploy-kek": "TUNELAB_DEPLOY_KEYS_KEK",
     "eval-kek": "TUNELAB_EVAL_KEYS_KEK",
 }
+S3_BUCKET = "tunelab"
 # The addresses the suite listens on: (variable, default).
 LISTENS = [
     ("TUNELAB_DATASETS_GRPC_ADDRESS", "127.0.0.1:50051"),
     ("TUNELAB_DATASETS_METRICS_ADDRESS", "127.0.0.1:9151"),
+    ("TUNELAB_DATASETS_BLOB_HTTP_ADDRESS", "127.0.0.1:50061"),
     ("TUNELAB_DEPLOY_GRPC_ADDRESS", "127.0.0.1:50052"),
     ("TUNELAB_DEPLOY_METRICS_ADDRESS", "127.0.0.1:9152"),
     ("TUNELAB_TRACING_GRPC_ADDRESS", "127.0.0.1:50053"),
@@ -82,7 +84,7 @@ def ensure_secrets() -> dict[str, str]:
     return env
 
 
-def run(*, log_format: str = "text") -> int:
+def run(*, log_format: str = "text", s3: bool = False) -> int:
     env = _environment(log_format)
     gateway = (
         f"{env.get('TUNELAB_GATEWAY_HOST', '127.0.0.1')}:{env.get('TUNELAB_GATEWAY_PORT', '8080')}"
@@ -90,6 +92,21 @@ def run(*, log_format: str = "text") -> int:
     if not _ports_free(env, gateway) or not _migrate(env):
         return 1
     say = functools.partial(print, flush=True)
+    seaweed = None
+    if s3:
+        from tunelab_cli.seaweed import SeaweedFS  # botocore: only for --s3
+
+        say("starting SeaweedFS (S3) ...")
+        seaweed = SeaweedFS(var_dir() / "seaweedfs")
+        try:
+            seaweed.start()
+            seaweed.create_bucket(S3_BUCKET)
+        except RuntimeError as exc:
+            seaweed.stop()
+            say(f"SeaweedFS did not start: {exc}")
+            return 1
+        env |= seaweed.storage_env(S3_BUCKET)
+        say(f"S3: {seaweed.endpoint_url}, bucket {S3_BUCKET} (datasets/, outputs/)")
     supervisor = Supervisor(env, say)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
@@ -112,6 +129,8 @@ def run(*, log_format: str = "text") -> int:
         return 0
     finally:
         supervisor.stop()
+        if seaweed is not None:
+            seaweed.stop()
 
 
 def _environment(log_format: str) -> dict[str, str]:

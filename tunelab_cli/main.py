@@ -1,6 +1,6 @@
 """tunelab: the command line for the tunelab gateway.
 
-    tunelab dev                                 run the whole suite here (what `make run` does)
+    tunelab dev [--s3]                          run the whole suite here (`make run`; `make run-s3`)
     tunelab token --user alice                  print a development JWT the dev gateway accepts
     tunelab datasets upload train.jsonl         upload, with a progress bar; prints the dataset
     tunelab datasets list | get ID | delete ID
@@ -137,9 +137,14 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--user", help="user for an automatic dev token")
     commands = root.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("dev", help="run the whole suite on this machine").set_defaults(
-        func=lambda _: sys.exit(dev.run())
+    run_dev = commands.add_parser("dev", help="run the whole suite on this machine")
+    run_dev.add_argument(
+        "--s3",
+        action="store_true",
+        help="keep datasets and outputs in a local SeaweedFS S3 server (make run-s3) instead "
+        "of directories",
     )
+    run_dev.set_defaults(func=lambda args: sys.exit(dev.run(s3=args.s3)))
     token = commands.add_parser("token", help="print a development JWT")
     token.add_argument("--user", required=True, help="the user id (the JWT's sub)")
     token.add_argument("--ttl", type=int, default=12 * 3600, help="lifetime in seconds")

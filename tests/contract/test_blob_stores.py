@@ -36,7 +36,7 @@ from tests.s3_fixtures import config_for, use_credentials
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-    from tests.s3server import SeaweedFS
+    from tunelab_cli.seaweed import SeaweedFS
 
 MIB = 1024**2
 

