@@ -99,12 +99,6 @@ class BlobStore(Protocol):
         """Remove a blob; removing one that is not there is not an error."""
         ...
 
-    def keys_older_than(self, seconds: float) -> AsyncIterator[list[str]]:
-        """The keys of finished blobs written more than `seconds` ago, in batches, streamed (a
-        bucket may hold millions). For reconciliation against the database; age guards the
-        uploads being recorded right now."""
-        ...
-
     def list_blobs(self) -> AsyncIterator[list[BlobInfo]]:
         """Every finished blob, in batches, in ascending key order, streamed (a bucket may
         hold millions): reconcile.py walks it beside the database's keys in the same order."""

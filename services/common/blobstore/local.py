@@ -97,19 +97,6 @@ class LocalBlobStore:
     async def delete(self, key: str) -> None:
         await in_thread(self.delete_now, key)
 
-    async def keys_older_than(self, seconds: float) -> AsyncIterator[list[str]]:
-        cutoff = time.time() - seconds
-        objects = await in_thread(self._open_dir, "objects")
-        try:
-            fan_outs = os.listdir(objects)
-        finally:
-            os.close(objects)
-        for fan_out in fan_outs:
-            with contextlib.suppress(OSError):  # removed meanwhile, or not a directory
-                keys = await in_thread(self._written_before, fan_out, cutoff)
-                if keys:
-                    yield keys
-
     async def list_blobs(self) -> AsyncIterator[list[BlobInfo]]:
         objects = await in_thread(self._open_dir, "objects")
         try:
@@ -223,21 +210,6 @@ class LocalBlobStore:
                         if stat.S_ISREG(info.st_mode):
                             modified = datetime.fromtimestamp(info.st_mtime, UTC)
                             found.append(BlobInfo(name, info.st_size, modified))
-        finally:
-            os.close(dir_fd)
-        return found
-
-    def _written_before(self, fan_out: str, cutoff: float) -> list[str]:
-        """The keys in one fan-out directory last written before `cutoff`."""
-        dir_fd = self._open_dir("objects", fan_out)
-        found = []
-        try:
-            for name in os.listdir(dir_fd):
-                if is_key(name) and name[:2] == fan_out:
-                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
-                        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                        if info.st_mtime < cutoff:
-                            found.append(name)
         finally:
             os.close(dir_fd)
         return found

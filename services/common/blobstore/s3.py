@@ -216,13 +216,6 @@ class S3BlobStore:
         with _translated(f"deleting blob {key}"):
             await s3.delete_object(Bucket=self.config.bucket, Key=name)  # 204 when absent too
 
-    async def keys_older_than(self, seconds: float) -> AsyncIterator[list[str]]:
-        cutoff = datetime.now(UTC) - timedelta(seconds=seconds)
-        async for page in self._listed():
-            keys = [key for key, found in page if found["LastModified"] < cutoff]
-            if keys:
-                yield keys
-
     async def list_blobs(self) -> AsyncIterator[list[BlobInfo]]:
         # S3 lists names in ascending (UTF-8 binary) order; they share the prefix, so the keys
         # come in ascending order too.
