@@ -84,7 +84,7 @@ def storage_unavailable() -> ServiceError:
     """Stored bytes are missing or not what was stored; the details go to the log only."""
     return ServiceError(
         grpc.StatusCode.DATA_LOSS,
-        "the dataset's stored file is unavailable; this has been logged for the operators",
+        "the stored file is unavailable; this has been logged for the operators",
         errors_pb2.ERROR_REASON_STORAGE_UNAVAILABLE,
     )
 
