@@ -55,7 +55,7 @@ InUse = Callable[[list[str]], Awaitable[set[str]]]
 
 @dataclass(frozen=True)
 class Reconciled:
-    blobs: int
+    blobs: int  # what the store holds after the pass
     bytes: int
     removed: int
     missing: list[str]  # the rows whose blob is missing
@@ -80,9 +80,10 @@ async def reconcile(
     missing: list[str] = []
     while row is not None or blob is not None:
         if blob is not None and (row is None or blob.key < row.key):
-            count, size = count + 1, size + blob.size
             if blob.modified < cutoff and await _remove_unowned(blobs, in_use, blob):
                 removed += 1
+            else:
+                count, size = count + 1, size + blob.size
             blob = await anext(listed, None)
         elif row is not None and (blob is None or row.key < blob.key):
             if row.created_at < now and await _confirm_missing(blobs, in_use, row):

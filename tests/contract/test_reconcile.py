@@ -188,23 +188,23 @@ async def test_old_orphans_go_young_ones_and_owned_ones_stay_and_lost_bytes_are_
 
     first = await reconcile_datasets(datasets, blobs, now=now, grace=GRACE)
 
-    assert (first.blobs, first.removed) == (4, 1)
-    assert first.bytes == 3 + len(b"left by a crash") + len(b"being recorded") + 3
+    assert (first.blobs, first.removed) == (3, 1)  # what is left
+    assert first.bytes == 3 + len(b"being recorded") + 3
     assert first.missing == [f"dataset {lost_id}"]
     assert sorted(await listed(blobs)) == sorted([owned, young, young_owned])
     assert await foreign_left() == planted  # names that are not ours are never touched
     assert gauge("tunelab_storage_missing_blobs", "datasets") == 1
-    assert gauge("tunelab_storage_blobs", "datasets") == 4
+    assert gauge("tunelab_storage_blobs", "datasets") == 3
     assert gauge("tunelab_storage_bytes", "datasets") == first.bytes
     assert gauge("tunelab_storage_unowned_removed_total", "datasets") == removed_before + 1
 
     # Later, past the young one's grace too; and with the lost dataset deleted, nothing missing.
     await datasets.delete_dataset("alice", lost_id)
     second = await reconcile_datasets(datasets, blobs, now=now + GRACE, grace=GRACE)
-    assert (second.blobs, second.removed, second.missing) == (3, 1, [])
+    assert (second.blobs, second.removed, second.missing) == (2, 1, [])
     assert sorted(await listed(blobs)) == sorted([owned, young_owned])
     assert gauge("tunelab_storage_missing_blobs", "datasets") == 0
-    assert gauge("tunelab_storage_blobs", "datasets") == 3  # as listed, the removed one too
+    assert gauge("tunelab_storage_blobs", "datasets") == 2
     assert await foreign_left() == planted
 
 
@@ -233,7 +233,7 @@ async def test_paging_walks_both_sides_across_page_boundaries(
         page=page,
     )
 
-    assert (done.blobs, done.removed) == (11, 6)
+    assert (done.blobs, done.removed) == (5, 6)  # 4 owned left and the young one
     assert done.missing == [f"dataset {ids[owned[2]]}"]
     assert sorted(await listed(blobs)) == sorted([*owned[:2], *owned[3:], young])
 
@@ -367,7 +367,7 @@ async def test_output_upkeep_removes_orphans_and_reports_missing_outputs(
 
     assert sorted(await listed(blobs)) == sorted([kept, young])
     assert gauge("tunelab_storage_missing_blobs", "outputs") == 1
-    assert gauge("tunelab_storage_blobs", "outputs") == 3
+    assert gauge("tunelab_storage_blobs", "outputs") == 2
     (report,) = [r for r in caplog.records if r.getMessage().startswith("stored bytes are missing")]
     assert (getattr(report, "row", None), getattr(report, "blob_key", None)) == (
         f"deployment {lost_id}",
@@ -383,7 +383,7 @@ async def test_output_upkeep_removes_orphans_and_reports_missing_outputs(
 
 
 async def test_reconcile_returns_what_it_found(blobs: BlobStore) -> None:
-    """With no records at all, every old blob goes; the totals count what was listed."""
+    """With no records at all, every old blob goes; the totals count what is left."""
     keys = [await put(blobs, b"x" * n) for n in (1, 2, 3)]
 
     async def no_rows(after: str, limit: int) -> list[Owned]:
@@ -395,5 +395,5 @@ async def test_reconcile_returns_what_it_found(blobs: BlobStore) -> None:
     done = await reconcile(
         "scratch", blobs, no_rows, none_in_use, now=datetime.now(UTC) + 2 * GRACE, grace=GRACE
     )
-    assert done == Reconciled(blobs=3, bytes=6, removed=3, missing=[])
+    assert done == Reconciled(blobs=0, bytes=0, removed=3, missing=[])
     assert not [key for key in keys if await exists(blobs, key)]
