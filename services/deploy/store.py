@@ -323,15 +323,21 @@ class DeploymentStore:
         """Outputs' blob keys after `after`, in key order (for reconciliation)."""
         async with self.db.session() as session:
             rows = await session.execute(
-                select(DeploymentRow.output_blob_key, DeploymentRow.id, DeploymentRow.output_at)
+                select(
+                    DeploymentRow.output_blob_key,
+                    DeploymentRow.id,
+                    DeploymentRow.output_at,
+                    DeploymentRow.updated_at,
+                )
                 .where(DeploymentRow.output_blob_key > after)
                 .order_by(DeploymentRow.output_blob_key)
                 .limit(limit)
             )
+            # Every row is kept (a page short of `limit` ends the walk); the key is never NULL
+            # past the `>` and output_at is set with it (updated_at stands in, as _output does).
             return [
-                Owned(key, f"deployment {ident}", created)
-                for key, ident, created in rows
-                if key is not None and created is not None
+                Owned(str(key), f"deployment {ident}", output_at or updated_at)
+                for key, ident, output_at, updated_at in rows
             ]
 
     async def output_keys_in_use(self, keys: list[str]) -> set[str]:
