@@ -50,6 +50,11 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, ObjectTypeDef
 
 log = logging.getLogger(__name__)
+# At DEBUG, botocore logs each signature with the request it signed (a presigned URL, a download
+# credential, can be rebuilt from those lines) and each request with its headers and body (a
+# blob's bytes): these two loggers stay at INFO whatever the service's level.
+for _noisy in ("botocore.auth", "botocore.endpoint"):
+    logging.getLogger(_noisy).setLevel(logging.INFO)
 
 MIB = 1024**2
 MIN_PART_BYTES = 5 * MIB  # S3's floor for every part but the last
