@@ -121,6 +121,9 @@ def remote_error_response(remote: RemoteError, service: str) -> JSONResponse:
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    if status in (429, 503) and (after := remote.metadata.get("retry_after_seconds")):
+        # The service says when to retry (storage down: an upload, an output): so do we.
+        headers["Retry-After"] = after
     return error_response(
         status,
         remote.code,
