@@ -27,6 +27,8 @@ PG_ADMIN_URL = os.environ.get(
     "TUNELAB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 BACKENDS = ["sqlite", "postgresql"]
+# Where the services under test keep their bytes: a directory, or S3 on a real SeaweedFS.
+STORAGES = ["local", "s3"]
 INTERNAL_TOKEN = "test-internal-token-" + "x" * 32
 
 os.environ.setdefault("TUNELAB_LOG_FORMAT", "text")
@@ -115,6 +117,14 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request: pytest.FixtureRequest) -> str:
+    """The blob backend of the services a test starts: "local" or "s3" (tests/s3_fixtures.py's
+    session server). A test about the local filesystem parametrizes it itself, to local only,
+    with the reason (tests/contract/conftest.py's local_only)."""
     return str(request.param)
 
 

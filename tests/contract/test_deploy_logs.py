@@ -17,6 +17,7 @@ from tunelab.deploy.v1 import deployments_pb2 as pb
 # The deploy service against the fake RunPod, as test_deploy_runpod.py has it.
 deploy = test_deploy_runpod.deploy
 runpod = test_deploy_runpod.runpod
+storage = test_deploy_runpod.storage  # local: a run's log is no stored blob
 
 
 class Run:

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from services.common import bearer, ids
-from services.common.blobstore.local import LocalBlobStore
+from services.common.blobstore import BlobInfo
 from services.common.client import open_channel
 from services.common.db import Database
 from services.common.identity import USER_KEY
@@ -28,8 +28,8 @@ from services.deploy.providers.runpod import RunPodProvider
 from services.deploy.settings import DeploySettings
 from services.deploy.states import State
 from services.deploy.store import Change
-from tests.conftest import INTERNAL_TOKEN
-from tests.contract.conftest import Clock, Datasets, rpc_error
+from tests.conftest import INTERNAL_TOKEN, STORAGES
+from tests.contract.conftest import Clock, Datasets, Storage, rpc_error, stored
 from tests.fakes.runpod import FakeRunPod
 from tunelab.deploy.v1 import deploy_service_pb2 as api
 from tunelab.deploy.v1 import deploy_service_pb2_grpc as api_grpc
@@ -39,6 +39,17 @@ GPU = "NVIDIA A100 80GB PCIe"
 CHAT = (
     b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
 )
+
+
+@pytest.fixture
+def storage(request: pytest.FixtureRequest) -> str:
+    """Where the outputs (and the fixture's dataset) are stored: local, but for the tests that
+    store outputs (ON_EACH_STORAGE), which run on S3 too. The others store no byte of their own,
+    and the datasets service has its storage contract (test_datasets_service.py) on both."""
+    return str(getattr(request, "param", "local"))
+
+
+ON_EACH_STORAGE = pytest.mark.parametrize("storage", STORAGES, indirect=True)
 
 
 @pytest.fixture
@@ -57,6 +68,7 @@ class Deploy:
     datasets: Datasets
     dataset_id: str
     restart: Callable[[], service.Parts]
+    storage: Storage
 
     def as_(self, user: str | None = None) -> tuple[tuple[str, bytes], ...]:
         return ((USER_KEY, (user or self.datasets.user).encode()),)
@@ -90,15 +102,12 @@ class Deploy:
         self.clock.advance(seconds)
         await self.parts.supervisor.tick()
 
-    @property
-    def output_root(self) -> Path:
-        """The outputs' local store (these tests run on local storage)."""
-        outputs = self.parts.servicer.outputs
-        assert isinstance(outputs, LocalBlobStore)
-        return outputs.root
+    async def stored_outputs(self) -> list[BlobInfo]:
+        """The outputs' blobs, listed through the service's own store (either backend)."""
+        return await stored(self.parts.outputs)
 
-    def output_files(self) -> list[Path]:
-        return sorted(p for p in (self.output_root / "objects").rglob("*") if p.is_file())
+    async def unfinished_outputs(self) -> list[str]:
+        return await self.storage.unfinished_uploads(self.parts.outputs)
 
     async def send_output(
         self, deployment_id: str, job_token: str, data: bytes
@@ -113,7 +122,11 @@ class Deploy:
 
 @pytest.fixture
 async def deploy(
-    datasets: Datasets, runpod: FakeRunPod, empty_db_url: str, tmp_path: Path
+    datasets: Datasets,
+    runpod: FakeRunPod,
+    empty_db_url: str,
+    tmp_path: Path,
+    blob_storage: Storage,
 ) -> AsyncIterator[Deploy]:
     settings = DeploySettings(
         database_url=empty_db_url,
@@ -126,6 +139,7 @@ async def deploy(
         output_dir=tmp_path / "outputs",
         max_output_bytes=1 << 20,
         supervise_interval_seconds=10,
+        **blob_storage.settings("outputs"),
     )
     db = Database(settings.database_url)
     await service.MIGRATIONS.upgrade(db)
@@ -166,7 +180,9 @@ async def deploy(
         metadata=datasets.as_(),
     )
     try:
-        yield Deploy(stub, parts, clock, runpod, datasets, uploaded.dataset.id, restart)
+        yield Deploy(
+            stub, parts, clock, runpod, datasets, uploaded.dataset.id, restart, blob_storage
+        )
     finally:
         await channel.close()
         await running.stop()
@@ -684,6 +700,7 @@ async def test_a_hugging_face_token_reaches_the_pod_and_only_the_pod(
     assert token not in caplog.text + str(keys)
 
 
+@ON_EACH_STORAGE
 async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_resend(
     deploy: Deploy,
 ) -> None:
@@ -699,7 +716,7 @@ async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_rese
     assert first.output.size_bytes == 11000
     second = await send(b"second model")
     assert second.output.sha256 == hashlib.sha256(b"second model").hexdigest()
-    assert len(deploy.output_files()) == 1  # the first one is gone
+    assert len(await deploy.stored_outputs()) == 1  # the first one is gone
     chunks = [
         m
         async for m in deploy.stub.DownloadOutput(
@@ -718,8 +735,8 @@ async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_rese
 
     too_big = await rpc_error(send(b"x" * ((1 << 20) + 1)))
     assert too_big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert len(deploy.output_files()) == 1
-    assert list((deploy.output_root / "incoming").iterdir()) == []
+    assert len(await deploy.stored_outputs()) == 1
+    assert await deploy.unfinished_outputs() == []
     forged = await rpc_error(send(b"model", "tljb_" + "F" * 43))
     assert forged.code() == grpc.StatusCode.UNAUTHENTICATED
     await deploy.stub.CancelDeployment(
@@ -729,6 +746,7 @@ async def test_the_output_is_sent_once_with_the_job_token_and_replaced_by_a_rese
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+@ON_EACH_STORAGE
 async def test_delete_output_removes_the_record_and_the_bytes_for_its_owner_only(
     deploy: Deploy,
 ) -> None:
@@ -736,7 +754,7 @@ async def test_delete_output_removes_the_record_and_the_bytes_for_its_owner_only
     await deploy.tick()
     (pod,) = deploy.fake.live_pods(f"tunelab-{created.id}")
     await deploy.send_output(created.id, pod["env"]["TUNELAB_JOB_TOKEN"], b"model" * 1000)
-    assert len(deploy.output_files()) == 1
+    assert len(await deploy.stored_outputs()) == 1
 
     def delete(user: str | None = None) -> Any:
         return deploy.stub.DeleteOutput(
@@ -751,12 +769,12 @@ async def test_delete_output_removes_the_record_and_the_bytes_for_its_owner_only
 
     stolen = await rpc_error(delete("eve"))
     assert stolen.code() == grpc.StatusCode.NOT_FOUND
-    assert len(deploy.output_files()) == 1  # another user's call left it alone
+    assert len(await deploy.stored_outputs()) == 1  # another user's call left it alone
     kept = await download()
     assert b"".join(m.chunk for m in kept[1:]) == b"model" * 1000
 
     await delete()
-    assert deploy.output_files() == []
+    assert await deploy.stored_outputs() == []
     assert not (await deploy.get(created.id)).HasField("output")
     gone = await rpc_error(download())
     assert gone.code() == grpc.StatusCode.NOT_FOUND
@@ -768,6 +786,7 @@ async def test_delete_output_removes_the_record_and_the_bytes_for_its_owner_only
     assert "output_deleted" in [e.kind for e in events.events]
 
 
+@ON_EACH_STORAGE
 async def test_a_pod_that_sent_its_output_and_exited_cleanly_succeeded(deploy: Deploy) -> None:
     created = await deploy.create()
     await deploy.tick()
@@ -908,6 +927,7 @@ async def test_the_preflight_reads_runpods_hosts_cuda_and_stock(deploy: Deploy) 
     assert "retires in early 2027" in spot["spot"].message
 
 
+@ON_EACH_STORAGE
 async def test_a_pod_restarted_after_sending_its_output_does_not_train_again(
     deploy: Deploy,
 ) -> None:
