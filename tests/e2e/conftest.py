@@ -3,6 +3,15 @@
 The processes are started the way `make run` starts them (`python -m ...` with environment
 settings, migrations first); their logs go to files the tests read back, to prove that no
 credential ever reaches a log line.
+
+Storage is paired with the database, so that each module's two suites cover both blob
+backends at no extra cost: the PostgreSQL suite keeps datasets and outputs in S3 (the session's
+SeaweedFS, tests/s3_fixtures.py, under prefixes of the suite's own: the production pairing), the
+SQLite suite in local directories under its var/ (the embedded default, `make run`'s). A test
+that looks at stored bytes does it through the Suite's helpers (blobs, unfinished_uploads,
+blob_taken_away), which work on both; `Suite.storage`, the local directory itself, is for tests
+of local storage only. The gateway gets an environment of its own with no storage settings at
+all (no directory, no bucket, no credentials): it never touches stored bytes.
 """
 
 from __future__ import annotations
@@ -17,9 +26,11 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
@@ -27,6 +38,10 @@ import pytest
 
 from services.deploy.providers.local import LocalProvider
 from tests.conftest import PgDatabases
+from tests.s3_fixtures import S3_TEST_BUCKET
+
+if TYPE_CHECKING:
+    from tunelab_cli.seaweed import SeaweedFS
 
 JWT_SECRET = "e2e-jwt-secret-" + secrets.token_hex(16)
 KEK = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
@@ -44,20 +59,58 @@ MODULES = {
 }
 
 
+# Each storing service: its local directory's variable, and its S3 prefix's.
+STORES = {
+    "datasets": ("TUNELAB_DATASETS_STORAGE_DIR", "TUNELAB_DATASETS_S3_PREFIX"),
+    "deploy": ("TUNELAB_DEPLOY_OUTPUT_DIR", "TUNELAB_DEPLOY_S3_PREFIX"),
+}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+def storage_setting(name: str) -> bool:
+    """Whether an environment variable configures storage: a directory, a bucket, the blob
+    listener, credentials. The gateway gets none of them."""
+    return (
+        "_STORAGE" in name
+        or "_S3_" in name
+        or name.startswith("AWS_")
+        or name in ("TUNELAB_DEPLOY_OUTPUT_DIR", "TUNELAB_DATASETS_BLOB_HTTP_ADDRESS")
+    )
+
+
+def gateway_environment(env: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in env.items() if not storage_setting(name)}
+
+
+def s3_environment(server: SeaweedFS) -> dict[str, str]:
+    """The services' bytes in the server's test bucket, under prefixes of this suite's own
+    (storage_env's datasets/ and outputs/ would be shared by every suite of the session)."""
+    root = f"e2e/{uuid.uuid4().hex}/"
+    return {
+        **server.storage_env(S3_TEST_BUCKET),
+        "TUNELAB_DATASETS_S3_PREFIX": f"{root}datasets/",
+        "TUNELAB_DEPLOY_S3_PREFIX": f"{root}outputs/",
+        # The server's credentials only: none of a developer's AWS setup.
+        "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+    }
+
+
 @dataclass
 class Suite:
     url: str
-    env: dict[str, str]
+    env: dict[str, str]  # the services'
     var: Path
     database_url: str
     processes: dict[str, subprocess.Popen[bytes]]
     secrets_seen: set[str] = field(default_factory=set)
+    #: The S3 server the services store in; None for local storage.
+    s3: SeaweedFS | None = None
 
     def token(self, user: str, ttl: int = 600, **claims: object) -> str:
         now = int(time.time())
@@ -77,7 +130,79 @@ class Suite:
 
     @property
     def storage(self) -> Path:
+        """The datasets service's local storage directory (tests of local storage only)."""
+        assert self.s3 is None, "this suite stores in S3: use blobs() or unfinished_uploads()"
         return self.var / "datasets"
+
+    @property
+    def storage_kind(self) -> str:
+        return "local" if self.s3 is None else "s3"
+
+    @property
+    def gateway_env(self) -> dict[str, str]:
+        return gateway_environment(self.env)
+
+    def env_for(self, name: str) -> dict[str, str]:
+        return self.gateway_env if name == "gateway" else self.env
+
+    def _local(self, service: str) -> Path:
+        return Path(self.env[STORES[service][0]])
+
+    def _prefix(self, service: str) -> str:
+        return self.env[STORES[service][1]]
+
+    def _s3_call(self, operation: str, **params: Any) -> Any:
+        assert self.s3 is not None
+        client = self.s3.client()
+        try:
+            return getattr(client, operation)(Bucket=S3_TEST_BUCKET, **params)
+        finally:
+            client.close()
+
+    def blobs(self, service: str = "datasets") -> list[str]:
+        """The names of the finished blobs `service` ("datasets" or "deploy") stores: files
+        under its directory's objects/, or objects under its S3 prefix."""
+        if self.s3 is None:
+            objects = self._local(service) / "objects"
+            return sorted(str(p.relative_to(objects)) for p in objects.rglob("*") if p.is_file())
+        listed = self._s3_call("list_objects_v2", Prefix=self._prefix(service))
+        return sorted(o["Key"] for o in listed.get("Contents", []))
+
+    def blob_bytes(self, name: str, service: str = "datasets") -> bytes:
+        if self.s3 is None:
+            return (self._local(service) / "objects" / name).read_bytes()
+        body = self._s3_call("get_object", Key=name)["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+
+    def unfinished_uploads(self, service: str = "datasets") -> list[str]:
+        """What unfinished uploads left: partial files in incoming/, or multipart uploads."""
+        if self.s3 is None:
+            return sorted(p.name for p in (self._local(service) / "incoming").iterdir())
+        listed = self._s3_call("list_multipart_uploads", Prefix=self._prefix(service))
+        return sorted(u["Key"] for u in listed.get("Uploads", []))
+
+    @contextlib.contextmanager
+    def blob_taken_away(self, name: str, service: str = "datasets") -> Iterator[None]:
+        """The blob is gone from storage (an operator's mistake, a lost disk) until the block
+        ends, then it is put back as it was."""
+        content = self.blob_bytes(name, service)
+        if self.s3 is None:
+            path = self._local(service) / "objects" / name
+            aside = self.var / f"aside-{uuid.uuid4().hex}"
+            path.rename(aside)
+            try:
+                yield
+            finally:
+                aside.rename(path)
+            return
+        self._s3_call("delete_object", Key=name)
+        try:
+            yield
+        finally:
+            self._s3_call("put_object", Key=name, Body=content)
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.var.glob("*.log")))
@@ -92,7 +217,7 @@ class Suite:
     def start(self, name: str, *, wait: bool = True) -> None:
         """Start a killed process again (appending to its log); with `wait`, return once the
         gateway reports every service ready."""
-        self.processes[name] = _spawn(self.var, name, MODULES[name], self.env)
+        self.processes[name] = _spawn(self.var, name, MODULES[name], self.env_for(name))
         if wait and not ready_within(self.url, 30):
             raise AssertionError(f"{name} did not come back:\n{self.logs()[-3000:]}")
 
@@ -102,7 +227,7 @@ class Suite:
         old = self.processes[name]
         old.terminate()
         old.wait(timeout=30)
-        self.processes[name] = _spawn(self.var, name, module, self.env)
+        self.processes[name] = _spawn(self.var, name, module, self.env_for(name))
         if not ready_within(self.url, 30):
             raise AssertionError(f"{name} did not come back:\n{self.logs()[-3000:]}")
 
@@ -128,8 +253,12 @@ def start_suite(
     deploy_database_url: str,
     tracing_database_url: str,
     eval_database_url: str,
+    *,
+    s3: SeaweedFS | None = None,
     **extra_env: str,
 ) -> Suite:
+    """The suite on these databases, its bytes in local directories under `var`, or in S3 on
+    `s3` when given."""
     gateway_port = free_port()
     grpc_address = f"127.0.0.1:{free_port()}"
     deploy_address = f"127.0.0.1:{free_port()}"
@@ -181,6 +310,7 @@ def start_suite(
         "TUNELAB_GATEWAY_PUBLIC_REFUSED_RATE_LIMIT": "1000000/minute",
         "TUNELAB_GATEWAY_USER_RATE_LIMIT": "1000000/minute",
         "TUNELAB_GATEWAY_MAX_STREAMS_PER_USER": "1000",
+        **(s3_environment(s3) if s3 is not None else {}),
         **extra_env,
     }
     for service in ("services.datasets", "services.deploy", "services.tracing", "services.eval"):
@@ -191,9 +321,14 @@ def start_suite(
             text=True,
         )
         assert migrate.returncode == 0, migrate.stderr
-    processes = {name: _spawn(var, name, module, env) for name, module in MODULES.items()}
-    suite = Suite(f"http://127.0.0.1:{gateway_port}", env, var, database_url, processes)
+    processes = {
+        name: _spawn(var, name, module, gateway_environment(env) if name == "gateway" else env)
+        for name, module in MODULES.items()
+    }
+    suite = Suite(f"http://127.0.0.1:{gateway_port}", env, var, database_url, processes, s3=s3)
     suite.secrets_seen |= {env["TUNELAB_INTERNAL_TOKEN"], JWT_SECRET, KEK, EVAL_KEK}
+    if s3 is not None:
+        suite.secrets_seen.add(s3.secret_key)
     if ready_within(suite.url, 30, processes.values()):
         return suite
     suite.stop()
@@ -228,14 +363,40 @@ def _spawn(var: Path, name: str, module: str, env: dict[str, str]) -> subprocess
 def suite_on(
     backend: str, tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases, **extra_env: str
 ) -> Iterator[Suite]:
-    """A whole suite on `backend` ("sqlite" or "postgresql"), stopped afterwards."""
+    """A whole suite on `backend` ("sqlite" or "postgresql"), its bytes on local storage,
+    stopped afterwards."""
+    with _suite(backend, tmp_path_factory, pg, None, extra_env) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def suite_on_s3(
+    s3: SeaweedFS,
+    backend: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg: PgDatabases,
+    **extra_env: str,
+) -> Iterator[Suite]:
+    """A whole suite on `backend`, its bytes in S3 on `s3`, stopped afterwards."""
+    with _suite(backend, tmp_path_factory, pg, s3, extra_env) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _suite(
+    backend: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg: PgDatabases,
+    s3: SeaweedFS | None,
+    extra_env: dict[str, str],
+) -> Iterator[Suite]:
     var = tmp_path_factory.mktemp(f"var-{backend}")
     if backend == "postgresql":
         urls = [pg.fresh(None) for _ in range(4)]
     else:
         names = ("datasets", "deploy", "tracing", "eval")
         urls = [f"sqlite:///{var / name}.db" for name in names]
-    running = start_suite(var, *urls, **extra_env)
+    running = start_suite(var, *urls, s3=s3, **extra_env)
     try:
         yield running
     finally:
@@ -247,8 +408,16 @@ def suite_on(
 def suite(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases
 ) -> Iterator[Suite]:
-    with suite_on(request.param, tmp_path_factory, pg) as running:
-        yield running
+    """The suite on each database: on SQLite with local storage, on PostgreSQL with S3 (see
+    the module's docstring)."""
+    if request.param == "postgresql":
+        with suite_on_s3(
+            request.getfixturevalue("s3_server"), "postgresql", tmp_path_factory, pg
+        ) as running:
+            yield running
+    else:
+        with suite_on(request.param, tmp_path_factory, pg) as running:
+            yield running
 
 
 def needs(program: str) -> str:

@@ -18,9 +18,18 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from gateway.settings import GatewaySettings
 from services.common.db import Database
 from tests.conftest import PgDatabases
-from tests.e2e.conftest import MAX_LINE, MAX_UPLOAD, Suite, free_port, needs, suite_on
+from tests.e2e.conftest import (
+    MAX_LINE,
+    MAX_UPLOAD,
+    Suite,
+    free_port,
+    needs,
+    storage_setting,
+    suite_on,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -260,13 +269,9 @@ def test_concurrent_downloads_of_a_single_use_token(suite: Suite, data: Path) ->
     assert sorted(statuses) == [200] + [403] * 11
 
 
-def _stored_blob(suite: Suite, content: bytes) -> Path:
-    """The datasets service's file holding exactly `content`."""
-    [blob] = [
-        p
-        for p in (suite.storage / "objects").rglob("*")
-        if p.is_file() and p.read_bytes() == content
-    ]
+def _stored_blob(suite: Suite, content: bytes) -> str:
+    """The name of the datasets service's blob holding exactly `content` (either backend)."""
+    [blob] = [name for name in suite.blobs() if suite.blob_bytes(name) == content]
     return blob
 
 
@@ -286,16 +291,12 @@ def test_a_file_gone_from_storage_is_a_clear_500_that_uses_nothing(
     dataset = upload(suite, path, "lena")
     minted = mint(suite, "lena", dataset["id"])  # one use
     blob = _stored_blob(suite, content)
-    aside = tmp_path / "aside"
-    blob.rename(aside)  # the operator's disk lost it
-    try:
+    with suite.blob_taken_away(blob):  # the operator's disk (or bucket) lost it
         refused = httpx.get(minted["url"], timeout=30)
         assert_refused(refused, 500, "STORAGE_UNAVAILABLE")
         assert content[:20] not in refused.content
         assert "objects" not in refused.text
-        assert blob.name not in refused.text
-    finally:
-        aside.rename(blob)
+        assert blob.rsplit("/", 1)[-1] not in refused.text
     assert _uses(suite, "lena", dataset["id"]) == 0
     back = httpx.get(minted["url"], timeout=30)  # the one use was never taken
     assert (back.status_code, back.content) == (200, content)
@@ -330,6 +331,34 @@ def test_an_unreachable_source_is_a_503_to_retry_and_gives_the_use_back(
         logs = broken.logs()
         assert "cannot fetch a granted download" in logs
         assert "signature=" not in logs  # the granted URL is a credential
+
+
+def test_the_gateway_serves_downloads_with_no_storage_configuration(
+    suite: Suite, tmp_path: Path
+) -> None:
+    """The gateway fetches a download's bytes from the URL the datasets service grants: it
+    has no directory, bucket or credentials of its own, in its settings or its environment."""
+    assert [f for f in GatewaySettings.model_fields if "storage" in f or "s3" in f] == []
+
+    def environment(name: str) -> set[str]:
+        environ = Path(f"/proc/{suite.processes[name].pid}/environ").read_bytes()
+        return {entry.split(b"=", 1)[0].decode() for entry in environ.split(b"\0") if entry}
+
+    assert "TUNELAB_DATASETS_STORAGE_DIR" in environment("datasets")  # what it is spared
+    gateway = environment("gateway")
+    assert sorted(n for n in gateway if storage_setting(n)) == []
+    assert not gateway & {"TUNELAB_DATASETS_STORAGE_DIR", "TUNELAB_DEPLOY_OUTPUT_DIR"}
+
+    content = sft(3000) + f'{{"text": "{suite.storage_kind}"}}\n'.encode()
+    path = tmp_path / "served.jsonl"
+    path.write_bytes(content)
+    dataset = upload(suite, path, "olga")
+    minted = mint(suite, "olga", dataset["id"], max_uses=2)
+    whole = httpx.get(minted["url"], timeout=30)
+    assert (whole.status_code, whole.content) == (200, content)
+    resumed = httpx.get(minted["url"], headers={"Range": "bytes=1000-"}, timeout=30)
+    assert (resumed.status_code, resumed.content) == (206, content[1000:])
+    assert resumed.headers["content-range"] == f"bytes 1000-{len(content) - 1}/{len(content)}"
 
 
 @pytest.mark.parametrize(
@@ -393,7 +422,7 @@ def test_upload_limits_and_shapes(suite: Suite) -> None:
         assert "add -X POST" in put.json()["error"]["message"]
         nameless = client.post("/v1/datasets", content=sft(1))
         assert_refused(nameless, 400, "INVALID_ARGUMENT")
-    assert list((suite.storage / "incoming").iterdir()) == []
+    assert suite.unfinished_uploads() == []
 
 
 def test_client_vanishing_mid_upload_leaves_nothing(suite: Suite) -> None:
@@ -407,10 +436,10 @@ def test_client_vanishing_mid_upload_leaves_nothing(suite: Suite) -> None:
         )
         time.sleep(0.5)
     for _ in range(50):
-        if not list((suite.storage / "incoming").iterdir()):
+        if not suite.unfinished_uploads():
             break
         time.sleep(0.1)
-    assert list((suite.storage / "incoming").iterdir()) == []
+    assert suite.unfinished_uploads() == []
     with suite.client("frank") as client:
         assert client.get("/v1/datasets").json()["datasets"] == []
     gateway_log = (suite.var / "gateway.log").read_text()
@@ -555,7 +584,10 @@ def test_no_credential_reached_a_log_line(suite: Suite) -> None:
     assert "download attempt" in logs
     leaked = [s[:12] + "…" for s in suite.secrets_seen if s in logs]
     assert leaked == []
-    assert "signature=" not in logs  # nor any URL a download's bytes were granted at
+    # Nor any URL a download's bytes were granted at (the blob listener's, or S3's presigned),
+    # nor botocore's signing records, from which a presigned URL can be rebuilt.
+    assert "signature=" not in logs.lower()
+    assert '"logger": "botocore.auth"' not in logs
 
 
 def test_abandoned_downloads_leak_no_file_descriptors(suite: Suite, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ MODULES = {
 class Dev:
     """A running `tunelab dev`, its output read as it comes."""
 
-    def __init__(self, var: Path, **extra_env: str) -> None:
+    def __init__(self, var: Path, *args: str, **extra_env: str) -> None:
         self.var = var
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -58,7 +58,7 @@ class Dev:
             **extra_env,
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tunelab_cli", "dev"],
+            [sys.executable, "-m", "tunelab_cli", "dev", *args],
             cwd=var.parent,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -117,9 +117,10 @@ class Dev:
 
 
 @contextmanager
-def dev(tmp_path: Path, **extra_env: str) -> Iterator[Dev]:
-    """`tunelab dev`, up; killed with everything it started if the test fails midway."""
-    running = Dev(tmp_path / "var", **extra_env)
+def dev(tmp_path: Path, *args: str, **extra_env: str) -> Iterator[Dev]:
+    """`tunelab dev` (with `args`, e.g. --s3), up; killed with everything it started if the
+    test fails midway."""
+    running = Dev(tmp_path / "var", *args, **extra_env)
     try:
         running.wait_for("tunelab is up")
         yield running

@@ -215,8 +215,7 @@ def test_datasets_killed_mid_upload_refuses_it_and_leaves_no_partial_blob(
     faulty.start("datasets")
     listed = alice.get("/v1/datasets", params={"page_size": 100}).json()["datasets"]
     assert name not in {d["name"] for d in listed}
-    incoming = faulty.storage / "incoming"
-    wait_for(lambda: not any(incoming.iterdir()), seconds=15)  # swept by housekeeping
+    wait_for(lambda: not faulty.unfinished_uploads(), seconds=15)  # swept by housekeeping
     print(f"\ndatasets killed mid-upload: the client got {answer}; no dataset, no partial blob")
 
 
