@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from gateway import openapi
 from gateway.auth import Authenticator, AuthError, KeysUnavailable
-from gateway.downloads import Downloads, Sources
+from gateway.downloads import Downloads
 from gateway.errors import error_response
 from gateway.events import sse_endpoint
 from gateway.exports import export_endpoint
@@ -37,6 +37,7 @@ from gateway.outputs import ROUTE as OUTPUT_ROUTE
 from gateway.outputs import Outputs
 from gateway.rules import HttpRule, http_rules
 from gateway.settings import GatewaySettings
+from gateway.sources import Sources
 from gateway.transcode import BEARER_FIELDS, BYTE_STREAMS, Endpoint, unary_endpoint
 from gateway.uploads import Uploads
 from services.common import context, redact
@@ -124,8 +125,7 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
         for name, address in addresses.items()
     }
     datasets = datasets_service_pb2_grpc.DatasetsServiceStub(channels["datasets"])
-    sources = Sources()
-    downloads = Downloads(datasets, sources, settings.download_chunk_bytes)
+    downloads = Downloads(datasets, Sources(settings.download_buffer_bytes))
     outputs = Outputs(
         deploy_service_pb2_grpc.DeployServiceStub(channels["deploy"]),
         settings.upload_timeout_seconds,
@@ -250,7 +250,6 @@ def create_app(settings: GatewaySettings, authenticator: Authenticator | None = 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await downloads.drain()
-        await sources.close()
         await asyncio.gather(*(channel.close() for channel in channels.values()))
 
     middleware = [Middleware(Observe)]

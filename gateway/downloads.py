@@ -18,13 +18,13 @@ import logging
 from collections.abc import AsyncIterator
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import remote_error_response, service_error_response
+from gateway.sources import Fetched, SourceError, Sources
 from services.common.errors import RemoteError, storage_down
 from tunelab.datasets.v1 import datasets_service_pb2 as api
 from tunelab.datasets.v1 import datasets_service_pb2_grpc as api_grpc
@@ -34,45 +34,10 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/x-ndjson"
 
 
-class SourceError(Exception):
-    """Where the bytes are did not answer with them; the message is for operators and never
-    holds the URL (it is a credential)."""
-
-
-class Sources:
-    """The HTTP client the gateway fetches granted bytes with: aiohttp, which relayed them
-    about three times as fast as httpx (measured here: 1 GiB from the local blob listener
-    through a Starlette route under uvicorn, ~1,000 MB/s against ~350). No proxies from the
-    environment (these URLs carry credentials), no redirects, no overall deadline (a download
-    may take hours) but one on connecting and on each read. Opened on first use: a session
-    belongs to the event loop it was made in."""
-
-    def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=30.0),
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
-                trust_env=False,
-                auto_decompress=False,
-                read_bufsize=1 << 20,
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
 class Downloads:
-    def __init__(
-        self, stub: api_grpc.DatasetsServiceAsyncStub, sources: Sources, chunk_bytes: int
-    ) -> None:
+    def __init__(self, stub: api_grpc.DatasetsServiceAsyncStub, sources: Sources) -> None:
         self._stub = stub
         self._sources = sources
-        self.chunk_bytes = chunk_bytes
         self._reporting: set[asyncio.Task[None]] = set()
 
     async def __call__(self, request: Request) -> Response:
@@ -113,18 +78,13 @@ class Downloads:
             return response
         return _ProxiedResponse(self, upstream, grant, status, headers)
 
-    async def _fetch(self, grant: api.RedeemDownloadTokenResponse) -> aiohttp.ClientResponse:
+    async def _fetch(self, grant: api.RedeemDownloadTokenResponse) -> Fetched:
         """Ask the source for exactly the granted bytes; the answer must be exactly those."""
         where = urlsplit(grant.source_url).netloc or "(no source URL)"
         headers = {"Accept-Encoding": "identity"}
         if grant.partial:
             headers["Range"] = f"bytes={grant.offset}-{grant.offset + grant.length - 1}"
-        try:
-            upstream = await self._sources.session().get(
-                grant.source_url, headers=headers, allow_redirects=False
-            )
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise SourceError(f"{where}: {type(exc).__name__}") from None
+        upstream = await self._sources.get(grant.source_url, headers)
         expected = (
             (206, f"bytes {grant.offset}-{grant.offset + grant.length - 1}/{grant.size_bytes}")
             if grant.partial
@@ -133,7 +93,7 @@ class Downloads:
         got = (upstream.status, upstream.headers.get("content-range"))
         length = upstream.headers.get("content-length", "")
         if got != expected or length != str(grant.length):
-            upstream.release()
+            upstream.close()
             raise SourceError(
                 f"{where} answered {got[0]} {got[1] or ''} with {length or '?'} bytes, "
                 f"not {grant.length} from offset {grant.offset}"
@@ -171,7 +131,7 @@ class _ProxiedResponse(StreamingResponse):
     def __init__(
         self,
         downloads: Downloads,
-        upstream: aiohttp.ClientResponse,
+        upstream: Fetched,
         grant: api.RedeemDownloadTokenResponse,
         status: int,
         headers: dict[str, str],
@@ -180,30 +140,25 @@ class _ProxiedResponse(StreamingResponse):
         self._grant = grant
         self._upstream = upstream
         self._sent = 0
-        super().__init__(self._chunks(downloads.chunk_bytes), status_code=status, headers=headers)
+        super().__init__(self._chunks(), status_code=status, headers=headers)
 
-    async def _chunks(self, chunk: int) -> AsyncIterator[bytes]:
+    async def _chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for data in self._upstream.content.iter_chunked(chunk):
+            async for data in self._upstream.body(self._grant.length):
                 yield data
                 self._sent += len(data)  # the server has taken it for the connection
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except SourceError as exc:  # cut short: the client must see it was
             log.error(
                 "the source of a download failed mid-way",
-                extra={"dataset_id": self._grant.dataset_id, "error": type(exc).__name__},
+                extra={"dataset_id": self._grant.dataset_id, "error": str(exc)},
             )
             raise
-        if self._sent != self._grant.length:  # cut short: the client must see it was
-            raise SourceError(f"the source sent {self._sent} of {self._grant.length} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            if self._sent == self._grant.length:
-                self._upstream.release()  # all read: the connection may be reused
-            else:
-                self._upstream.close()
+            self._upstream.close()
             self._downloads.report(self._grant.grant_id, self._sent)
 
 

@@ -102,7 +102,13 @@ class GatewaySettings(CommonSettings):
         validation_alias=shared("deploy_max_output_bytes"),
         description="The deploy service's limit on a run's output, checked here too.",
     )
-    download_chunk_bytes: int = Field(1 << 20, ge=4096)
+    download_buffer_bytes: int = Field(
+        1 << 20,
+        ge=64 * 1024,
+        le=64 * 1024**2,
+        description="A download's receive buffer: up to this much is read from the source "
+        "at once, and up to twice it is held per download while the client catches up.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Browser origins allowed to call the API, as JSON: ["https://app.example"].',

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
-import aiohttp
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -17,7 +16,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.app import DOWNLOAD_ROUTE
-from gateway.downloads import Downloads, Sources
+from gateway.downloads import Downloads
+from gateway.sources import SourceError, Sources
 from tunelab.datasets.v1 import datasets_service_pb2 as api
 from tunelab.datasets.v1 import datasets_service_pb2_grpc as api_grpc
 
@@ -114,8 +114,9 @@ async def source() -> AsyncIterator[Source]:
 @pytest.fixture
 async def gateway(source: Source) -> AsyncIterator[tuple[httpx.AsyncClient, FakeDatasets]]:
     datasets = FakeDatasets(await source.start())
-    sources = Sources()
-    downloads = Downloads(cast("api_grpc.DatasetsServiceAsyncStub", datasets), sources, 4096)
+    downloads = Downloads(
+        cast("api_grpc.DatasetsServiceAsyncStub", datasets), Sources(64 * 1024, read_timeout=2)
+    )
 
     async def endpoint(request: Request) -> Response:  # a function: Starlette's endpoint kind
         return await downloads(request)
@@ -127,7 +128,6 @@ async def gateway(source: Source) -> AsyncIterator[tuple[httpx.AsyncClient, Fake
             yield client, datasets
     finally:
         await downloads.drain()
-        await sources.close()
 
 
 URL = "/v1/dataset-downloads/tldl_x"
@@ -236,7 +236,7 @@ async def test_a_source_that_breaks_off_cuts_the_download_short(
     source.answer = half
     # The client must see that it did not get everything: the response breaks off (here the
     # app fails mid-body; under a server, the connection closes short of Content-Length).
-    with pytest.raises(aiohttp.ClientPayloadError):
+    with pytest.raises(SourceError):
         await client.get(URL)
     [(grant, sent)] = await settled(datasets)
     assert grant == "de_1"
