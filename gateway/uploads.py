@@ -27,7 +27,11 @@ from tunelab.datasets.v1 import datasets_service_pb2_grpc as api_grpc
 
 log = logging.getLogger(__name__)
 
-MESSAGE_BYTES = 1 << 20
+# What a streamed upload is re-cut into for gRPC. Measured with 1 GiB through the suite on this
+# machine: ~120 MB/s with 1 MiB messages, ~170 MB/s with 4 MiB, ~185 MB/s with 8 MiB (the
+# per-message work on both sides shrinks); 4 MiB keeps most of that at half the memory held per
+# upload (under the services' 16 MiB message limit).
+MESSAGE_BYTES = 4 << 20
 
 
 class Uploads:
