@@ -133,8 +133,11 @@ class Fetched:
         self._first = first
 
     async def body(self, length: int) -> AsyncIterator[bytes]:
-        """Exactly `length` bytes of body, as they come; SourceError if the source sends
-        fewer (it broke off) or more (it is not answering what it said)."""
+        """Exactly `length` bytes of body, as they come: the answer's Content-Length must say
+        so (a chunked body is not read). SourceError if the source sends fewer (it broke off)
+        or more (it is not answering what it said)."""
+        if self.headers.get("content-length") != str(length):
+            raise SourceError(f"the source's answer is not of {length} bytes")
         left = length
         while left > 0:
             if self._first:
@@ -185,6 +188,8 @@ class Sources:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SourceError(f"not an http(s) URL: {parts.scheme or '(no scheme)'}")
         secure = parts.scheme == "https"
+        # Host and port only: what the Host header (which a presigned URL signs) and errors need.
+        where = parts.netloc.rpartition("@")[2]
         try:
             port = parts.port or (443 if secure else 80)
         except ValueError:
@@ -200,12 +205,12 @@ class Sources:
                 )
         except TimeoutError:
             raise SourceError(
-                f"{parts.netloc}: no connection within {self._connect_timeout:g} s"
+                f"{where}: no connection within {self._connect_timeout:g} s"
             ) from None
         except OSError as exc:
-            raise SourceError(f"{parts.netloc}: {type(exc).__name__}") from None
+            raise SourceError(f"{where}: {type(exc).__name__}") from None
         try:
-            return await self._answer(receiver, parts.netloc, parts.path, parts.query, headers)
+            return await self._answer(receiver, where, parts.path, parts.query, headers)
         except BaseException:
             receiver.close()
             raise

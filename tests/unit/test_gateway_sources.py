@@ -116,6 +116,27 @@ def test_the_gateways_event_loop_uvloop_reads_it_too() -> None:
         loop.close()
 
 
+async def test_credentials_in_the_url_are_neither_sent_as_host_nor_shown(server: Server) -> None:
+    port = await server.start(answer(b"ok"))
+    fetched = await Sources().get(f"http://user:hunter2@127.0.0.1:{port}/x", {})
+    assert await read_all(fetched, 2) == b"ok"
+    assert b"hunter2" not in server.heads[0]
+    assert f"host: 127.0.0.1:{port}\r\n".encode() in server.heads[0].lower()
+
+
+async def test_a_body_is_read_only_at_its_stated_length(server: Server) -> None:
+    async def chunked(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+
+    port = await server.start(chunked)
+    fetched = await Sources().get(f"http://127.0.0.1:{port}/x", {})
+    with pytest.raises(SourceError, match="not of 5 bytes"):
+        await read_all(fetched, 5)
+
+
 async def test_a_source_that_never_answers_times_out(server: Server) -> None:
     async def silent(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
         await reader.read()  # until the client gives up and closes
