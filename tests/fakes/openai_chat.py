@@ -28,6 +28,7 @@ carries the key out of the judge client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import secrets
@@ -50,6 +51,7 @@ from tests.fakes.runpod_schema import OpenApi, Operation
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "openai" / "chat-completions.json"
 PREFIX = "/v1"  # the document's server is https://api.openai.com/v1
+HOLD_SECONDS = 10.0
 KEY = "sk-fake-" + "K" * 40
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # json_schema.name, as the document describes it
 _NO_JSON_SCHEMA = (
@@ -271,6 +273,11 @@ class FakeOpenAIChat:
             self._script: list[Reply] = []
             self.in_flight = 0
             self.max_in_flight = 0
+            self._held_enough = asyncio.Event()  # bound to the server's loop on first wait
+            #: Answers wait (up to HOLD_SECONDS) until this many requests have been in flight at
+            #: once: a concurrency test then sees its limit reached however slowly the machine
+            #: starts the requests, and a limit that lets too many through still shows.
+            self.hold_until_in_flight = 0
 
     def script(self, *replies: Reply) -> None:
         """The next requests' answers, in order (then `default` again)."""
@@ -294,6 +301,9 @@ class FakeOpenAIChat:
             self.requests.append(RecordedRequest(request.url.path, body, auth))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            held_enough = 0 < self.hold_until_in_flight <= self.max_in_flight
+        if held_enough:
+            self._held_enough.set()
         try:
             return await self._answer(body, auth)
         finally:
@@ -324,6 +334,9 @@ class FakeOpenAIChat:
             return self._error(400, refusal, "invalid_request_error", param="response_format")
         with self._lock:
             reply = self._script.pop(0) if self._script else self.default
+        if self.max_in_flight < self.hold_until_in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._held_enough.wait(), HOLD_SECONDS)
         await asyncio.sleep(self.latency + reply.delay)
         if reply.status != 200:
             headers = {} if reply.retry_after is None else {"Retry-After": str(reply.retry_after)}

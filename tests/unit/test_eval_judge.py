@@ -386,13 +386,15 @@ async def test_an_allowlisted_network_is_reached(fake: FakeOpenAIChat) -> None:
 async def test_the_concurrency_limit_holds_per_endpoint_and_model(
     fake: FakeOpenAIChat, endpoint: JudgeEndpoint
 ) -> None:
-    fake.latency = 0.15
+    fake.latency = 0.05
     async with JudgeClient(concurrency=3) as judge:
+        fake.hold_until_in_flight = 3  # answers wait until the limit is reached, then go
         results = await asyncio.gather(*(grade(judge, endpoint) for _ in range(9)))
         assert all(r.raw_score == 7 for r in results)
         assert fake.max_in_flight == 3
         other = dataclasses.replace(endpoint, model="gpt-4.1-mini")
         fake.reset()
+        fake.hold_until_in_flight = 6
         await asyncio.gather(*(grade(judge, e) for e in [endpoint, other] * 4))
         assert fake.max_in_flight == 6  # a slot set each
 
