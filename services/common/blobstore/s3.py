@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import re
 from collections import deque
@@ -339,7 +340,11 @@ class S3BlobWriter:
         self._max_in_flight = store.config.max_concurrency
         self._key = new_key()
         self._name = store.config.prefix + self._key
-        self._buffer = bytearray()
+        # The part being filled, written into as the data comes. A BytesIO of its own (never
+        # one made from a bytes object) is what botocore and aiohttp send without copying: a
+        # bytes Body is wrapped in a BytesIO sharing it, which aiohttp's getbuffer() then
+        # copies, doubling what each part in flight holds.
+        self._part = io.BytesIO()
         self._size = 0
         self._upload_id: str | None = None
         self._next_part = 1
@@ -356,12 +361,14 @@ class S3BlobWriter:
     async def write(self, data: bytes) -> None:
         self._check_open("write")
         try:
-            self._buffer += data
             self._size += len(data)
-            while len(self._buffer) >= (part_bytes := self._part_bytes()):
-                part = bytes(self._buffer[:part_bytes])
-                del self._buffer[:part_bytes]
-                await self._send(part)
+            view = memoryview(data)
+            while view:
+                room = self._part_bytes() - self._part.tell()
+                self._part.write(view[:room])
+                view = view[room:]
+                if self._part.tell() == self._part_bytes():
+                    await self._send(self._take_part())
         except BaseException:
             await self._discard()
             raise
@@ -373,11 +380,11 @@ class S3BlobWriter:
                 self._object_sent = True
                 with _translated(f"storing blob {self._key}"):
                     await self._s3.put_object(
-                        Bucket=self._bucket, Key=self._name, Body=bytes(self._buffer)
+                        Bucket=self._bucket, Key=self._name, Body=self._take_part()
                     )
             else:
-                if self._buffer:  # the last part, the only one allowed under 5 MiB
-                    await self._send(bytes(self._buffer))
+                if self._part.tell():  # the last part, the only one allowed under 5 MiB
+                    await self._send(self._take_part())
                 while self._in_flight:
                     await self._collect_oldest()
                 self._object_sent = True
@@ -392,7 +399,6 @@ class S3BlobWriter:
         except BaseException:
             await self._discard()
             raise
-        self._buffer = bytearray()
         self._open = False
         return self._key
 
@@ -405,6 +411,12 @@ class S3BlobWriter:
         if not self._open:
             raise RuntimeError(f"{doing} after commit or abort")
 
+    def _take_part(self) -> io.BytesIO:
+        """The filled part, rewound to be sent; a new one is begun."""
+        part, self._part = self._part, io.BytesIO()
+        part.seek(0)
+        return part
+
     def _part_bytes(self) -> int:
         """The size of the next part: doubled every _PARTS_PER_SIZE parts, so the part count
         stays under S3's 10,000 whatever the blob's size (up to 5 TiB)."""
@@ -412,7 +424,7 @@ class S3BlobWriter:
             self._base_part_bytes << ((self._next_part - 1) // _PARTS_PER_SIZE), MAX_PART_BYTES
         )
 
-    async def _send(self, part: bytes) -> None:
+    async def _send(self, part: io.BytesIO) -> None:
         """Start uploading a part; first wait for the oldest one in flight if the limit is
         reached, which is what holds a fast writer back (and bounds the memory)."""
         if self._next_part > MAX_PARTS:
@@ -430,7 +442,9 @@ class S3BlobWriter:
             asyncio.create_task(self._upload_part(self._upload_id, number, part))
         )
 
-    async def _upload_part(self, upload_id: str, number: int, data: bytes) -> CompletedPartTypeDef:
+    async def _upload_part(
+        self, upload_id: str, number: int, data: io.BytesIO
+    ) -> CompletedPartTypeDef:
         # CRC32 per part, declared when the upload was created: S3 then checks each part, and
         # CompleteMultipartUpload must repeat every part's checksum (it is refused without).
         with _translated(f"uploading part {number} of blob {self._key}"):
@@ -473,7 +487,7 @@ class S3BlobWriter:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._buffer = bytearray()
+        self._part = io.BytesIO()
         try:
             if self._upload_id is not None:
                 await self._abort_upload(self._upload_id)
