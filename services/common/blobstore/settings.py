@@ -40,8 +40,8 @@ class StorageSettings(BaseSettings):
         8 * MIB,
         ge=5 * MIB,
         le=5 * 1024 * MIB,
-        description="Multipart upload part size; an upload holds about twice part size times "
-        "concurrency in memory.",
+        description="Multipart upload part size; an upload holds part size times "
+        "(concurrency + 1) in memory.",
     )
     s3_max_concurrency: int = Field(4, ge=1, le=64, description="Parts of one upload sent at once.")
 
