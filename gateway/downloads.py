@@ -91,11 +91,11 @@ class Downloads:
             else (200, None)
         )
         got = (upstream.status, upstream.headers.get("content-range"))
-        length = upstream.headers.get("content-length", "")
-        if got != expected or length != str(grant.length):
+        if got != expected or upstream.length != grant.length:
             upstream.close()
+            length = "?" if upstream.length is None else upstream.length
             raise SourceError(
-                f"{where} answered {got[0]} {got[1] or ''} with {length or '?'} bytes, "
+                f"{where} answered {got[0]} {got[1] or ''} with {length} bytes, "
                 f"not {grant.length} from offset {grant.offset}"
             )
         return upstream
@@ -144,7 +144,7 @@ class _ProxiedResponse(StreamingResponse):
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for data in self._upstream.body(self._grant.length):
+            async for data in self._upstream.body():
                 yield data
                 self._sent += len(data)  # the server has taken it for the connection
         except SourceError as exc:  # cut short: the client must see it was

@@ -44,7 +44,6 @@ class _Receiver(asyncio.BufferedProtocol):
         self._chunks: collections.deque[bytes] = collections.deque()
         self._queued = 0
         self._ended: BaseException | None = None  # EOF or the connection's error
-        self._closed = False
         self._waiter: asyncio.Future[None] | None = None
         self.transport: asyncio.Transport | None = None
         self._paused = False
@@ -69,7 +68,6 @@ class _Receiver(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
         self._end(exc or EOFError("the source closed the connection"))
 
     def _end(self, why: BaseException) -> None:
@@ -113,12 +111,13 @@ class _Receiver(asyncio.BufferedProtocol):
         return type(self._ended).__name__ if self._ended is not None else ""
 
     def close(self) -> None:
-        if self.transport is not None and not self._closed:
+        if self.transport is not None:  # closing a closed transport does nothing
             self.transport.close()
 
 
 class Fetched:
-    """A source's answer: its status and headers (names in lower case), and its body."""
+    """A source's answer: its status, headers (names in lower case) and length (its
+    Content-Length; None for a body without one, e.g. chunked), and its body."""
 
     def __init__(
         self,
@@ -130,15 +129,18 @@ class Fetched:
         self._receiver = receiver
         self.status = status
         self.headers = headers
+        stated = headers.get("content-length", "")
+        chunked = "transfer-encoding" in headers
+        self.length = int(stated) if stated.isdigit() and not chunked else None
         self._first = first
 
-    async def body(self, length: int) -> AsyncIterator[bytes]:
-        """Exactly `length` bytes of body, as they come: the answer's Content-Length must say
-        so (a chunked body is not read). SourceError if the source sends fewer (it broke off)
-        or more (it is not answering what it said)."""
-        if self.headers.get("content-length") != str(length):
-            raise SourceError(f"the source's answer is not of {length} bytes")
-        left = length
+    async def body(self) -> AsyncIterator[bytes]:
+        """Exactly `length` bytes of body, as they come (a body without a Content-Length is
+        not read). SourceError if the source sends fewer (it broke off) or more (it is not
+        answering what it said)."""
+        if self.length is None:
+            raise SourceError("the source's answer states no Content-Length")
+        left = self.length
         while left > 0:
             if self._first:
                 chunk = self._first.pop(0)
