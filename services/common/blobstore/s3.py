@@ -364,10 +364,11 @@ class S3BlobWriter:
             self._size += len(data)
             view = memoryview(data)
             while view:
-                room = self._part_bytes() - self._part.tell()
+                part_bytes = self._part_bytes()
+                room = part_bytes - self._part.tell()
                 self._part.write(view[:room])
                 view = view[room:]
-                if self._part.tell() == self._part_bytes():
+                if self._part.tell() == part_bytes:
                     await self._send(self._take_part())
         except BaseException:
             await self._discard()
