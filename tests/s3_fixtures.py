@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -33,6 +33,22 @@ def use_credentials(monkeypatch: pytest.MonkeyPatch, server: SeaweedFS) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
+
+
+def s3_call(server: SeaweedFS, operation: str, **params: Any) -> Any:
+    """One call of botocore's S3 client on the server's test bucket, with a client of its own:
+    what a test looks at beside the store under test."""
+    client = server.client()
+    try:
+        return getattr(client, operation)(Bucket=S3_TEST_BUCKET, **params)
+    finally:
+        client.close()
+
+
+def multipart_uploads(server: SeaweedFS, prefix: str) -> list[str]:
+    """The keys of the multipart uploads under `prefix` neither completed nor aborted."""
+    listed = s3_call(server, "list_multipart_uploads", Prefix=prefix)
+    return sorted(upload["Key"] for upload in listed.get("Uploads", []))
 
 
 def config_for(server: SeaweedFS) -> S3Config:

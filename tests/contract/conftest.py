@@ -25,7 +25,7 @@ from services.common.server import start
 from services.datasets.service import server_spec
 from services.datasets.settings import DatasetsSettings
 from tests.conftest import INTERNAL_TOKEN, STORAGES, PgDatabases, new_user
-from tests.s3_fixtures import S3_TEST_BUCKET, use_credentials
+from tests.s3_fixtures import S3_TEST_BUCKET, multipart_uploads, use_credentials
 from tunelab.datasets.v1 import datasets_service_pb2 as api
 from tunelab.datasets.v1 import datasets_service_pb2_grpc as api_grpc
 
@@ -73,20 +73,9 @@ class Storage:
             return sorted(os.listdir(store.root / "incoming"))
         from services.common.blobstore.s3 import S3BlobStore  # aiobotocore: for s3 only
 
-        server = self.server
-        assert server is not None
+        assert self.server is not None
         assert isinstance(store, S3BlobStore)
-        prefix = store.config.prefix
-
-        def listed() -> list[str]:
-            client = server.client()
-            try:
-                found = client.list_multipart_uploads(Bucket=S3_TEST_BUCKET, Prefix=prefix)
-            finally:
-                client.close()
-            return sorted(upload["Key"] for upload in found.get("Uploads", []))
-
-        return await asyncio.to_thread(listed)
+        return await asyncio.to_thread(multipart_uploads, self.server, store.config.prefix)
 
 
 @pytest.fixture

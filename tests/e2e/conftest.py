@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,7 @@ import pytest
 
 from services.deploy.providers.local import LocalProvider
 from tests.conftest import PgDatabases
-from tests.s3_fixtures import S3_TEST_BUCKET
+from tests.s3_fixtures import S3_TEST_BUCKET, multipart_uploads, s3_call
 
 if TYPE_CHECKING:
     from tunelab_cli.seaweed import SeaweedFS
@@ -70,6 +70,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], seconds: float = 30, what: str = "") -> Any:
+    """Poll `check` until it gives something true, and return that; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what or check}"
+        time.sleep(0.05)
+    return found
 
 
 def storage_setting(name: str) -> bool:
@@ -153,11 +162,7 @@ class Suite:
 
     def _s3_call(self, operation: str, **params: Any) -> Any:
         assert self.s3 is not None
-        client = self.s3.client()
-        try:
-            return getattr(client, operation)(Bucket=S3_TEST_BUCKET, **params)
-        finally:
-            client.close()
+        return s3_call(self.s3, operation, **params)
 
     def blobs(self, service: str = "datasets") -> list[str]:
         """The names of the finished blobs `service` ("datasets" or "deploy") stores: files
@@ -181,8 +186,7 @@ class Suite:
         """What unfinished uploads left: partial files in incoming/, or multipart uploads."""
         if self.s3 is None:
             return sorted(p.name for p in (self._local(service) / "incoming").iterdir())
-        listed = self._s3_call("list_multipart_uploads", Prefix=self._prefix(service))
-        return sorted(u["Key"] for u in listed.get("Uploads", []))
+        return multipart_uploads(self.s3, self._prefix(service))
 
     @contextlib.contextmanager
     def blob_taken_away(self, name: str, service: str = "datasets") -> Iterator[None]:

@@ -12,7 +12,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import PgDatabases
 from tests.e2e import processes
-from tests.e2e.conftest import Suite, suite_on
+from tests.e2e.conftest import Suite, suite_on, wait_for
 from tests.e2e.test_datasets_http import curl
 from tests.e2e.test_deploy_local import (
     TERMINAL,
@@ -115,13 +115,6 @@ def in_background(work: Producer) -> threading.Thread:
     thread = threading.Thread(target=work.run, daemon=True)
     thread.start()
     return thread
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("victim", ["tracing", "gateway"])

@@ -13,7 +13,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from botocore.config import Config
 
 from tests.conftest import PgDatabases
 from tests.e2e import processes
-from tests.e2e.conftest import Suite, suite_on_s3
+from tests.e2e.conftest import Suite, suite_on_s3, wait_for
 from tests.e2e.test_dev_supervisor import dev
 from tunelab_cli.seaweed import SeaweedFS
 
@@ -41,14 +41,6 @@ KILL_AFTER = 20  # chunks: two parts are stored, the rest is on its way
 # What a crashed upload leaves in the bucket (an unfinished multipart upload) is swept after
 # this long, every half second: longer than the upload takes to reach the kill.
 STALE_SECONDS = 8
-
-
-def wait_for(check: Callable[[], Any], seconds: float = 20, what: str = "") -> Any:
-    deadline = time.monotonic() + seconds
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what or check}"
-        time.sleep(0.1)
-    return found
 
 
 def assert_storage_down(response: httpx.Response) -> None:
