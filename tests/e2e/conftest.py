@@ -412,15 +412,26 @@ def _suite(
 def suite(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases
 ) -> Iterator[Suite]:
-    """The suite on each database: on SQLite with local storage, on PostgreSQL with S3 (see
-    the module's docstring)."""
+    """The suite on each database, paired with a storage backend (paired_suite)."""
+    with paired_suite(request, tmp_path_factory, pg) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def paired_suite(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg: PgDatabases,
+    **extra_env: str,
+) -> Iterator[Suite]:
+    """For a fixture parametrized over the databases: the suite on SQLite with local storage,
+    on PostgreSQL with S3 (see the module's docstring)."""
     if request.param == "postgresql":
-        with suite_on_s3(
-            request.getfixturevalue("s3_server"), "postgresql", tmp_path_factory, pg
-        ) as running:
+        server = request.getfixturevalue("s3_server")
+        with suite_on_s3(server, "postgresql", tmp_path_factory, pg, **extra_env) as running:
             yield running
     else:
-        with suite_on(request.param, tmp_path_factory, pg) as running:
+        with suite_on(request.param, tmp_path_factory, pg, **extra_env) as running:
             yield running
 
 

@@ -1,6 +1,7 @@
-"""Streams that last longer than a unary call may: a watch and an export through the gateway,
-with the gateway's unary deadline shortened to 1.5 s and the deploy service ending each watch
-after 4 s (both settings), so that what takes an hour in production takes seconds here."""
+"""Streams that last longer than a unary call may: a watch, an export and a download through
+the gateway, with the gateway's unary deadline shortened to 1.5 s and the deploy service ending
+each watch after 4 s (both settings), so that what takes an hour in production takes seconds
+here."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from services.common.client import open_channel
 from services.common.identity import USER_KEY
 from tests.conftest import PgDatabases
-from tests.e2e.conftest import Suite, suite_on
+from tests.e2e.conftest import Suite, paired_suite, wait_for
 from tests.e2e.test_cli_deploy import cli
 from tests.e2e.test_deploy_local import TERMINAL, chat_rows, request, upload, wait_until
 from tunelab.tracing.v1 import spans_pb2, tracing_service_pb2
@@ -36,8 +37,8 @@ WATCH_SECONDS = 4
 def short(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases
 ) -> Iterator[Suite]:
-    with suite_on(
-        request.param,
+    with paired_suite(
+        request,
         tmp_path_factory,
         pg,
         TUNELAB_GATEWAY_CALL_TIMEOUT_SECONDS=str(CALL_SECONDS),
@@ -157,24 +158,65 @@ class SmallWindow(http.client.HTTPConnection):
         self.sock.connect((self.host, self.port))
 
 
+def read_slowly(
+    suite: Suite, path: str, pause: float, headers: dict[str, str] | None = None
+) -> tuple[bytes, float]:
+    """GET `path` through a small receive window, 64 KiB at a time with `pause` seconds between:
+    the body, and how long reading it took."""
+    port = int(suite.url.rsplit(":", 1)[1])
+    connection = SmallWindow("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        assert response.status == 200
+        started = time.monotonic()
+        body = bytearray()
+        while chunk := response.read(64 * 1024):
+            body += chunk
+            time.sleep(pause)
+        return bytes(body), time.monotonic() - started
+    finally:
+        connection.close()
+
+
 def test_an_export_read_slowly_outlives_the_unary_deadline(short: Suite) -> None:
     count = 6000
     ingest_directly(short, count, text_bytes=1500)
-    port = int(short.url.rsplit(":", 1)[1])
-    connection = SmallWindow("127.0.0.1", port, timeout=60)
     token = short.token("alice")
-    connection.request(
-        "GET", "/v1/traces/export?format=jsonl", headers={"Authorization": f"Bearer {token}"}
+    body, lasted = read_slowly(
+        short,
+        "/v1/traces/export?format=jsonl",
+        0.05,  # about 1.3 MB/s
+        {"Authorization": f"Bearer {token}"},
     )
-    response = connection.getresponse()
-    assert response.status == 200
-    started = time.monotonic()
-    body = bytearray()
-    while chunk := response.read(64 * 1024):
-        body += chunk
-        time.sleep(0.05)  # about 1.3 MB/s
-    lasted = time.monotonic() - started
-    connection.close()
     assert lasted > CALL_SECONDS * 2
     ids = {json.loads(line)["span_id"] for line in body.splitlines()}
     assert ids == {f"s{i}" for i in range(count)}
+
+
+def test_a_download_read_slowly_outlives_the_unary_deadline_and_is_audited_whole(
+    short: Suite,
+) -> None:
+    """A download is granted in one unary call and then streamed for as long as the client
+    takes (here about four times the gateway's call deadline): it arrives whole, and its audit
+    record, reported once it ended, holds every byte."""
+    alice = short.client("alice")
+    row = chat_rows(1).removesuffix(b"}\n")  # each row made unique by a field of its own
+    data = b"".join(row + f', "n": "{i:06d}"}}\n'.encode() for i in range(40_000))
+    uploaded = alice.post("/v1/datasets", params={"name": "slow.jsonl"}, content=data)
+    assert uploaded.status_code == 201, uploaded.text
+    dataset_id = uploaded.json()["id"]
+    minted = alice.post(f"/v1/datasets/{dataset_id}/download-tokens", json={})
+    assert minted.status_code == 201, minted.text
+    short.remember(minted.json()["token"])
+    body, lasted = read_slowly(short, minted.json()["url"].removeprefix(short.url), 0.1)
+    assert lasted > CALL_SECONDS * 3
+    assert body == data
+
+    def reported() -> list[dict[str, Any]]:
+        events = alice.get(f"/v1/datasets/{dataset_id}/download-events").json()
+        return [e for e in events["download_events"] if "bytes_sent" in e]
+
+    [event] = wait_for(reported, 10, "the download's report")
+    assert (event["outcome"], int(event["bytes_sent"])) == ("granted", len(data))
+    print(f"\na {len(data) / 1e6:.1f} MB download read over {lasted:.1f} s arrived whole")

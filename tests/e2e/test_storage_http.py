@@ -35,7 +35,7 @@ ROW = json.dumps(
     {"messages": [{"role": "user", "content": "q" * 40}, {"role": "assistant", "content": "a"}]}
 ).encode()
 # About 1 MiB of whole rows, sent 64 times: eight 8 MiB parts of a multipart upload.
-CHUNK = b"".join(ROW[:-1] + f', "n": {i:05d}}}\n'.encode() for i in range(MIB // (len(ROW) + 12)))
+CHUNK = b"".join(ROW[:-1] + f', "n": "{i:05d}"}}\n'.encode() for i in range(MIB // (len(ROW) + 14)))
 CHUNKS = 64
 KILL_AFTER = 20  # chunks: two parts are stored, the rest is on its way
 # What a crashed upload leaves in the bucket (an unfinished multipart upload) is swept after
