@@ -15,8 +15,11 @@ and is cut mid-way, and none runs with no deadline at all.
 Starting order: a call made while the channel is still connecting (the service is starting,
 or restarting) waits for it, up to `ready_wait` seconds and within the call's deadline, instead
 of failing at once with UNAVAILABLE. Waiting is safe for every call, idempotent or not: nothing
-has been sent yet. The reconnect backoff is kept short (the peers are on the same network), so
-that a restarted service is found again within a couple of seconds.
+has been sent yet. A call sent just as its peer died (the channel still looked ready) fails
+with UNAVAILABLE; an idempotent unary call then waits for the channel in the same way and is
+made once more, so a restart is not a 503 either way. The reconnect backoff is kept short (the
+peers are on the same network), so that a restarted service is found within a second of
+listening.
 
 The user comes from the `caller` context variable: set by the gateway for its request, and by a
 service's own server interceptor for the call it is serving, so it flows through without effort.
@@ -27,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import grpc
@@ -38,8 +41,9 @@ from services.common.server import MAX_MESSAGE_BYTES
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 READY_WAIT_SECONDS = 5.0
-# grpc's defaults (1 s growing to 120 s) suit a far-away server; these services are near.
-RECONNECT_BACKOFF_MS = (100, 2000)
+# grpc's defaults (1 s growing to 120 s) suit a far-away server; these services are near. At
+# most 1 s between attempts, so a service that is up is found well within READY_WAIT_SECONDS.
+RECONNECT_BACKOFF_MS = (100, 1000)
 
 
 class StreamDeadlineMissing(ValueError):
@@ -76,7 +80,8 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """`timeout`: the deadline of unary calls that set none. `ready_wait`: how long a call
     waits for a channel that is still connecting (0: not at all)."""
-    interceptors = outbound_interceptors(internal_token, timeout, ready_wait)
+    idempotent = {f"/{svc}/{m}" for svc, methods in (retry or {}).items() for m in methods}
+    interceptors = outbound_interceptors(internal_token, timeout, ready_wait, idempotent)
     channel = grpc.aio.insecure_channel(
         address,
         options=[
@@ -104,10 +109,17 @@ class _Outbound:
     streaming = True
     channel: grpc.aio.Channel | None = None
 
-    def __init__(self, internal_token: str, timeout: float, ready_wait: float) -> None:
+    def __init__(
+        self,
+        internal_token: str,
+        timeout: float,
+        ready_wait: float,
+        idempotent: frozenset[str] = frozenset(),
+    ) -> None:
         self._token = internal_token
         self._timeout = timeout
         self._ready_wait = ready_wait
+        self._idempotent = idempotent
 
     async def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         timeout = details.timeout
@@ -155,7 +167,36 @@ class _UnaryUnary(_Outbound, grpc.aio.UnaryUnaryClientInterceptor):
     streaming = False
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(await self._details(details), request)
+        channel = self.channel
+        # Only a call that found the channel ready waits after failing: one that already waited
+        # for it is not kept waiting twice.
+        was_ready = channel is not None and channel.get_state() is grpc.ChannelConnectivity.READY
+        sent = await self._details(details)
+        call = await continuation(sent, request)
+        name = details.method.decode() if isinstance(details.method, bytes) else details.method
+        if not was_ready or name not in self._idempotent:
+            return call
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await call
+        except grpc.aio.AioRpcError as exc:
+            left = (sent.timeout or self._timeout) - (loop.time() - started)
+            if exc.code() is not grpc.StatusCode.UNAVAILABLE or left <= 0.001:
+                return call
+            # The peer went away under the call (grpc's own retries came too soon to see it
+            # back): wait for the channel as a first call would, then once more.
+            return await continuation(
+                grpc.aio.ClientCallDetails(
+                    method=sent.method,
+                    timeout=await self._wait_ready(left),
+                    metadata=sent.metadata,
+                    credentials=sent.credentials,
+                    wait_for_ready=sent.wait_for_ready,
+                ),
+                request,
+            )
+        return call
 
 
 class _UnaryStream(_Outbound, grpc.aio.UnaryStreamClientInterceptor):
@@ -174,9 +215,10 @@ class _StreamStream(_Outbound, grpc.aio.StreamStreamClientInterceptor):
 
 
 def outbound_interceptors(
-    internal_token: str, timeout: float, ready_wait: float = 0.0
+    internal_token: str, timeout: float, ready_wait: float = 0.0, idempotent: Set[str] = frozenset()
 ) -> list[grpc.aio.ClientInterceptor]:
+    """`idempotent`: full method names ("/package.Service/Method") that may be made again."""
     return [
-        kind(internal_token, timeout, ready_wait)
+        kind(internal_token, timeout, ready_wait, frozenset(idempotent))
         for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
     ]

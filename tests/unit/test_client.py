@@ -39,19 +39,25 @@ HANDLERS: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
 }
 
 
-async def serve(address: str) -> RunningServer:
-    return await start(
-        ServerSpec(
-            name="probe",
-            domain="probe.tunelab.dev",
-            address=address,
-            internal_token=INTERNAL_TOKEN,
-            register=lambda server: server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler("test.Probe", HANDLERS),)
-            ),
-            service_names=["test.Probe"],
-        )
+def probe(address: str, handlers: dict[str, Any]) -> ServerSpec:
+    methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        name: grpc.unary_unary_rpc_method_handler(h) for name, h in handlers.items()
+    }
+    return ServerSpec(
+        name="probe",
+        domain="probe.tunelab.dev",
+        address=address,
+        internal_token=INTERNAL_TOKEN,
+        register=lambda server: server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("test.Probe", methods | HANDLERS),)
+        ),
+        service_names=["test.Probe"],
+        grace_seconds=0,
     )
+
+
+async def serve(address: str) -> RunningServer:
+    return await start(probe(address, {}))
 
 
 async def test_a_stream_without_a_deadline_is_refused_before_it_is_sent() -> None:
@@ -111,3 +117,49 @@ async def test_a_service_that_stays_away_is_unavailable_after_the_wait() -> None
             await echo_call(b"x")
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert 0.4 < time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+async def test_a_call_whose_service_dies_under_it_is_made_again_only_if_idempotent(
+    idempotent: bool,
+) -> None:
+    """The channel is ready when the call is sent; the service dies with the call in it and is
+    back a moment later. grpc's own retries come too soon to see it; the interceptor waits for
+    the channel and makes an idempotent call once more. Any other call fails as it did."""
+    address = f"127.0.0.1:{free_port()}"
+    received: list[str] = []
+    running: list[RunningServer] = []
+    restarting: list[asyncio.Task[None]] = []
+
+    async def restart() -> None:
+        await running[0].server.stop(0)
+        await asyncio.sleep(1.5)  # longer than grpc's retries take (at most 0.7 s)
+        running[0] = await start(probe(address, {"Record": record_only}))
+
+    async def dies(request: bytes, context: Any) -> bytes:
+        received.append("first")
+        restarting.append(asyncio.create_task(restart()))
+        await asyncio.sleep(10)
+        return request
+
+    async def record_only(request: bytes, context: Any) -> bytes:
+        received.append("again")
+        return request
+
+    running.append(await start(probe(address, {"Record": dies})))
+    retry = {"test.Probe": ["Record"]} if idempotent else None
+    try:
+        async with open_channel(address, INTERNAL_TOKEN, retry=retry, ready_wait=5) as channel:
+            call: Any = channel.unary_unary("/test.Probe/Record")
+            await channel.channel_ready()
+            if idempotent:
+                assert await call(b"x") == b"x"
+                assert received == ["first", "again"]
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call(b"x")
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert received == ["first"]
+    finally:
+        await asyncio.gather(*restarting)
+        await running[0].stop()
