@@ -30,7 +30,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from services.common.identity import require_user
-from services.tracing.sanitize import sanitize_text
+from services.common.sanitize import sanitize_text
 from services.tracing.server import TracingServicer
 from tunelab.tracing.v1 import spans_pb2 as pb
 

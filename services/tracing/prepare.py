@@ -15,9 +15,9 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.sanitize import sanitize_text
 from services.tracing import spans
 from services.tracing.prices import PriceTable
-from services.tracing.sanitize import sanitize_text
 from tunelab.tracing.v1 import spans_pb2 as pb
 
 Key = tuple[str, str]  # (trace_id, span_id)

@@ -20,8 +20,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import redact
 from services.common.remembered import Remembered
+from services.common.sanitize import sanitize_text
 from services.tracing.prices import PriceTable
-from services.tracing.sanitize import sanitize_text
 from services.tracing.stored_json import NotFinite, parse_stored, stored_json
 from tunelab.tracing.v1 import spans_pb2 as pb
 

@@ -25,7 +25,7 @@ from google.protobuf.struct_pb2 import ListValue, Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.remembered import Remembered
-from services.tracing.sanitize import (
+from services.common.sanitize import (
     MASK,
     MAX_DEPTH,
     TRUNCATED,

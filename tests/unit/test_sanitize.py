@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.tracing.sanitize import (
+from services.common.sanitize import (
     MASK,
     TRUNCATED,
     sanitize_headers,

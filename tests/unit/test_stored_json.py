@@ -12,9 +12,7 @@ from google.protobuf import json_format
 
 from bench import spangen
 from services.common import redact
-from services.tracing import spans
-from services.tracing.prices import PriceTable
-from services.tracing.sanitize import (
+from services.common.sanitize import (
     MASK,
     MAX_DEPTH,
     TRUNCATED,
@@ -24,6 +22,8 @@ from services.tracing.sanitize import (
     sanitize_value,
     sensitive_name,
 )
+from services.tracing import spans
+from services.tracing.prices import PriceTable
 from services.tracing.stored_json import NotFinite, parse_stored, stored_json
 from tests.unit.test_sanitize import OPAQUE, PEM, SHAPED, _gone
 from tunelab.tracing.v1 import spans_pb2 as pb

@@ -1,5 +1,8 @@
 """Masks credentials in everything the tracing service is about to store.
 
+Shared (in services/common) because the eval service masks the same credentials again in the
+datasets it curates from traces (`services.eval.scrub`).
+
 A trace of an LLM call carries request headers, URLs, prompts, completions and free-form
 metadata, and any of them can hold a credential: an `Authorization` header, a `?key=` query
 parameter, an API key pasted into a prompt, a `password` field three levels down a tool call.
