@@ -49,7 +49,7 @@ class UrlSigner:
         return f"/blobs/{key}?expires={expires}&signature={self._signature(key, expires)}"
 
     def valid(self, key: str, expires: str, signature: str) -> bool:
-        if not expires.isdigit() or int(expires) < time.time():
+        if not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
             return False
         return hmac.compare_digest(self._signature(key, int(expires)), signature)
 

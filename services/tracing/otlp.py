@@ -424,7 +424,9 @@ def _flattened(attrs: _Attrs) -> dict[str, Any]:
             if not key.startswith(prefix + "."):
                 continue
             index, dot, rest = key[len(prefix) + 1 :].partition(".")
-            if not (dot and index.isdigit()):
+            if not (
+                dot and index.isascii() and index.isdigit()
+            ):  # "²".isdigit(), yet int() refuses it
                 continue
             item = found.setdefault(prefix, {}).setdefault(int(index), {})
             item[rest.removeprefix(item_prefix) if item_prefix else rest] = attrs.values[key]
@@ -558,8 +560,9 @@ def _plain_text(value: Any) -> str:
 def _integer(value: Any) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
+    digits = value.strip().lstrip("-") if isinstance(value, str) else ""
     if (isinstance(value, float) and math.isfinite(value) and value.is_integer()) or (
-        isinstance(value, str) and value.strip().lstrip("-").isdigit()
+        digits.isascii() and digits.isdigit()  # "²".isdigit(), yet int() refuses it
     ):
         value = int(value)
     if isinstance(value, int) and -(2**63) <= value < 2**63:

@@ -157,6 +157,7 @@ async def test_a_tampered_or_missing_signature_is_403(
         _with_query(url, signature=signature.upper()),
         _with_query(url, signature=""),
         _with_query(url, expires=str(int(expires) + 3600)),  # a longer life is not signed
+        _with_query(url, expires="\u00b9\u00b2"),  # digits to isdigit(), not to int()
         urlsplit(url)._replace(query="").geturl(),
     ):
         response = await client.get(bad)

@@ -513,3 +513,22 @@ def test_deep_json_is_cut_not_refused() -> None:
     text = json_format.MessageToJson(span)
     assert "[TRUNCATED: nested too deep]" in text
     json_format.Parse(text, pb.Span())  # what the store writes, it can read back
+
+
+def test_digits_that_are_not_ascii_are_kept_as_attributes_not_a_crash() -> None:
+    """ "²".isdigit() is true, yet int("²") raises: such an index or count is no number."""
+    span = one(
+        otel_span(
+            attrs={
+                "llm.input_messages.².message.role": "user",
+                "llm.input_messages.0.message.role": "user",
+                "llm.input_messages.0.message.content": "Hi",
+                "gen_ai.usage.input_tokens": "²",
+                "server.port": "¹²",
+            }
+        )
+    )
+    assert plain(span.input) == [{"role": "user", "content": "Hi"}]
+    assert not span.usage.HasField("input_tokens")
+    meta = plain(span.metadata)
+    assert meta["llm.input_messages.².message.role"] == "user"
