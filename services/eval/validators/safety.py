@@ -1,10 +1,11 @@
-"""Refusal detection and the PII check."""
+"""Refusal detection and the PII check (its detection is `services.eval.pii`'s)."""
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
+from services.eval import pii
+from services.eval.pii import luhn_valid as luhn_valid  # the validator tests import it here
 from services.eval.validators.params import Params
 from services.eval.validators.subject import Finding, Subject, binary
 from services.eval.validators.text import Check
@@ -52,70 +53,16 @@ def build_refusal(params: Params) -> Check:
     return check
 
 
-# Patterns start with a character class, so `re` skips ahead in C to where a match can begin;
-# the neighbours of a candidate are checked in Python. This keeps a 5 MB scan well under a
-# second even on hostile input (5 MB of digits).
-EMAIL = re.compile(r"[\w.%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}\b")
-# A "+" and a country code, or groups of digits split by spaces, dots, dashes or parentheses;
-# 10 to 15 digits in all. A bare run of digits is not a phone number (ids and timestamps are),
-# nor is a date and time ("2024-01-15 10:30"), nor a list of years ("1999 2000 2001": groups
-# of four digits alone, with no "+" or parentheses).
-PHONE_CANDIDATE = re.compile(r"[+(\d][\d ().+-]{8,24}\d")
-FOUR_DIGIT_GROUPS = re.compile(r"\d{4}(?:[ .-]\d{4})+")
-PHONE_SHAPE = re.compile(
-    r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,5}|\+\d{10,15}"
-)
-# 13 to 19 digits, optionally in groups split by a space or a dash; a Luhn check follows.
-CARD = re.compile(r"\d(?<![\d-]\d)(?:[ -]?\d){12,18}(?!\d)")
-
-
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2 == 1:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
-
-
-def _digits(text: str) -> str:
-    return "".join(char for char in text if "0" <= char <= "9")
-
-
-def _has_card(text: str) -> bool:
-    return any(luhn_valid(_digits(match.group())) for match in CARD.finditer(text))
-
-
-def _isolated(text: str, start: int, end: int) -> bool:
-    """Whether text[start:end] is not part of a longer word, number or timestamp."""
-    before, after = text[start - 1 : start], text[end : end + 1]
-    return not (before and (before.isalnum() or before in "+_")) and not (
-        after and (after.isalnum() or after in "_:-")
-    )
-
-
 def _has_email(text: str) -> bool:
-    if "@" not in text:
-        return False
-    for match in EMAIL.finditer(text):
-        start = match.start()
-        if not (start and (text[start - 1].isalnum() or text[start - 1] in "._%+-")):
-            return True
-    return False
+    return any(True for _ in pii.emails(text))
 
 
 def _has_phone(text: str) -> bool:
-    for match in PHONE_CANDIDATE.finditer(text):
-        start, end = match.span()
-        if not _isolated(text, start, end) or not PHONE_SHAPE.fullmatch(match.group()):
-            continue
-        if FOUR_DIGIT_GROUPS.fullmatch(match.group()):
-            continue
-        digits = _digits(match.group())
-        if 10 <= len(digits) <= 15 and not (len(digits) >= 13 and luhn_valid(digits)):
-            return True
-    return False
+    return any(True for _ in pii.phones(text))
+
+
+def _has_card(text: str) -> bool:
+    return any(True for _ in pii.cards(text))
 
 
 PII_KINDS = ("email", "phone", "card")
