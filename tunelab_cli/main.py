@@ -5,6 +5,9 @@
     tunelab datasets upload train.jsonl         upload, with a progress bar; prints the dataset
     tunelab datasets list | get ID | delete ID
     tunelab datasets link ID [--ttl S] [--max-uses N]   mint a download URL
+    tunelab datasets curate --format sft|dpo [--min-score X] [--filter K=V] [--dry-run] ...
+                                                a dataset from your judged traces
+    tunelab datasets provenance ID [--line N]   the trace and span each curated row came from
     tunelab deploy create DATASET_ID [--watch] [--dry-run] ...   check, then launch a run
     tunelab deploy watch ID | list | get ID | cancel ID | events ID | output ID [-o FILE]
     tunelab keys set runpod | list | delete runpod      GPU provider keys (read from stdin)
@@ -19,7 +22,8 @@ Credentials: --token or TUNELAB_TOKEN; otherwise, where the development signing 
 TUNELAB_USER or your login name, in that order. The gateway: --url or TUNELAB_URL.
 
 `datasets upload` exits with status 2 when the file was stored but is not usable for training
-(the reason and the first bad line are printed). `deploy create` exits with status 2 when a
+(the reason and the first bad line are printed); `datasets curate` exits 1 when the curation
+failed or was cancelled. `deploy create` exits with status 2 when a
 pre-flight check fails (nothing is rented); `deploy watch` exits 1 when the run failed or was
 cancelled; `eval run` exits 1 when the judgment failed. The `traces` and `eval` lists print a
 table (times in UTC), or with --json the route's JSON.
@@ -36,7 +40,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from tunelab_cli import deploy, dev, evals, traces
+from tunelab_cli import curate, deploy, dev, evals, traces
 from tunelab_cli.api import CliError, api_client, checked, mint_dev_token, print_json
 
 CHUNK = 1 << 20
@@ -166,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
     link.add_argument("--ttl", type=int, default=0, help="seconds, at most 7200 (the default)")
     link.add_argument("--max-uses", type=int, default=0, help="downloads allowed (default 1)")
     link.set_defaults(func=cmd_link)
+    curate.register(sub)
 
     deploy.register(commands)
     traces.register(commands)

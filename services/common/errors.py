@@ -56,6 +56,15 @@ def invalid_argument(field_name: str, message: str) -> ServiceError:
     )
 
 
+def required_id(value: str, field_name: str, limit: int = 64) -> str:
+    """An id the request must carry, no longer than ids are."""
+    if not value:
+        raise invalid_argument(field_name, f"{field_name} is required")
+    if len(value) > limit:
+        raise invalid_argument(field_name, f"{field_name} is longer than {limit} characters")
+    return value
+
+
 def not_found(kind: str, ident: str) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.NOT_FOUND,

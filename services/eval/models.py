@@ -134,3 +134,83 @@ class JudgeKeyRow(Base):
     ciphertext: Mapped[str] = mapped_column(Text)
     last4: Mapped[str] = mapped_column(String(4))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CurationRow(Base):
+    """A curation job: what it reads (the request), where it stands, and what it made."""
+
+    __tablename__ = "curations"
+    __table_args__ = (
+        Index(None, "owner", "created_at", "id"),
+        Index(None, "state"),
+        Index(None, "owner", "dataset_id"),
+        Index(None, "owner", "eval_dataset_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    state: Mapped[int] = mapped_column(Integer, doc="JobState number.")
+    format: Mapped[int] = mapped_column(Integer, doc="CurationFormat number.")
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    name: Mapped[str] = mapped_column(String(255))
+    request: Mapped[str] = mapped_column(
+        Text, doc="The CreateCurationRequest as JSON: filter, conditions, options."
+    )
+    page_token: Mapped[str] = mapped_column(
+        Text, doc="The tracing list's page that collecting goes on from."
+    )
+    collected: Mapped[bool] = mapped_column(
+        Boolean, doc="Every span has been read; what is left is writing the rows."
+    )
+    progress: Mapped[str] = mapped_column(Text, doc="The CurationProgress as JSON.")
+    dataset_id: Mapped[str] = mapped_column(String(40))
+    eval_dataset_id: Mapped[str] = mapped_column(String(40))
+    sample: Mapped[str] = mapped_column(Text, doc="A dry run's sample rows as a JSON list.")
+    error: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CandidateRow(Base):
+    """A judged span a curation may make a row of, held while the job runs (deleted when it
+    ends): grouping by input and capping per session happen in the database, not in memory."""
+
+    __tablename__ = "curation_candidates"
+    __table_args__ = (Index(None, "curation_id", "input_key"),)
+
+    curation_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("curations.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, doc="Order of reading.")
+    input_key: Mapped[str] = mapped_column(String(64), doc="sha256 of the normalised input.")
+    session_key: Mapped[str] = mapped_column(
+        String(255), doc="The span's session, else its own trace and span: a session of one."
+    )
+    score: Mapped[float] = mapped_column(Float)
+    meets: Mapped[bool] = mapped_column(Boolean, doc="It met the conditions.")
+    holdout: Mapped[bool] = mapped_column(Boolean, doc="Its input goes to the evaluation split.")
+    trace_id: Mapped[str] = mapped_column(String(64))
+    span_id: Mapped[str] = mapped_column(String(64))
+    prompt: Mapped[str] = mapped_column(Text, doc="The input turns as JSON.")
+    answer: Mapped[str] = mapped_column(Text, doc="The output turn as JSON.")
+
+
+class ProvenanceRow(Base):
+    """Where one row of a curated dataset came from."""
+
+    __tablename__ = "curation_rows"
+
+    curation_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("curations.id", ondelete="CASCADE"), primary_key=True
+    )
+    holdout: Mapped[bool] = mapped_column(
+        Boolean, primary_key=True, doc="A row of the evaluation dataset."
+    )
+    line: Mapped[int] = mapped_column(Integer, primary_key=True, doc="From 1.")
+    trace_id: Mapped[str] = mapped_column(String(64))
+    span_id: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float] = mapped_column(Float)
+    rejected_trace_id: Mapped[str] = mapped_column(String(64))
+    rejected_span_id: Mapped[str] = mapped_column(String(64))
+    rejected_score: Mapped[float | None] = mapped_column(Float)

@@ -16,10 +16,11 @@ from services.common.pagination import Cursor, Page, newest_first, page
 from services.eval.judgment_store import encode
 from services.eval.models import JobRow, JudgmentRow, RuleRow
 from tunelab.eval.v1 import eval_service_pb2 as api
+from tunelab.eval.v1 import jobs_pb2
 from tunelab.eval.v1 import judgments_pb2 as jpb
 from tunelab.tracing.v1 import tracing_service_pb2 as tapi
 
-ACTIVE = (api.JOB_STATE_QUEUED, api.JOB_STATE_RUNNING)
+ACTIVE = (jobs_pb2.JOB_STATE_QUEUED, jobs_pb2.JOB_STATE_RUNNING)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def job_message(row: JobRow) -> api.RuleJob:
     job = api.RuleJob(
         id=row.id,
         rule_id=row.rule_id,
-        state=api.JobState.ValueType(row.state),
+        state=jobs_pb2.JobState.ValueType(row.state),
         spans_read=row.spans_read,
         spans_judged=row.spans_judged,
         spans_skipped=row.spans_skipped,
@@ -227,7 +228,7 @@ class RuleStore:
             id=new_id("job"),
             owner=owner,
             rule_id=rule_id,
-            state=api.JOB_STATE_QUEUED,
+            state=jobs_pb2.JOB_STATE_QUEUED,
             start_time_from=start_from,
             start_time_to=start_to,
             rerun=rerun,
@@ -271,10 +272,10 @@ class RuleStore:
     async def set_job_state(
         self,
         job_id: str,
-        state: api.JobState.ValueType,
+        state: jobs_pb2.JobState.ValueType,
         now: datetime,
         *,
-        only_from: tuple[api.JobState.ValueType, ...] = (),
+        only_from: tuple[jobs_pb2.JobState.ValueType, ...] = (),
         error: str = "",
     ) -> JobRow | None:
         """Move a job to `state` (when it is in one of `only_from`, if given)."""
@@ -303,7 +304,7 @@ class RuleStore:
         async with self.db.session(write=True) as session:
             row = await session.get(JobRow, job_id)
             if row is None:
-                return api.JOB_STATE_CANCELLED
+                return jobs_pb2.JOB_STATE_CANCELLED
             row.page_token = page_token
             row.spans_read += read
             row.spans_judged += judged

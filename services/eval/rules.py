@@ -31,7 +31,7 @@ from services.eval.judgment_store import JudgmentStore
 from services.eval.plan import Plan, plan_from_config
 from services.eval.rule_store import ACTIVE, RuleStore, StoredRule
 from services.eval.tracing import TracingClient
-from tunelab.eval.v1 import eval_service_pb2 as api
+from tunelab.eval.v1 import jobs_pb2
 from tunelab.tracing.v1 import spans_pb2 as pb
 from tunelab.tracing.v1 import tracing_service_pb2 as tapi
 
@@ -226,7 +226,7 @@ class RuleWorker:
                 log.warning("job paused", extra={"job_id": job_id, "error": exc.message})
                 return  # still running: picked up again on the next round
             await self.rules.set_job_state(
-                job_id, api.JOB_STATE_FAILED, self.clock(), only_from=ACTIVE, error=exc.message
+                job_id, jobs_pb2.JOB_STATE_FAILED, self.clock(), only_from=ACTIVE, error=exc.message
             )
         except grpc.aio.AioRpcError as exc:
             log.warning("job paused", extra={"job_id": job_id, "code": exc.code().name})
@@ -235,7 +235,7 @@ class RuleWorker:
             log.exception("job failed", extra={"job_id": job_id})
             await self.rules.set_job_state(
                 job_id,
-                api.JOB_STATE_FAILED,
+                jobs_pb2.JOB_STATE_FAILED,
                 self.clock(),
                 only_from=ACTIVE,
                 error="internal error; the eval service's log has the details",
@@ -243,9 +243,9 @@ class RuleWorker:
 
     async def _run_job(self, job_id: str, owner: str, rule_id: str) -> None:
         row = await self.rules.set_job_state(
-            job_id, api.JOB_STATE_RUNNING, self.clock(), only_from=ACTIVE
+            job_id, jobs_pb2.JOB_STATE_RUNNING, self.clock(), only_from=ACTIVE
         )
-        if row is None or row.state != api.JOB_STATE_RUNNING:
+        if row is None or row.state != jobs_pb2.JOB_STATE_RUNNING:
             return
         rule = await self.rules.get(owner, rule_id)
         plan = self.plan(rule)
@@ -276,13 +276,16 @@ class RuleWorker:
                 failed,
                 self.clock(),
             )
-            if state != api.JOB_STATE_RUNNING:
+            if state != jobs_pb2.JOB_STATE_RUNNING:
                 return  # cancelled (or deleted with its rule) between pages
             if not next_token:
                 break
             token = next_token
         await self.rules.set_job_state(
-            job_id, api.JOB_STATE_SUCCEEDED, self.clock(), only_from=(api.JOB_STATE_RUNNING,)
+            job_id,
+            jobs_pb2.JOB_STATE_SUCCEEDED,
+            self.clock(),
+            only_from=(jobs_pb2.JOB_STATE_RUNNING,),
         )
 
     async def stop(self) -> None:

@@ -9,10 +9,13 @@ from datetime import UTC, datetime
 import grpc
 
 from services.common import egress
-from services.common.errors import invalid_argument
+from services.common.errors import invalid_argument, required_id
 from services.common.identity import require_user
 from services.common.pagination import page_size
 from services.eval import catalog, summary
+from services.eval.curation import Curator
+from services.eval.curation_rpcs import CurationRpcs
+from services.eval.curation_store import CurationStore
 from services.eval.evaluator import Evaluator
 from services.eval.judge_keys import JudgeKeys
 from services.eval.judgment_store import JudgmentStore
@@ -24,6 +27,7 @@ from services.eval.settings import EvalSettings
 from services.eval.tracing import TracingClient
 from tunelab.eval.v1 import eval_service_pb2 as api
 from tunelab.eval.v1 import eval_service_pb2_grpc as api_grpc
+from tunelab.eval.v1 import jobs_pb2
 from tunelab.eval.v1 import judgments_pb2 as jpb
 from tunelab.tracing.v1 import tracing_service_pb2 as tapi
 
@@ -36,15 +40,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _required(value: str, field: str) -> str:
-    if not value:
-        raise invalid_argument(field, f"{field} is required")
-    if len(value) > MAX_ID:
-        raise invalid_argument(field, f"{field} is longer than {MAX_ID} characters")
-    return value
-
-
-class EvalServicer(api_grpc.EvalServiceServicer):
+class EvalServicer(CurationRpcs, api_grpc.EvalServiceServicer):
     def __init__(
         self,
         settings: EvalSettings,
@@ -54,6 +50,8 @@ class EvalServicer(api_grpc.EvalServiceServicer):
         tracing: TracingClient,
         evaluator: Evaluator,
         worker: RuleWorker,
+        curations: CurationStore,
+        curator: Curator,
         clock: Clock = utc_now,
         resolve: egress.Resolver = egress.system_resolver,
     ) -> None:
@@ -64,6 +62,8 @@ class EvalServicer(api_grpc.EvalServiceServicer):
         self.tracing = tracing
         self.evaluator = evaluator
         self.worker = worker
+        self.curations = curations
+        self.curator = curator
         self.clock = clock
         self.resolve = resolve
 
@@ -94,7 +94,7 @@ class EvalServicer(api_grpc.EvalServiceServicer):
         self, request: api.EvaluateRequest, context: Context
     ) -> api.EvaluateResponse:
         owner = require_user()
-        _required(request.trace_id, "trace_id")
+        required_id(request.trace_id, "trace_id")
         if len(request.span_id) > MAX_ID:
             raise invalid_argument("span_id", f"span_id is longer than {MAX_ID} characters")
         plan = await self._plan(
@@ -134,7 +134,7 @@ class EvalServicer(api_grpc.EvalServiceServicer):
     async def GetJudgment(
         self, request: api.GetJudgmentRequest, context: Context
     ) -> api.GetJudgmentResponse:
-        judgment_id = _required(request.judgment_id, "judgment_id")
+        judgment_id = required_id(request.judgment_id, "judgment_id")
         return api.GetJudgmentResponse(
             judgment=await self.judgments.get(require_user(), judgment_id)
         )
@@ -184,13 +184,13 @@ class EvalServicer(api_grpc.EvalServiceServicer):
         )
 
     async def GetRule(self, request: api.GetRuleRequest, context: Context) -> api.GetRuleResponse:
-        rule_id = _required(request.rule_id, "rule_id")
+        rule_id = required_id(request.rule_id, "rule_id")
         return api.GetRuleResponse(rule=(await self.rules.get(require_user(), rule_id)).message)
 
     async def SetRuleEnabled(
         self, request: api.SetRuleEnabledRequest, context: Context
     ) -> api.SetRuleEnabledResponse:
-        rule_id = _required(request.rule_id, "rule_id")
+        rule_id = required_id(request.rule_id, "rule_id")
         stored = await self.rules.set_enabled(require_user(), rule_id, request.enabled)
         self.worker.wake.set()
         return api.SetRuleEnabledResponse(rule=stored.message)
@@ -198,14 +198,14 @@ class EvalServicer(api_grpc.EvalServiceServicer):
     async def DeleteRule(
         self, request: api.DeleteRuleRequest, context: Context
     ) -> api.DeleteRuleResponse:
-        await self.rules.delete(require_user(), _required(request.rule_id, "rule_id"))
+        await self.rules.delete(require_user(), required_id(request.rule_id, "rule_id"))
         return api.DeleteRuleResponse()
 
     async def StartRuleJob(
         self, request: api.StartRuleJobRequest, context: Context
     ) -> api.StartRuleJobResponse:
         owner = require_user()
-        rule_id = _required(request.rule_id, "rule_id")
+        rule_id = required_id(request.rule_id, "rule_id")
         now = self.clock()
         start_to = (
             request.start_time_to.ToDatetime(tzinfo=UTC)
@@ -230,7 +230,7 @@ class EvalServicer(api_grpc.EvalServiceServicer):
     ) -> api.ListRuleJobsResponse:
         found = await self.rules.jobs(
             require_user(),
-            _required(request.rule_id, "rule_id"),
+            required_id(request.rule_id, "rule_id"),
             page_size(request.page_size),
             request.page_token,
         )
@@ -245,8 +245,8 @@ class EvalServicer(api_grpc.EvalServiceServicer):
         """The caller's job the request names (NOT_FOUND if it is not theirs)."""
         return await self.rules.job(
             require_user(),
-            _required(request.rule_id, "rule_id"),
-            _required(request.job_id, "job_id"),
+            required_id(request.rule_id, "rule_id"),
+            required_id(request.job_id, "job_id"),
         )
 
     async def GetRuleJob(
@@ -259,7 +259,7 @@ class EvalServicer(api_grpc.EvalServiceServicer):
     ) -> api.CancelRuleJobResponse:
         row = await self._job(request)
         changed = await self.rules.set_job_state(
-            row.id, api.JOB_STATE_CANCELLED, self.clock(), only_from=ACTIVE
+            row.id, jobs_pb2.JOB_STATE_CANCELLED, self.clock(), only_from=ACTIVE
         )
         return api.CancelRuleJobResponse(job=job_message(changed or row))
 
@@ -267,15 +267,15 @@ class EvalServicer(api_grpc.EvalServiceServicer):
         self, request: api.ResumeRuleJobRequest, context: Context
     ) -> api.ResumeRuleJobResponse:
         row = await self._job(request)
-        if row.state == api.JOB_STATE_SUCCEEDED:
+        if row.state == jobs_pb2.JOB_STATE_SUCCEEDED:
             raise invalid_argument(
                 "job_id", "the job has finished: start a new one to judge newer spans"
             )
         changed = await self.rules.set_job_state(
             row.id,
-            api.JOB_STATE_QUEUED,
+            jobs_pb2.JOB_STATE_QUEUED,
             self.clock(),
-            only_from=(api.JOB_STATE_CANCELLED, api.JOB_STATE_FAILED),
+            only_from=(jobs_pb2.JOB_STATE_CANCELLED, jobs_pb2.JOB_STATE_FAILED),
         )
         self.worker.wake.set()
         return api.ResumeRuleJobResponse(job=job_message(changed or row))

@@ -14,6 +14,9 @@ from services.common.db import Database
 from services.common.keyring import KeyRing, KeyRingError
 from services.common.migrations import Migrations
 from services.common.server import ServerSpec
+from services.eval.curation import Curator
+from services.eval.curation_store import CurationStore
+from services.eval.datasets import DatasetsClient
 from services.eval.evaluator import Evaluator
 from services.eval.housekeeping import Housekeeping
 from services.eval.judge.client import JudgeClient
@@ -72,8 +75,25 @@ def server_spec(
     housekeeping = Housekeeping(
         judgments, tracing, evaluator, settings.housekeeping_interval_seconds
     )
+    datasets = DatasetsClient(
+        settings.datasets_address, token, settings.curation_upload_timeout_seconds
+    )
+    curations = CurationStore(db)
+    curator = Curator(
+        curations, db, tracing, datasets, clock, interval=settings.follow_interval_seconds
+    )
     servicer = EvalServicer(
-        settings, judgments, rules, keys, tracing, evaluator, worker, clock, resolve
+        settings,
+        judgments,
+        rules,
+        keys,
+        tracing,
+        evaluator,
+        worker,
+        curations,
+        curator,
+        clock,
+        resolve,
     )
 
     def register(server: grpc.aio.Server) -> None:
@@ -85,8 +105,10 @@ def server_spec(
             await asyncio.Event().wait()
         finally:
             await worker.stop()
+            await curator.stop()
             await client.aclose()
             await tracing.close()
+            await datasets.close()
 
     return ServerSpec(
         name="eval",
@@ -95,5 +117,11 @@ def server_spec(
         internal_token=token,
         register=register,
         service_names=[SERVICE_NAME],
-        background=[worker.follow_forever, worker.run_jobs_forever, housekeeping.forever, release],
+        background=[
+            worker.follow_forever,
+            worker.run_jobs_forever,
+            curator.run_forever,
+            housekeeping.forever,
+            release,
+        ],
     )

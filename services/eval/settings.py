@@ -23,6 +23,15 @@ class EvalSettings(CommonSettings):
         description="Where the tracing service listens: the traces judged are read, and the "
         "scores written back, through its gRPC contract.",
     )
+    datasets_address: str = Field(
+        "127.0.0.1:50051",
+        validation_alias=shared("datasets_grpc_address"),
+        description="Where the datasets service listens: curated datasets are stored through "
+        "its gRPC contract.",
+    )
+    curation_upload_timeout_seconds: float = Field(
+        3600.0, gt=0, description="How long writing one curated dataset may take."
+    )
     keys_kek: SecretStr | None = Field(
         None,
         description="Key-encryption keys for stored judge keys: comma-separated Fernet keys, "

@@ -21,6 +21,7 @@ from tests.conftest import INTERNAL_TOKEN, new_user
 from tests.contract.conftest import rpc_error
 from tests.contract.eval_fixtures import T0, Suite, eval_suite, span
 from tunelab.eval.v1 import eval_service_pb2 as api
+from tunelab.eval.v1 import jobs_pb2
 from tunelab.tracing.v1 import spans_pb2 as pb
 from tunelab.tracing.v1 import tracing_service_pb2 as tapi
 
@@ -140,7 +141,7 @@ async def test_a_job_over_history_reports_progress_and_resumes_after_cancel(suit
             metadata=suite.as_(),
         )
     ).job
-    assert job.state == api.JOB_STATE_QUEUED
+    assert job.state == jobs_pb2.JOB_STATE_QUEUED
 
     async def get() -> api.RuleJob:
         return (
@@ -158,7 +159,7 @@ async def test_a_job_over_history_reports_progress_and_resumes_after_cancel(suit
             api.CancelRuleJobRequest(rule_id=rule.id, job_id=job.id), metadata=suite.as_()
         )
     ).job
-    assert cancelled.state == api.JOB_STATE_CANCELLED
+    assert cancelled.state == jobs_pb2.JOB_STATE_CANCELLED
     await asyncio.sleep(0.5)
     stopped_at = (await get()).spans_read
     assert stopped_at < 400
@@ -168,10 +169,10 @@ async def test_a_job_over_history_reports_progress_and_resumes_after_cancel(suit
             api.ResumeRuleJobRequest(rule_id=rule.id, job_id=job.id), metadata=suite.as_()
         )
     ).job
-    assert resumed.state == api.JOB_STATE_QUEUED
+    assert resumed.state == jobs_pb2.JOB_STATE_QUEUED
 
     async def finished() -> bool:
-        return (await get()).state == api.JOB_STATE_SUCCEEDED
+        return (await get()).state == jobs_pb2.JOB_STATE_SUCCEEDED
 
     await until(finished, 60)
     done = await get()
@@ -203,7 +204,7 @@ async def test_a_job_over_history_reports_progress_and_resumes_after_cancel(suit
         reply = await suite.eval.GetRuleJob(
             api.GetRuleJobRequest(rule_id=rule.id, job_id=rerun.id), metadata=suite.as_()
         )
-        return reply.job.state == api.JOB_STATE_SUCCEEDED
+        return reply.job.state == jobs_pb2.JOB_STATE_SUCCEEDED
 
     await until(rerun_done, 60)
     attempts = sorted(a for _, _, a in await judgments(suite))

@@ -60,7 +60,16 @@ def drift(conn: Connection, migrations: Migrations = MIGRATIONS, base: Any = Bas
         (
             eval_service.MIGRATIONS,
             eval_models.Base,
-            {"judgments", "judgment_checks", "rules", "rule_jobs", "judge_keys"},
+            {
+                "judgments",
+                "judgment_checks",
+                "rules",
+                "rule_jobs",
+                "judge_keys",
+                "curations",
+                "curation_candidates",
+                "curation_rows",
+            },
         ),
     ],
     ids=["deploy", "tracing", "eval"],

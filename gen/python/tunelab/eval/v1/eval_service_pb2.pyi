@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from tunelab.eval.v1 import jobs_pb2 as _jobs_pb2
 from tunelab.eval.v1 import judgments_pb2 as _judgments_pb2
 from tunelab.tracing.v1 import tracing_service_pb2 as _tracing_service_pb2
 import builtins as _builtins
@@ -42,29 +43,6 @@ SUMMARY_GROUP_MODEL: SummaryGroup.ValueType  # 2
 SUMMARY_GROUP_HOUR: SummaryGroup.ValueType  # 3
 SUMMARY_GROUP_DAY: SummaryGroup.ValueType  # 4
 Global___SummaryGroup: _TypeAlias = SummaryGroup  # noqa: Y015
-
-class _JobState:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
-    JOB_STATE_QUEUED: _JobState.ValueType  # 1
-    JOB_STATE_RUNNING: _JobState.ValueType  # 2
-    JOB_STATE_SUCCEEDED: _JobState.ValueType  # 3
-    JOB_STATE_FAILED: _JobState.ValueType  # 4
-    JOB_STATE_CANCELLED: _JobState.ValueType  # 5
-
-class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
-
-JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
-JOB_STATE_QUEUED: JobState.ValueType  # 1
-JOB_STATE_RUNNING: JobState.ValueType  # 2
-JOB_STATE_SUCCEEDED: JobState.ValueType  # 3
-JOB_STATE_FAILED: JobState.ValueType  # 4
-JOB_STATE_CANCELLED: JobState.ValueType  # 5
-Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
 class EvaluateRequest(_message.Message):
@@ -793,7 +771,7 @@ class RuleJob(_message.Message):
     RERUN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     rule_id: _builtins.str
-    state: Global___JobState.ValueType
+    state: _jobs_pb2.JobState.ValueType
     spans_read: _builtins.int
     """Spans read, judged (sampled in and new), skipped (sampled out or judged before), failed."""
     spans_judged: _builtins.int
@@ -819,7 +797,7 @@ class RuleJob(_message.Message):
         *,
         id: _builtins.str = ...,
         rule_id: _builtins.str = ...,
-        state: Global___JobState.ValueType = ...,
+        state: _jobs_pb2.JobState.ValueType = ...,
         spans_read: _builtins.int = ...,
         spans_judged: _builtins.int = ...,
         spans_skipped: _builtins.int = ...,

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from tunelab.eval.v1 import curations_pb2 as tunelab_dot_eval_dot_v1_dot_curations__pb2
 from tunelab.eval.v1 import eval_service_pb2 as tunelab_dot_eval_dot_v1_dot_eval__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -128,6 +129,31 @@ class EvalServiceStub:
                 '/tunelab.eval.v1.EvalService/DeleteJudgeKey',
                 request_serializer=tunelab_dot_eval_dot_v1_dot_eval__service__pb2.DeleteJudgeKeyRequest.SerializeToString,
                 response_deserializer=tunelab_dot_eval_dot_v1_dot_eval__service__pb2.DeleteJudgeKeyResponse.FromString,
+                _registered_method=True)
+        self.CreateCuration = channel.unary_unary(
+                '/tunelab.eval.v1.EvalService/CreateCuration',
+                request_serializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.CreateCurationRequest.SerializeToString,
+                response_deserializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.CreateCurationResponse.FromString,
+                _registered_method=True)
+        self.GetCuration = channel.unary_unary(
+                '/tunelab.eval.v1.EvalService/GetCuration',
+                request_serializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.GetCurationRequest.SerializeToString,
+                response_deserializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.GetCurationResponse.FromString,
+                _registered_method=True)
+        self.ListCurations = channel.unary_unary(
+                '/tunelab.eval.v1.EvalService/ListCurations',
+                request_serializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.ListCurationsRequest.SerializeToString,
+                response_deserializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.ListCurationsResponse.FromString,
+                _registered_method=True)
+        self.CancelCuration = channel.unary_unary(
+                '/tunelab.eval.v1.EvalService/CancelCuration',
+                request_serializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.CancelCurationRequest.SerializeToString,
+                response_deserializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.CancelCurationResponse.FromString,
+                _registered_method=True)
+        self.GetDatasetProvenance = channel.unary_unary(
+                '/tunelab.eval.v1.EvalService/GetDatasetProvenance',
+                request_serializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.GetDatasetProvenanceRequest.SerializeToString,
+                response_deserializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.GetDatasetProvenanceResponse.FromString,
                 _registered_method=True)
 
 
@@ -260,6 +286,44 @@ class EvalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCuration(self, request, context):
+        """Builds a fine-tuning dataset from the caller's judged spans, as a job: SFT rows from the
+        answers that meet the conditions, or DPO pairs of better and worse answers to one input.
+        The rows are written through the datasets service as an ordinary dataset; where each row
+        came from is kept here (GetDatasetProvenance). A dry run counts and samples the rows and
+        stores nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCuration(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCurations(self, request, context):
+        """The caller's curations, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelCuration(self, request, context):
+        """Stops a queued or running curation; nothing of it is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDatasetProvenance(self, request, context):
+        """The curation that made a dataset, and the trace and span each of its rows came from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -352,6 +416,31 @@ def add_EvalServiceServicer_to_server(servicer, server):
                     servicer.DeleteJudgeKey,
                     request_deserializer=tunelab_dot_eval_dot_v1_dot_eval__service__pb2.DeleteJudgeKeyRequest.FromString,
                     response_serializer=tunelab_dot_eval_dot_v1_dot_eval__service__pb2.DeleteJudgeKeyResponse.SerializeToString,
+            ),
+            'CreateCuration': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCuration,
+                    request_deserializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.CreateCurationRequest.FromString,
+                    response_serializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.CreateCurationResponse.SerializeToString,
+            ),
+            'GetCuration': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCuration,
+                    request_deserializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.GetCurationRequest.FromString,
+                    response_serializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.GetCurationResponse.SerializeToString,
+            ),
+            'ListCurations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCurations,
+                    request_deserializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.ListCurationsRequest.FromString,
+                    response_serializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.ListCurationsResponse.SerializeToString,
+            ),
+            'CancelCuration': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCuration,
+                    request_deserializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.CancelCurationRequest.FromString,
+                    response_serializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.CancelCurationResponse.SerializeToString,
+            ),
+            'GetDatasetProvenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDatasetProvenance,
+                    request_deserializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.GetDatasetProvenanceRequest.FromString,
+                    response_serializer=tunelab_dot_eval_dot_v1_dot_curations__pb2.GetDatasetProvenanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -845,6 +934,141 @@ class EvalService:
             '/tunelab.eval.v1.EvalService/DeleteJudgeKey',
             tunelab_dot_eval_dot_v1_dot_eval__service__pb2.DeleteJudgeKeyRequest.SerializeToString,
             tunelab_dot_eval_dot_v1_dot_eval__service__pb2.DeleteJudgeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCuration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.eval.v1.EvalService/CreateCuration',
+            tunelab_dot_eval_dot_v1_dot_curations__pb2.CreateCurationRequest.SerializeToString,
+            tunelab_dot_eval_dot_v1_dot_curations__pb2.CreateCurationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCuration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.eval.v1.EvalService/GetCuration',
+            tunelab_dot_eval_dot_v1_dot_curations__pb2.GetCurationRequest.SerializeToString,
+            tunelab_dot_eval_dot_v1_dot_curations__pb2.GetCurationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCurations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.eval.v1.EvalService/ListCurations',
+            tunelab_dot_eval_dot_v1_dot_curations__pb2.ListCurationsRequest.SerializeToString,
+            tunelab_dot_eval_dot_v1_dot_curations__pb2.ListCurationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCuration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.eval.v1.EvalService/CancelCuration',
+            tunelab_dot_eval_dot_v1_dot_curations__pb2.CancelCurationRequest.SerializeToString,
+            tunelab_dot_eval_dot_v1_dot_curations__pb2.CancelCurationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDatasetProvenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunelab.eval.v1.EvalService/GetDatasetProvenance',
+            tunelab_dot_eval_dot_v1_dot_curations__pb2.GetDatasetProvenanceRequest.SerializeToString,
+            tunelab_dot_eval_dot_v1_dot_curations__pb2.GetDatasetProvenanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

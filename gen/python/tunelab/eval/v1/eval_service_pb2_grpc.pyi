@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from tunelab.eval.v1 import curations_pb2 as _curations_pb2
 from tunelab.eval.v1 import eval_service_pb2 as _eval_service_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -71,6 +72,20 @@ class EvalServiceStub:
     """Stores a key for a judge endpoint, encrypted; it is never shown again."""
     ListJudgeKeys: _grpc.UnaryUnaryMultiCallable[_eval_service_pb2.ListJudgeKeysRequest, _eval_service_pb2.ListJudgeKeysResponse]
     DeleteJudgeKey: _grpc.UnaryUnaryMultiCallable[_eval_service_pb2.DeleteJudgeKeyRequest, _eval_service_pb2.DeleteJudgeKeyResponse]
+    CreateCuration: _grpc.UnaryUnaryMultiCallable[_curations_pb2.CreateCurationRequest, _curations_pb2.CreateCurationResponse]
+    """Builds a fine-tuning dataset from the caller's judged spans, as a job: SFT rows from the
+    answers that meet the conditions, or DPO pairs of better and worse answers to one input.
+    The rows are written through the datasets service as an ordinary dataset; where each row
+    came from is kept here (GetDatasetProvenance). A dry run counts and samples the rows and
+    stores nothing.
+    """
+    GetCuration: _grpc.UnaryUnaryMultiCallable[_curations_pb2.GetCurationRequest, _curations_pb2.GetCurationResponse]
+    ListCurations: _grpc.UnaryUnaryMultiCallable[_curations_pb2.ListCurationsRequest, _curations_pb2.ListCurationsResponse]
+    """The caller's curations, newest first."""
+    CancelCuration: _grpc.UnaryUnaryMultiCallable[_curations_pb2.CancelCurationRequest, _curations_pb2.CancelCurationResponse]
+    """Stops a queued or running curation; nothing of it is stored."""
+    GetDatasetProvenance: _grpc.UnaryUnaryMultiCallable[_curations_pb2.GetDatasetProvenanceRequest, _curations_pb2.GetDatasetProvenanceResponse]
+    """The curation that made a dataset, and the trace and span each of its rows came from."""
 
 @_typing.type_check_only
 class EvalServiceAsyncStub(EvalServiceStub):
@@ -115,6 +130,20 @@ class EvalServiceAsyncStub(EvalServiceStub):
     """Stores a key for a judge endpoint, encrypted; it is never shown again."""
     ListJudgeKeys: _aio.UnaryUnaryMultiCallable[_eval_service_pb2.ListJudgeKeysRequest, _eval_service_pb2.ListJudgeKeysResponse]  # type: ignore[assignment]
     DeleteJudgeKey: _aio.UnaryUnaryMultiCallable[_eval_service_pb2.DeleteJudgeKeyRequest, _eval_service_pb2.DeleteJudgeKeyResponse]  # type: ignore[assignment]
+    CreateCuration: _aio.UnaryUnaryMultiCallable[_curations_pb2.CreateCurationRequest, _curations_pb2.CreateCurationResponse]  # type: ignore[assignment]
+    """Builds a fine-tuning dataset from the caller's judged spans, as a job: SFT rows from the
+    answers that meet the conditions, or DPO pairs of better and worse answers to one input.
+    The rows are written through the datasets service as an ordinary dataset; where each row
+    came from is kept here (GetDatasetProvenance). A dry run counts and samples the rows and
+    stores nothing.
+    """
+    GetCuration: _aio.UnaryUnaryMultiCallable[_curations_pb2.GetCurationRequest, _curations_pb2.GetCurationResponse]  # type: ignore[assignment]
+    ListCurations: _aio.UnaryUnaryMultiCallable[_curations_pb2.ListCurationsRequest, _curations_pb2.ListCurationsResponse]  # type: ignore[assignment]
+    """The caller's curations, newest first."""
+    CancelCuration: _aio.UnaryUnaryMultiCallable[_curations_pb2.CancelCurationRequest, _curations_pb2.CancelCurationResponse]  # type: ignore[assignment]
+    """Stops a queued or running curation; nothing of it is stored."""
+    GetDatasetProvenance: _aio.UnaryUnaryMultiCallable[_curations_pb2.GetDatasetProvenanceRequest, _curations_pb2.GetDatasetProvenanceResponse]  # type: ignore[assignment]
+    """The curation that made a dataset, and the trace and span each of its rows came from."""
 
 class EvalServiceServicer(metaclass=_abc_1.ABCMeta):
     """Judges traced LLM calls: deterministic validators, an LLM judge and groundedness, every
@@ -264,5 +293,49 @@ class EvalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _eval_service_pb2.DeleteJudgeKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_eval_service_pb2.DeleteJudgeKeyResponse, _abc.Awaitable[_eval_service_pb2.DeleteJudgeKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateCuration(
+        self,
+        request: _curations_pb2.CreateCurationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_curations_pb2.CreateCurationResponse, _abc.Awaitable[_curations_pb2.CreateCurationResponse]]:
+        """Builds a fine-tuning dataset from the caller's judged spans, as a job: SFT rows from the
+        answers that meet the conditions, or DPO pairs of better and worse answers to one input.
+        The rows are written through the datasets service as an ordinary dataset; where each row
+        came from is kept here (GetDatasetProvenance). A dry run counts and samples the rows and
+        stores nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCuration(
+        self,
+        request: _curations_pb2.GetCurationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_curations_pb2.GetCurationResponse, _abc.Awaitable[_curations_pb2.GetCurationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCurations(
+        self,
+        request: _curations_pb2.ListCurationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_curations_pb2.ListCurationsResponse, _abc.Awaitable[_curations_pb2.ListCurationsResponse]]:
+        """The caller's curations, newest first."""
+
+    @_abc_1.abstractmethod
+    def CancelCuration(
+        self,
+        request: _curations_pb2.CancelCurationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_curations_pb2.CancelCurationResponse, _abc.Awaitable[_curations_pb2.CancelCurationResponse]]:
+        """Stops a queued or running curation; nothing of it is stored."""
+
+    @_abc_1.abstractmethod
+    def GetDatasetProvenance(
+        self,
+        request: _curations_pb2.GetDatasetProvenanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_curations_pb2.GetDatasetProvenanceResponse, _abc.Awaitable[_curations_pb2.GetDatasetProvenanceResponse]]:
+        """The curation that made a dataset, and the trace and span each of its rows came from."""
 
 def add_EvalServiceServicer_to_server(servicer: EvalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
