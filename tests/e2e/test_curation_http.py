@@ -163,7 +163,8 @@ def test_judged_traces_become_datasets_that_train(suite: Suite) -> None:
     assert all("Paris" in r["messages"][-1]["content"] for r in sft_rows)
     assert [m["role"] for m in sft_rows[0]["messages"]] == ["system", "user", "assistant"]
     dataset = client.get(f"/v1/datasets/{sft['dataset_id']}").json()
-    assert dataset["format"] == "sft_chat" and int(dataset["row_count"]) == QUESTIONS
+    assert dataset["format"] == "sft_chat"
+    assert int(dataset["row_count"]) == QUESTIONS
 
     # DPO over HTTP: each question's good answer against its bad one.
     dpo_made = client.post(
@@ -185,9 +186,11 @@ def test_judged_traces_become_datasets_that_train(suite: Suite) -> None:
 
     # Each trains on the local provider, its loss falling.
     sft_losses = train(client, sft["dataset_id"], "sft")
-    assert len(sft_losses) >= 2 and sft_losses[-1] < 0.8 * sft_losses[0], sft_losses
+    assert len(sft_losses) >= 2, sft_losses
+    assert sft_losses[-1] < 0.8 * sft_losses[0], sft_losses
     dpo_losses = train(client, dpo["dataset_id"], "dpo")
-    assert len(dpo_losses) >= 2 and dpo_losses[-1] < dpo_losses[0], dpo_losses
+    assert len(dpo_losses) >= 2, dpo_losses
+    assert dpo_losses[-1] < dpo_losses[0], dpo_losses
 
     # A row leads back to the trace it came from.
     origin = client.get(f"/v1/datasets/{sft['dataset_id']}/provenance", params={"line": 7})
