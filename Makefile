@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 
-.PHONY: setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge fuzz load test-trl pod-lock clean
+.PHONY: setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge bench-curation fuzz load test-trl pod-lock clean
 
 setup: $(INSTALLED)
 
@@ -64,6 +64,11 @@ bench-tracing: setup
 bench-validators: setup
 	$(BIN)/python -m bench validators
 	$(BIN)/python -m bench validators --storage
+
+## make bench-curation: datasets curated from 100,000 judged traces, SFT and DPO, rows/s on both
+## databases beside ListSpans alone over the same spans (python -m bench curation --help).
+bench-curation: setup
+	$(BIN)/python -m bench curation
 
 ## make bench-judge: the LLM judge's grades/s against the fake OpenAI endpoint answering in
 ## 200 ms, at concurrency 8 and 16, beside the ideal concurrency / 0.2 s

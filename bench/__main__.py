@@ -2,7 +2,8 @@
 `python -m bench load`: the load test (make load). `python -m bench validators`: the eval
 service's deterministic validators (pure computation; with `--storage`, through the services
 and their databases). `python -m bench judge`: the LLM judge's
-throughput against a fake endpoint answering in 200 ms."""
+throughput against a fake endpoint answering in 200 ms. `python -m bench curation`: datasets
+made from judged traces, rows/s (make bench-curation)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ if __name__ == "__main__":
         from bench.validators import main as validators
 
         raise SystemExit(validators(sys.argv[2:]))
+    if sys.argv[1:2] == ["curation"]:
+        from bench.curation import main as curation
+
+        raise SystemExit(curation(sys.argv[2:]))
     if sys.argv[1:2] == ["judge"]:
         from bench.judge import main as judge
 

@@ -19,6 +19,8 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
+
 Message = dict[str, Any]
 
 _ROLES = {
@@ -72,8 +74,11 @@ def input_key(messages: list[Message]) -> str:
     """Hex SHA-256 of the conversation normalised: whitespace collapsed, key order and tool call
     ids ignored (ids are opaque tokens that differ between runs of the same prompt)."""
     canonical = [_canonical(m) for m in messages] if isinstance(messages, list) else []
-    blob = json.dumps(canonical, ensure_ascii=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("ascii")).hexdigest()
+    try:
+        blob = orjson.dumps(canonical)
+    except TypeError:  # a lone surrogate, which no stored span holds (protobuf is UTF-8)
+        blob = json.dumps(canonical, ensure_ascii=True).encode()
+    return hashlib.sha256(blob).hexdigest()
 
 
 def _body(value: dict[str, Any]) -> list[Message] | None:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import grpc
 import orjson
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 
 from services.common.db import Database
 from services.common.errors import RemoteError, ServiceError
@@ -63,15 +63,32 @@ class Cancelled(Exception):
 def eval_name(name: str) -> str:
     """The evaluation split's dataset name: "train.jsonl" -> "train-eval.jsonl"."""
     stem, dot, suffix = name.rpartition(".")
-    if dot and stem and "." not in suffix and len(suffix) <= 8:
+    if dot and stem and suffix.isascii() and suffix.isalnum() and len(suffix) <= 8:
         return f"{stem}-eval.{suffix}"
     return f"{name}-eval"
 
 
 def _value(span: pb.Span, field: Literal["input", "output"]) -> Any:
-    if not span.HasField(field):
-        return None
-    return json_format.MessageToDict(getattr(span, field))
+    return plain(getattr(span, field)) if span.HasField(field) else None
+
+
+def plain(value: struct_pb2.Value) -> Any:
+    """A protobuf Value as Python JSON values: what json_format.MessageToDict gives, several
+    times faster (a third of a curation's time went there). The tracing service bounds the
+    nesting it stores, so the recursion is bounded too."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "struct_value":
+        return {key: plain(item) for key, item in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [plain(item) for item in value.list_value.values]
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    return None
 
 
 def _holdout(key: str, fraction: float) -> bool:
@@ -169,27 +186,39 @@ class Curator:
     async def _collect(
         self, row: CurationRow, request: cpb.CreateCurationRequest, progress: cpb.CurationProgress
     ) -> bool:
-        """Read every span; False when the job stopped being active meanwhile."""
-        token = row.page_token
+        """Read every span; False when the job stopped being active meanwhile. The next page
+        is asked for while this one is judged and stored, so the tracing service's reading
+        and ours overlap."""
         seq = progress.spans_read
-        while True:
-            spans, next_token = await self.tracing.spans(row.owner, request.filter, token, PAGE)
-            found = await verdicts(self.db, row.owner, request.conditions, spans)
-            candidates = []
-            for span in spans:
-                seq += 1
-                verdict = found[(span.trace_id, span.span_id)]
-                candidate = candidate_of(span, seq, verdict, request, progress)
-                if candidate is not None:
-                    candidates.append(candidate)
-            state = await self.store.collected_page(
-                row.id, candidates, next_token, progress, self.clock(), last=not next_token
-            )
-            if state != jobs_pb2.JOB_STATE_RUNNING:
-                return False
-            if not next_token:
-                return True
-            token = next_token
+
+        def page(token: str) -> asyncio.Task[tuple[list[pb.Span], str]]:
+            return asyncio.create_task(self.tracing.spans(row.owner, request.filter, token, PAGE))
+
+        ahead = page(row.page_token)
+        try:
+            while True:
+                spans, next_token = await ahead
+                if next_token:
+                    ahead = page(next_token)
+                found = await verdicts(self.db, row.owner, request.conditions, spans)
+                candidates = []
+                for span in spans:
+                    seq += 1
+                    verdict = found[(span.trace_id, span.span_id)]
+                    candidate = candidate_of(span, seq, verdict, request, progress)
+                    if candidate is not None:
+                        candidates.append(candidate)
+                state = await self.store.collected_page(
+                    row.id, candidates, next_token, progress, self.clock(), last=not next_token
+                )
+                if state != jobs_pb2.JOB_STATE_RUNNING:
+                    return False
+                if not next_token:
+                    return True
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
 
     # Writing
 

@@ -11,17 +11,17 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import json_format
 from sqlalchemy import Select, and_, delete, func, or_, select, update
 
-from services.common.db import Database
+from services.common.db import Database, insert_rows
 from services.common.errors import not_found
 from services.common.ids import new_id
 from services.common.pagination import Cursor, Page, newest_first, oldest_first, page
 from services.eval.judgment_store import encode
-from services.eval.models import CandidateRow, CurationRow, ProvenanceRow
+from services.eval.models import Base, CandidateRow, CurationRow, ProvenanceRow
 from tunelab.eval.v1 import curations_pb2 as cpb
 from tunelab.eval.v1 import jobs_pb2
 
@@ -30,8 +30,7 @@ ACTIVE = (jobs_pb2.JOB_STATE_QUEUED, jobs_pb2.JOB_STATE_RUNNING)
 _EPSILON = 1e-9
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     seq: int
     input_key: str
     session_key: str
@@ -42,6 +41,9 @@ class Candidate:
     span_id: str
     prompt: str
     answer: str
+
+
+CANDIDATES = Base.metadata.tables[CandidateRow.__tablename__]
 
 
 @dataclass(frozen=True)
@@ -210,8 +212,11 @@ class CurationStore:
             if row is None or row.state != jobs_pb2.JOB_STATE_RUNNING:
                 return jobs_pb2.JOB_STATE_CANCELLED if row is None else row.state
             if candidates:
-                session.add_all(
-                    CandidateRow(curation_id=curation_id, **c.__dict__) for c in candidates
+                await insert_rows(
+                    session,
+                    CANDIDATES,
+                    ["curation_id", *Candidate._fields],
+                    [(curation_id, *c) for c in candidates],
                 )
             row.page_token = page_token
             row.collected = last
@@ -295,20 +300,38 @@ class CurationStore:
         return chosen, capped
 
     def _dpo(self, curation_id: str, holdout: bool, margin: float, cap: int) -> tuple[Any, Any]:
-        """(the pairs, after the cap) as subqueries of chosen_seq, rejected_seq."""
+        """(the pairs, after the cap) as subqueries of chosen_seq, rejected_seq. One pass of
+        window functions over the candidates (no join of a group's rows with each other): per
+        input, the best answer that met the conditions and the worst answer of all."""
         c = CandidateRow
-        base = self._candidates(curation_id, holdout)
-        best = _ranked(base.where(c.meets), c.input_key, c.score.desc(), c.seq)
-        worst = _ranked(base, c.input_key, c.score.asc(), c.seq.desc())
-        pairs = (
-            select(
-                best.c.seq.label("chosen_seq"),
-                worst.c.seq.label("rejected_seq"),
-                best.c.session_key,
-                best.c.score,
+        best: dict[str, Any] = {
+            "partition_by": c.input_key,
+            "order_by": (c.meets.desc(), c.score.desc(), c.seq),
+        }
+        worst: dict[str, Any] = {
+            "partition_by": c.input_key,
+            "order_by": (c.score.asc(), c.seq.desc()),
+        }
+        groups = (
+            self._candidates(curation_id, holdout)
+            .with_only_columns(
+                func.row_number().over(partition_by=c.input_key, order_by=c.seq).label("rank"),
+                func.first_value(c.seq).over(**best).label("chosen_seq"),
+                func.first_value(c.meets).over(**best).label("chosen_meets"),
+                func.first_value(c.score).over(**best).label("score"),
+                func.first_value(c.session_key).over(**best).label("session_key"),
+                func.first_value(c.seq).over(**worst).label("rejected_seq"),
+                func.first_value(c.score).over(**worst).label("rejected_score"),
             )
-            .join(worst, and_(worst.c.input_key == best.c.input_key, worst.c.rank == 1))
-            .where(best.c.rank == 1, best.c.score - worst.c.score >= margin - _EPSILON)
+            .subquery()
+        )
+        pairs = (
+            select(groups.c.chosen_seq, groups.c.rejected_seq, groups.c.session_key, groups.c.score)
+            .where(
+                groups.c.rank == 1,
+                groups.c.chosen_meets,
+                groups.c.score - groups.c.rejected_score >= margin - _EPSILON,
+            )
             .subquery()
         )
         capped = pairs
