@@ -39,9 +39,10 @@ from services.eval.curation_store import (
     request_of,
 )
 from services.eval.datasets import DatasetsClient
-from services.eval.models import CurationRow, ProvenanceRow
+from services.eval.models import CurationRow
 from services.eval.scrub import scrub_messages
 from services.eval.tracing import TracingClient
+from tunelab.datasets.v1 import datasets_pb2
 from tunelab.eval.v1 import curations_pb2 as cpb
 from tunelab.eval.v1 import jobs_pb2
 from tunelab.tracing.v1 import spans_pb2 as pb
@@ -274,6 +275,13 @@ class Curator:
                 name = eval_name(row.name) if holdout else row.name
                 dataset = await self.datasets.upload(row.owner, name, _chunks(first, lines))
                 made.append(dataset.id)
+                if dataset.format == datasets_pb2.DATASET_FORMAT_INVALID:
+                    # e.g. a conversation longer than the datasets service takes in one line
+                    error = dataset.format_error
+                    raise ServiceError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"the datasets service cannot train on the rows: {error.reason}",
+                    )
             ended = await self.store.finish(
                 row.id,
                 jobs_pb2.JOB_STATE_SUCCEEDED,
@@ -405,7 +413,7 @@ class _Lines:
         self.progress = progress
         self.record = record
         self.line = 0
-        self.pending: list[ProvenanceRow] = []
+        self.pending: list[tuple[Any, ...]] = []
 
     def _line(self, selected: Selected) -> str | None:
         chosen, rejected = selected.chosen, selected.rejected
@@ -437,24 +445,23 @@ class _Lines:
             yield line
         await self._flush()
 
-    def _provenance(self, item: Selected) -> ProvenanceRow:
-        rejected = item.rejected
-        return ProvenanceRow(
-            curation_id=self.curation_id,
-            holdout=self.holdout,
-            line=self.line,
-            trace_id=item.chosen.trace_id,
-            span_id=item.chosen.span_id,
-            score=item.chosen.score,
-            rejected_trace_id=rejected.trace_id if rejected else "",
-            rejected_span_id=rejected.span_id if rejected else "",
-            rejected_score=rejected.score if rejected else None,
+    def _provenance(self, item: Selected) -> tuple[Any, ...]:
+        """The row's provenance, as add_provenance takes it."""
+        chosen, rejected = item.chosen, item.rejected
+        return (
+            self.holdout,
+            self.line,
+            chosen.trace_id,
+            chosen.span_id,
+            chosen.score,
+            rejected.trace_id if rejected else "",
+            rejected.span_id if rejected else "",
+            rejected.score if rejected else None,
         )
 
     async def _flush(self) -> None:
         if not self.pending:
             return
-        if await self.curator.store.state(self.curation_id) != jobs_pb2.JOB_STATE_RUNNING:
+        if not await self.curator.store.add_provenance(self.curation_id, self.pending):
             raise Cancelled(self.curation_id)
-        await self.curator.store.add_provenance(self.curation_id, self.pending)
         self.pending = []

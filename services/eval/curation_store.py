@@ -44,6 +44,9 @@ class Candidate(NamedTuple):
 
 
 CANDIDATES = Base.metadata.tables[CandidateRow.__tablename__]
+PROVENANCE = Base.metadata.tables[ProvenanceRow.__tablename__]
+# The columns add_provenance fills: the curation's id, then what each row gives, in order.
+PROVENANCE_FIELDS = [column.name for column in PROVENANCE.c]
 
 
 @dataclass(frozen=True)
@@ -206,9 +209,11 @@ class CurationStore:
         last: bool,
     ) -> int:
         """Store a page's candidates with the page token and counts after it, in one
-        transaction (a restart goes on from the page after); the state afterwards."""
+        transaction (a restart goes on from the page after); the state afterwards. The job's
+        row is locked first, so a cancel either comes before (nothing is stored) or after (and
+        drops what was)."""
         async with self.db.session(write=True) as session:
-            row = await session.get(CurationRow, curation_id)
+            row = await session.get(CurationRow, curation_id, with_for_update=True)
             if row is None or row.state != jobs_pb2.JOB_STATE_RUNNING:
                 return jobs_pb2.JOB_STATE_CANCELLED if row is None else row.state
             if candidates:
@@ -255,11 +260,12 @@ class CurationStore:
             await session.execute(
                 delete(CandidateRow).where(CandidateRow.curation_id == curation_id)
             )
-            if state != jobs_pb2.JOB_STATE_SUCCEEDED:
+            kept = bool(ended.rowcount)  # type: ignore[attr-defined]
+            if state != jobs_pb2.JOB_STATE_SUCCEEDED or not kept:
                 await session.execute(
                     delete(ProvenanceRow).where(ProvenanceRow.curation_id == curation_id)
                 )
-            return bool(ended.rowcount)  # type: ignore[attr-defined]
+            return kept
 
     async def cancel(self, owner: str, curation_id: str, now: datetime) -> CurationRow:
         row = await self.get(owner, curation_id)
@@ -419,11 +425,17 @@ class CurationStore:
 
     # Provenance
 
-    async def add_provenance(self, curation_id: str, rows: Sequence[ProvenanceRow]) -> None:
-        if not rows:
-            return
+    async def add_provenance(self, curation_id: str, rows: Sequence[Sequence[Any]]) -> bool:
+        """Record rows written (each the values of PROVENANCE_FIELDS after the curation's id);
+        False, recording nothing, when the job is no longer running (it was cancelled)."""
         async with self.db.session(write=True) as session:
-            session.add_all(rows)
+            row = await session.get(CurationRow, curation_id, with_for_update=True)
+            if row is None or row.state != jobs_pb2.JOB_STATE_RUNNING:
+                return False
+            await insert_rows(
+                session, PROVENANCE, PROVENANCE_FIELDS, [(curation_id, *r) for r in rows]
+            )
+            return True
 
     async def provenance(
         self, owner: str, dataset_id: str, line: int, size: int, page_token: str

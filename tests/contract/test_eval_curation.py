@@ -14,8 +14,10 @@ import grpc
 import orjson
 import pytest
 from google.protobuf import json_format
+from sqlalchemy import func, select
 
 from services.common.identity import USER_KEY
+from services.eval.models import ProvenanceRow
 from tests.conftest import new_user
 from tests.contract.conftest import Datasets, rpc_error
 from tests.contract.eval_fixtures import Suite, eval_suite, span
@@ -455,3 +457,29 @@ async def test_a_job_waits_out_the_datasets_service_resumes_after_a_restart_and_
             dapi.ListDatasetsRequest(), metadata=((USER_KEY, suite.user.encode()),)
         )
         assert [d.id for d in listed.datasets] == [done.dataset_id]
+
+
+async def test_rows_the_datasets_service_cannot_train_on_fail_the_job_and_leave_nothing(
+    suite: Suite, datasets: Datasets
+) -> None:
+    # The datasets service here takes rows of at most 4,096 bytes.
+    await suite.ingest([llm("long", "Tell me everything.", "Paris " * 1000)])
+    done = await finished(suite, (await curate(suite, format="CURATION_FORMAT_SFT")).id)
+    assert done.state == jobs_pb2.JOB_STATE_FAILED
+    assert "cannot train on the rows: line 1 is longer than 4096 bytes" in done.error
+    assert not done.dataset_id
+    listed = await datasets.stub.ListDatasets(
+        dapi.ListDatasetsRequest(), metadata=((USER_KEY, suite.user.encode()),)
+    )
+    assert not listed.datasets
+    assert await provenance_rows(suite, done.id) == 0
+
+
+async def provenance_rows(suite: Suite, curation_id: str) -> int:
+    async with suite.eval_db.session() as session:
+        found = await session.scalar(
+            select(func.count())
+            .select_from(ProvenanceRow)
+            .where(ProvenanceRow.curation_id == curation_id)
+        )
+    return int(found or 0)

@@ -148,13 +148,27 @@ def test_judged_traces_become_datasets_that_train(suite: Suite) -> None:
     summary = client.get("/v1/evaluations/summary", params={"rule_id": rule_id}).json()
     assert int(summary["rows"][0]["passed"]) == QUESTIONS  # the good answers only
 
-    # SFT through the CLI, as a user would: the passing answers.
-    command = [sys.executable, "-m", "tunelab_cli", "--url", suite.url]
-    command += ["--token", suite.token(USER), "datasets", "curate", "--format", "sft"]
-    command += ["--passed", "--rule", rule_id, "--min-grounded", "0.7", "--json"]
-    made = subprocess.run(command, env=suite.env, capture_output=True, text=True, timeout=180)
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "tunelab_cli", "--url", suite.url]
+        command += ["--token", suite.token(USER), "datasets", *args]
+        return subprocess.run(command, env=suite.env, capture_output=True, text=True, timeout=180)
+
+    # A dry run first, as a user would: the counts and a sample, nothing stored.
+    dry = cli("curate", "--format", "sft", "--passed", "--filter", "tag=none", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "succeeded: 0 spans read" in dry.stdout  # no span carries that tag
+    dry = cli("curate", "--format", "sft", "--passed", "--rule", rule_id, "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"{2 * QUESTIONS} spans read, {QUESTIONS} met the conditions" in dry.stdout
+    assert '"role": "assistant"' in dry.stdout  # the sample rows
+    assert client.get("/v1/datasets").json()["datasets"] == []
+
+    # SFT through the CLI: the passing answers.
+    made = cli("curate", "--format", "sft", "--passed", "--rule", rule_id, "--min-grounded", "0.7")
     assert made.returncode == 0, made.stdout + made.stderr
-    sft = json.loads(made.stdout)
+    assert "train on it: tunelab deploy create ds_" in made.stdout
+    curation_id = made.stdout.split()[1]
+    sft = client.get(f"/v1/curations/{curation_id}").json()
     assert sft["state"] == "succeeded", sft
     assert int(sft["progress"]["rows"]) == QUESTIONS
     assert int(sft["progress"]["spans_read"]) == 2 * QUESTIONS
@@ -207,6 +221,9 @@ def test_judged_traces_become_datasets_that_train(suite: Suite) -> None:
     [chat] = [s for s in spans if s["span_id"] == where["span_id"]]
     assert chat["output"][0]["content"] == sft_rows[6]["messages"][-1]["content"]
     assert any(s["name"].startswith("good-") for s in spans)
+    shown = cli("provenance", sft["dataset_id"], "--line", "7")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == f"line 7: trace {where['trace_id']} span {where['span_id']}"
     # Another user sees neither the curation nor the provenance.
     mallory = suite.client("mallory")
     assert mallory.get(f"/v1/curations/{sft['id']}").status_code == 404
