@@ -273,7 +273,16 @@ class Curator:
                         continue
                     raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, _nothing(progress))
                 name = eval_name(row.name) if holdout else row.name
-                dataset = await self.datasets.upload(row.owner, name, _chunks(first, lines))
+                failed: list[Exception] = []
+                try:
+                    dataset = await self.datasets.upload(
+                        row.owner, name, _chunks(first, lines, failed)
+                    )
+                except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                    # grpc cancels the call when the rows' iterator raises: the reason is ours.
+                    if failed:
+                        raise failed[0] from None
+                    raise
                 made.append(dataset.id)
                 if dataset.format == datasets_pb2.DATASET_FORMAT_INVALID:
                     # e.g. a conversation longer than the datasets service takes in one line
@@ -313,16 +322,23 @@ def _passing(error: BaseException) -> bool:
     )
 
 
-async def _chunks(first: str, rest: AsyncIterator[str]) -> AsyncIterator[bytes]:
-    """JSONL lines in chunks of about CHUNK_BYTES."""
+async def _chunks(
+    first: str, rest: AsyncIterator[str], failed: list[Exception]
+) -> AsyncIterator[bytes]:
+    """JSONL lines in chunks of about CHUNK_BYTES; an error reading the rows (a cancel, the
+    database away) is kept in `failed`, as grpc reports it only as the call cancelled."""
     buffer = bytearray(first.encode())
     buffer += b"\n"
-    async for line in rest:
-        buffer += line.encode()
-        buffer += b"\n"
-        if len(buffer) >= CHUNK_BYTES:
-            yield bytes(buffer)
-            buffer.clear()
+    try:
+        async for line in rest:
+            buffer += line.encode()
+            buffer += b"\n"
+            if len(buffer) >= CHUNK_BYTES:
+                yield bytes(buffer)
+                buffer.clear()
+    except Exception as exc:
+        failed.append(exc)
+        raise
     if buffer:
         yield bytes(buffer)
 

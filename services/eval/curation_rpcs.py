@@ -29,6 +29,7 @@ MAX_ID = 64
 MAX_CHECKS = 50
 MAX_CHECK_NAME = 200
 MAX_SAMPLE = 50
+MAX_LINE = 2**31 - 1  # the column's range
 _FORMATS = {cpb.CURATION_FORMAT_SFT: "sft", cpb.CURATION_FORMAT_DPO: "dpo"}
 
 
@@ -132,8 +133,8 @@ class CurationRpcs:
         self, request: cpb.GetDatasetProvenanceRequest, context: Context
     ) -> cpb.GetDatasetProvenanceResponse:
         dataset_id = required_id(request.dataset_id, "dataset_id")
-        if request.line < 0:
-            raise invalid_argument("line", "line counts from 1 (0: every row)")
+        if not 0 <= request.line <= MAX_LINE:
+            raise invalid_argument("line", f"line counts from 1 to {MAX_LINE} (0: every row)")
         row, rows, token = await self.curations.provenance(
             require_user(),
             dataset_id,

@@ -261,7 +261,10 @@ class CurationStore:
                 delete(CandidateRow).where(CandidateRow.curation_id == curation_id)
             )
             kept = bool(ended.rowcount)  # type: ignore[attr-defined]
-            if state != jobs_pb2.JOB_STATE_SUCCEEDED or not kept:
+            # A job that ended some other way keeps no rows; one that ended already (a cancel
+            # and the job's own finish crossing) is left as it ended.
+            succeeded = state == jobs_pb2.JOB_STATE_SUCCEEDED
+            if kept != succeeded:
                 await session.execute(
                     delete(ProvenanceRow).where(ProvenanceRow.curation_id == curation_id)
                 )

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from google.protobuf import json_format
 from sqlalchemy import func, select
 
 from services.common.identity import USER_KEY
+from services.eval.curation_store import CurationStore
 from services.eval.models import ProvenanceRow
 from tests.conftest import new_user
 from tests.contract.conftest import Datasets, rpc_error
@@ -161,6 +163,17 @@ async def test_sft_from_the_answers_that_passed_with_provenance(
         assert origin.score == 1
     second = await provenance(suite, done.dataset_id, line=2)
     assert [(r.line, r.trace_id) for r in second.rows] == [(2, found.rows[1].trace_id)]
+    too_far = await rpc_error(provenance(suite, done.dataset_id, line=2**31))
+    assert too_far.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A cancel that comes after the end changes nothing of what was made.
+    late = await suite.eval.CancelCuration(
+        cpb.CancelCurationRequest(curation_id=done.id), metadata=suite.as_()
+    )
+    assert late.curation.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    # ... nor does one that read the job running just before it succeeded (the race).
+    store = CurationStore(suite.eval_db)
+    assert not await store.finish(done.id, jobs_pb2.JOB_STATE_CANCELLED, datetime.now(UTC))
+    assert len((await provenance(suite, done.dataset_id)).rows) == 2
 
 
 async def test_dpo_pairs_answers_to_one_input_by_their_scores(

@@ -52,7 +52,8 @@ Global___CurationFormat: _TypeAlias = CurationFormat  # noqa: Y015
 class CurationConditions(_message.Message):
     """Which judged spans make rows. A span's judgments are those the eval service made of it
     (of one rule's, when rule_id is set); each condition reads the latest judgment that has what
-    it needs. A span with no such judgment fails every condition given. For DPO the conditions
+    it needs. A span with no such judgment fails every condition given, except min_groundedness,
+    which then reads the score the span itself carries. For DPO the conditions
     choose the `chosen` answers; any judged answer to the same input may be the `rejected` one.
     """
 
@@ -370,7 +371,7 @@ class CreateCurationRequest(_message.Message):
     DRY_RUN_FIELD_NUMBER: _builtins.int
     format: Global___CurationFormat.ValueType
     name: _builtins.str
-    """Default: "curated-<format>-<id>"."""
+    """Default: "curated-<format>-<UTC time>.jsonl"."""
     dry_run: _builtins.bool
     """Count and sample the rows; store nothing."""
     @_builtins.property
