@@ -333,11 +333,18 @@ def start_suite(
     suite.secrets_seen |= {env["TUNELAB_INTERNAL_TOKEN"], JWT_SECRET, KEK, EVAL_KEK}
     if s3 is not None:
         suite.secrets_seen.add(s3.secret_key)
-    if ready_within(suite.url, 30, processes.values()):
+    if ready_within(suite.url, 60, processes.values()):
         return suite
-    suite.stop()
+    # Which exited by itself, and what /readyz said, before stop() ends them all.
     exited = [name for name, process in processes.items() if process.poll() is not None]
-    raise AssertionError(f"not ready (exited: {exited}):\n{suite.logs()[-3000:]}")
+    try:
+        said = httpx.get(f"{suite.url}/readyz", timeout=2).text
+    except httpx.HTTPError as exc:
+        said = repr(exc)
+    suite.stop()
+    raise AssertionError(
+        f"not ready (exited: {exited}; /readyz: {said[:500]}):\n{suite.logs()[-3000:]}"
+    )
 
 
 def ready_within(url: str, seconds: float, watched: Iterable[subprocess.Popen[bytes]] = ()) -> bool:
