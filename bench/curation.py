@@ -24,11 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import signal
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -39,7 +35,7 @@ from google.protobuf import json_format
 from sqlalchemy import insert, text
 
 from bench.eval_storage import Retry, ingest
-from bench.suite import BenchError
+from bench.suite import BenchError, run_and_report
 from bench.tracing import Backend
 from services.common.db import Database
 from services.common.server import start
@@ -312,22 +308,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.traces < 2 or args.traces % 2:
         parser.error("--traces must be an even number of at least 2")
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with tempfile.TemporaryDirectory(prefix="tunelab-bench-curation-") as tmp:
-            results = asyncio.run(run(args, Path(tmp)))
-    except BenchError as exc:
-        print(f"bench curation: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench curation: interrupted; cleaned up", file=sys.stderr)
-        return 130
-    print(table(results))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "curation.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"(figures in {RESULTS / 'curation.json'})")
-    return 0
-
-
-def _interrupt(signum: int, _: object) -> None:
-    raise KeyboardInterrupt
+    return run_and_report(
+        "bench curation", lambda tmp: run(args, tmp), table, RESULTS / "curation.json"
+    )

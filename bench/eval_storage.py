@@ -38,12 +38,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import random
-import signal
-import sys
-import tempfile
 import time
 from collections.abc import (
     AsyncIterator,
@@ -58,7 +54,7 @@ import grpc
 from google.protobuf import json_format
 from sqlalchemy import insert, select
 
-from bench.suite import BenchError, callers
+from bench.suite import BenchError, callers, run_and_report
 from bench.tracing import Backend
 from bench.validators import answer
 from services.common.db import Database
@@ -412,22 +408,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.traces <= 0 or args.concurrency <= 0:
         parser.error("the counts must be positive")
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with tempfile.TemporaryDirectory(prefix="tunelab-bench-eval-") as tmp:
-            results = asyncio.run(run(args, Path(tmp)))
-    except BenchError as exc:
-        print(f"bench validators --storage: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench validators --storage: interrupted; cleaned up", file=sys.stderr)
-        return 130
-    print(table(results))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "validators-storage.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"(figures in {RESULTS / 'validators-storage.json'})")
-    return 0
-
-
-def _interrupt(signum: int, _: object) -> None:
-    raise KeyboardInterrupt
+    return run_and_report(
+        "bench validators --storage",
+        lambda tmp: run(args, tmp),
+        table,
+        RESULTS / "validators-storage.json",
+    )

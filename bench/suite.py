@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 import jwt
@@ -297,3 +299,32 @@ http {{
     def stop(self) -> None:
         if self._process is not None:
             _stop(self._process, signal.SIGQUIT, 10)
+
+
+def run_and_report(
+    name: str,
+    work: Callable[[Path], Coroutine[Any, Any, dict[str, Any]]],
+    table: Callable[[dict[str, Any]], str],
+    results_file: Path,
+) -> int:
+    """Run a benchmark in a temporary directory (SIGTERM ends it as Ctrl-C does, cleaned up),
+    print its table and keep its figures as JSON; the exit status."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"tunelab-{name.replace(' ', '-')}-") as tmp:
+            results = asyncio.run(work(Path(tmp)))
+    except BenchError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; cleaned up", file=sys.stderr)
+        return 130
+    print(table(results))
+    results_file.parent.mkdir(exist_ok=True)
+    results_file.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"(figures in {results_file})")
+    return 0
+
+
+def _interrupt(signum: int, _: object) -> None:
+    raise KeyboardInterrupt
