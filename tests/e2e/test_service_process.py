@@ -59,6 +59,26 @@ def test_refuses_to_start_on_a_stale_schema(tmp_path: Path) -> None:
     assert "python -m services.datasets migrate upgrade" in output
 
 
+def test_migrate_wait_holds_until_another_process_migrates(tmp_path: Path) -> None:
+    """What a Kubernetes init container runs: it fails after its timeout while the schema is
+    stale, and returns as soon as the migration Job has brought it to head."""
+    env = service_env(tmp_path)
+    stale = datasets("migrate", "wait", "--timeout", "1", env=env)
+    output, _ = stale.communicate(timeout=30)
+    assert stale.returncode == 1
+    assert "has its migration (`migrate upgrade`) run?" in output
+    waiting = datasets("migrate", "wait", "--timeout", "60", env=env)
+    try:
+        time.sleep(1)
+        assert waiting.poll() is None
+        assert datasets("migrate", "upgrade", env=env).wait(timeout=30) == 0
+        output, _ = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, output
+    assert "datasets schema: " in output
+
+
 def test_serves_health_and_metrics_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     env = service_env(tmp_path)
     migrated = datasets("migrate", "upgrade", env=env)
