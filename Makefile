@@ -8,7 +8,11 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 
-.PHONY: setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge bench-curation fuzz load test-trl pod-lock clean
+## Podman's settings for this project's containers (runc, cgroupfs: see the file).
+CONTAINERS_CONF ?= $(CURDIR)/deploy/containers/containers.conf
+export CONTAINERS_CONF
+
+.PHONY: images up down setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge bench-curation fuzz load test-trl pod-lock clean
 
 setup: $(INSTALLED)
 
@@ -29,6 +33,21 @@ run: setup
 ## make run-s3: the same, with datasets and outputs in a local SeaweedFS S3 server (var/seaweedfs).
 run-s3: setup
 	$(BIN)/tunelab dev --s3
+
+## make images: every image built here with podman (docker: CONTAINER_TOOL=docker): the four
+## services, the gateway, PostgreSQL and SeaweedFS, on a Debian base made by debootstrap (needs
+## root) unless TUNELAB_BASE_IMAGE names one, e.g. python:3.11-slim-bookworm where a registry is
+## reachable (python scripts/images.py --help).
+images: setup
+	$(BIN)/python scripts/images.py
+
+## make up: the suite in containers as compose.yaml describes it, the gateway on
+## http://127.0.0.1:8080; make down stops it (make down VOLUMES=1 also deletes its data).
+up: setup
+	$(BIN)/python scripts/up.py up
+
+down: setup
+	$(BIN)/python scripts/up.py down $(if $(VOLUMES),--volumes)
 
 ## make test: the linters, the generated-code check, then every test (SQLite and PostgreSQL).
 test: lint pytest
