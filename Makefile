@@ -7,12 +7,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
+CHECKOV_VENV := .venv-checkov
+CHECKOV_INSTALLED := $(CHECKOV_VENV)/.installed
 
 ## Podman's settings for this project's containers (runc, cgroupfs: see the file).
 CONTAINERS_CONF ?= $(CURDIR)/deploy/containers/containers.conf
 export CONTAINERS_CONF
 
-.PHONY: images up down setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge bench-curation fuzz load test-trl pod-lock clean
+.PHONY: images up down setup checkov-setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge bench-curation fuzz load test-trl pod-lock clean
 
 setup: $(INSTALLED)
 
@@ -24,6 +26,15 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 $(NODE_INSTALLED): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+## make checkov-setup: checkov, the policy scan of the Kubernetes manifests and Dockerfiles
+## (tests/deploy), in a virtual environment of its own: its packages conflict with our pins.
+checkov-setup: $(CHECKOV_INSTALLED)
+
+$(CHECKOV_INSTALLED): deploy/checkov-requirements.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r deploy/checkov-requirements.txt
 	@touch $@
 
 ## make run: start every service and the gateway on http://127.0.0.1:8080 (SQLite under var/).
@@ -52,7 +63,7 @@ down: setup
 ## make test: the linters, the generated-code check, then every test (SQLite and PostgreSQL).
 test: lint pytest
 
-pytest: setup
+pytest: setup checkov-setup
 	$(BIN)/python -m pytest
 
 lint: setup $(NODE_INSTALLED) protos-check
@@ -119,4 +130,4 @@ pod-lock: setup
 	$(BIN)/python -m services.deploy.pod.lock
 
 clean:
-	rm -rf $(VENV) node_modules .build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .build .mypy_cache .ruff_cache .pytest_cache
