@@ -5,11 +5,12 @@ outside RunPod's documents."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from services.deploy import service
 from services.deploy.providers.runpod import RunPodProvider
 from services.deploy.settings import DeploySettings
 from services.deploy.states import State
-from services.deploy.store import Change
+from services.deploy.store import Change, Deployment
 from tests.conftest import INTERNAL_TOKEN, STORAGES
 from tests.contract.conftest import Clock, Datasets, Storage, rpc_error, stored
 from tests.fakes.runpod import FakeRunPod
@@ -453,6 +454,50 @@ async def test_a_restarted_supervisor_carries_on_from_the_database(deploy: Deplo
     await again.supervisor.tick()
     assert deploy.fake.pods[pod_id]["status"] == "TERMINATED"
     await again.datasets.close()
+
+
+async def test_of_two_replicas_supervising_together_one_acts(
+    deploy: Deploy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two deploy replicas over one database (a Deployment of 2): their supervisors pass
+    together, and only the lease holder's steps a run; once it is gone and its lease lapsed,
+    the other carries on, and the first, back too late, does nothing."""
+    runs = [await deploy.create() for _ in range(3)]
+    replicas = [deploy.parts, deploy.restart()]
+    acted: list[str] = []
+    for replica in replicas:
+        supervisor = replica.supervisor
+
+        async def step(
+            d: Deployment,
+            step: Callable[[Deployment], Awaitable[None]] = supervisor.step,
+            holder: str = supervisor.holder,
+        ) -> None:
+            acted.append(holder)
+            await step(d)
+
+        monkeypatch.setattr(supervisor, "step", step)
+    first, second = (r.supervisor for r in replicas)
+    try:
+        for _ in range(4):  # a pass every 5 s: the lease (30 s) is renewed, never lost
+            await asyncio.gather(first.tick(), second.tick())
+            deploy.clock.advance(5)
+        assert len(set(acted)) == 1
+        leader, follower = (first, second) if acted[0] == first.holder else (second, first)
+        rented = [r for r in deploy.fake.requests if (r.method, r.path) == ("POST", "/v2/pods")]
+        assert len(rented) == len(runs)
+        for run in runs:
+            (pod,) = deploy.fake.live_pods(f"tunelab-{run.id}")
+            deploy.fake.set_status(pod["id"], "RUNNING")
+        deploy.clock.advance(31)  # the leader is gone: its lease lapses
+        before = len(acted)
+        await follower.tick()
+        await leader.tick()  # back, but the lease is the other's now
+        assert acted[before:] == [follower.holder] * len(runs)
+        assert {(await deploy.get(run.id)).state for run in runs} == {pb.DEPLOYMENT_STATE_STARTING}
+        assert len(deploy.fake.live_pods()) == len(runs)
+    finally:
+        await replicas[1].datasets.close()
 
 
 async def test_a_pod_rented_just_before_a_crash_is_adopted_not_rented_again(
