@@ -29,9 +29,9 @@ SERVICES = ("datasets", "deploy", "tracing", "eval")
 PROCESSES = (*SERVICES, "gateway")
 GRPC_PORTS = {"datasets": 50051, "deploy": 50052, "tracing": 50053, "eval": 50054}
 GATEWAY_PORT = 8080
-# What a gRPC server does on SIGTERM before it exits (services/common/server.py; uvicorn's
-# timeout_graceful_shutdown in gateway/__main__.py is the same): the pod's grace must leave
-# room for it and for closing the stores and clients after.
+# How long a process drains calls in flight after SIGTERM (the gRPC servers' grace; the
+# gateway's uvicorn timeout_graceful_shutdown is the same 10 s): a pod's termination grace must
+# cover it and the closing of stores and clients after it.
 DRAIN_SECONDS = _drain_seconds()
 MARGIN_SECONDS = 10
 MAX_GRACE_SECONDS = 60
@@ -270,10 +270,9 @@ def processes(docs: Sequence[Manifest]) -> Iterator[str]:
                 f"{where}: terminationGracePeriodSeconds is {grace}, not between {low:g} (the "
                 f"{DRAIN_SECONDS:g} s drain and the close after it) and {MAX_GRACE_SECONDS}"
             )
+        pod_uid = w.spec.get("securityContext", {}).get("runAsUser")
         for c in w.containers:
-            uid = c.get("securityContext", {}).get(
-                "runAsUser", w.spec["securityContext"].get("runAsUser")
-            )
+            uid = c.get("securityContext", {}).get("runAsUser", pod_uid)
             if uid != RUN_AS_USER:
                 yield f"{where}, container {c['name']}: runs as uid {uid}, not {RUN_AS_USER}"
 

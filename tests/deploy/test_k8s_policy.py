@@ -190,6 +190,11 @@ MUTATIONS: dict[str, tuple[str, Mutation, str]] = {
         lambda d: pod(d, "Deployment", "datasets")["securityContext"].pop("runAsNonRoot"),
         "Deployment datasets, container datasets: runAsNonRoot is not true",
     ),
+    "pod securityContext removed": (
+        "prod",
+        lambda d: pod(d, "Deployment", "gateway").pop("securityContext"),
+        "Deployment gateway, container gateway: runAsNonRoot is not true",
+    ),
     "seccomp dropped": (
         "prod",
         lambda d: pod(d, "Job", "tracing-migrate")["securityContext"].pop("seccompProfile"),

@@ -1,6 +1,6 @@
 -- DEV ONLY: run once by the dev PostgreSQL on its first start. One role and one database per
 -- service, each role owning its database and able to connect to no other. The passwords are
--- the dev overlay's (kustomization.yaml), public in this repository.
+-- those of kustomization.yaml here, public in this repository.
 CREATE ROLE datasets LOGIN PASSWORD 'dev-only-datasets-password';
 CREATE DATABASE datasets OWNER datasets;
 REVOKE ALL ON DATABASE datasets FROM PUBLIC;
