@@ -14,7 +14,7 @@ CHECKOV_INSTALLED := $(CHECKOV_VENV)/.installed
 CONTAINERS_CONF ?= $(CURDIR)/deploy/containers/containers.conf
 export CONTAINERS_CONF
 
-.PHONY: images up down setup checkov-setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge bench-curation fuzz load test-trl pod-lock clean
+.PHONY: images up down test-containers setup checkov-setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge bench-curation fuzz load test-trl pod-lock clean
 
 setup: $(INSTALLED)
 
@@ -59,6 +59,12 @@ up: setup
 
 down: setup
 	$(BIN)/python scripts/up.py down $(if $(VOLUMES),--volumes)
+
+## make test-containers: the end-to-end tests marked `containers` (a training run on the local
+## provider inside the deploy container, a download by token, OTLP ingest, an evaluation and a
+## curation) against the suite in containers: builds the images and starts it first.
+test-containers: images up
+	TUNELAB_E2E_TARGET=containers $(BIN)/python -m pytest -m containers tests/e2e
 
 ## make test: the linters, the generated-code check, then every test (SQLite and PostgreSQL).
 test: lint pytest

@@ -46,7 +46,7 @@ class Image:
 
 SERVICES = [
     Image("datasets", "services/datasets/Dockerfile"),
-    Image("deploy", "services/deploy/Dockerfile"),
+    Image("deploy", "services/deploy/Dockerfile", apt=True),
     Image("tracing", "services/tracing/Dockerfile"),
     Image("eval", "services/eval/Dockerfile"),
     Image("gateway", "gateway/Dockerfile"),

@@ -14,6 +14,7 @@ carry out is refused by name, so compose.yaml cannot say something `make up` sil
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -38,6 +39,7 @@ KEYS = {
 }  # fmt: skip
 HEALTH_KEYS = {"test", "interval", "timeout", "retries", "start_period"}
 CONDITIONS = {"service_healthy", "service_completed_successfully", "service_started"}
+CONFIG_LABEL = "io.tunelab.compose.config-hash"
 VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?::-([^}]*))?\}")
 
 
@@ -221,6 +223,18 @@ def state(project: Project, service: str) -> tuple[str, int]:
     return status, int(code)
 
 
+def image_id(image: str) -> str:
+    return podman("image", "inspect", "--format={{.Id}}", image).stdout.strip()
+
+
+def label(project: Project, service: str, name: str) -> str:
+    found = podman(
+        "container", "inspect", f'--format={{{{index .Config.Labels "{name}"}}}}',
+        project.container(service), check=False,
+    )  # fmt: skip
+    return found.stdout.strip()
+
+
 def healthy(project: Project, service: str) -> bool:
     return podman("healthcheck", "run", project.container(service), check=False).returncode == 0
 
@@ -262,13 +276,20 @@ def up(project: Project, timeout: float) -> None:
     for service in project.order():
         for needed, condition in service.needs.items():
             wait(project, project.services[needed], condition, deadline)
+        arguments = run_arguments(project, service)
+        # As Compose does: a container made from other settings or an older image is made
+        # again; one that is as asked (running, or a one-shot that succeeded) is kept.
+        config = hashlib.sha256(
+            json.dumps([arguments, image_id(service.spec["image"])]).encode()
+        ).hexdigest()
         status, code = state(project, service.name)
-        if status == "running" or (service.one_shot and status == "exited" and code == 0):
-            continue  # from an earlier `make up`
+        current = status != "missing" and label(project, service.name, CONFIG_LABEL) == config
+        if current and (status == "running" or (service.one_shot and code == 0)):
+            continue
         if status != "missing":
-            podman("rm", "--force", project.container(service.name))
+            podman("rm", "--force", "--time=15", project.container(service.name))
         print(f"starting {service.name}", flush=True)
-        podman("run", *run_arguments(project, service))
+        podman("run", f"--label={CONFIG_LABEL}={config}", *arguments)
     for service in project.services.values():
         if not service.one_shot:
             health = "healthcheck" in service.spec or _image_has_health(service)

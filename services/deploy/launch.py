@@ -176,7 +176,7 @@ class Launcher:
         script = render.render(
             render.Bootstrap(
                 deployment_id=d.id,
-                api_url=self.settings.public_url,
+                api_url=self.settings.api_url(d.spec.provider),
                 dataset_sha256=d.dataset_sha256,
                 dataset_size=d.dataset_size,
                 config=pod_config(d.id, d.spec),
@@ -188,7 +188,7 @@ class Launcher:
         env = {
             render.PACKED_ENV: render.pack(script),
             "TUNELAB_JOB_TOKEN": secret,
-            "TUNELAB_DATASET_URL": link.url,
+            "TUNELAB_DATASET_URL": self.settings.pod_url(d.spec.provider, link.url),
             "TUNELAB_DEPLOYMENT_ID": d.id,
         }
         if d.spec.provider != "local":

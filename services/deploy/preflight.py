@@ -82,12 +82,14 @@ class Preflight:
         providers: Providers,
         *,
         public_url: str,
+        local_api_url: str = "",
         max_cost_per_run_usd: float,
         cuda_floor: Callable[[str], str | None] = _pinned_cuda_floor,
     ) -> None:
         self.datasets = datasets
         self.providers = providers
         self.public_url = public_url
+        self.local_api_url = local_api_url or public_url
         self.max_cost_per_run_usd = max_cost_per_run_usd
         # The host CUDA a pod of an image needs (DeploySettings.cuda_floor; launch.py asks it).
         self.cuda_floor = cuda_floor
@@ -184,7 +186,7 @@ class Preflight:
             )
         if spec.provider == "local":
             return Check(
-                "callback_url", Status.PASS, f"local pods reach the gateway at {self.public_url}"
+                "callback_url", Status.PASS, f"local pods reach the gateway at {self.local_api_url}"
             )
         problem = await _unreachable_from_outside(url.hostname)
         if problem:

@@ -82,6 +82,7 @@ def assemble(
         datasets,
         providers,
         public_url=settings.public_url,
+        local_api_url=settings.api_url("local"),
         max_cost_per_run_usd=settings.max_cost_per_run_usd,
         cuda_floor=settings.cuda_floor,
     )

@@ -122,6 +122,13 @@ class DeploySettings(CommonSettings, StorageSettings):
         "", description="Python for local pods' trainer; default: the service's own interpreter."
     )
     local_kill_grace_seconds: float = Field(5.0, ge=0)
+    local_api_url: str = Field(
+        "",
+        description="Where local pods reach the gateway when that is not TUNELAB_PUBLIC_URL: "
+        "in containers the public URL is the host's (http://127.0.0.1:8080) and the pods, "
+        "inside the deploy container, reach the gateway by its name (http://gateway:8080). "
+        "Empty: the public URL.",
+    )
     # RunPod.
     runpod_rest_url: str = "https://api.runpod.io/v2"
     runpod_graphql_url: str = "https://api.runpod.io/graphql"
@@ -140,6 +147,18 @@ class DeploySettings(CommonSettings, StorageSettings):
         "GPU. Change it with runpod_image.",
     )
     runpod_disk_gb: int = Field(60, ge=10, le=2000)
+
+    def api_url(self, provider: str) -> str:
+        """The gateway's URL as a pod of `provider` reaches it."""
+        if provider == "local" and self.local_api_url:
+            return self.local_api_url.rstrip("/")
+        return self.public_url.rstrip("/")
+
+    def pod_url(self, provider: str, url: str) -> str:
+        """A URL under the public one (a dataset's download link), as a pod of `provider`
+        reaches it."""
+        public, own = self.public_url.rstrip("/"), self.api_url(provider)
+        return own + url[len(public) :] if url.startswith(public + "/") else url
 
     def cuda_floor(self, image: str) -> str | None:
         """The oldest host CUDA a pod of `image` runs on: known for the configured image only

@@ -50,6 +50,30 @@ MAX_UPLOAD = 8 * 1024 * 1024
 MAX_LINE = 256 * 1024
 
 
+#: TUNELAB_E2E_TARGET=containers: the tests marked `containers` run against the suite `make up`
+#: started (make test-containers); the others, which start, kill or read the processes
+#: themselves, are skipped.
+TARGET = os.environ.get("TUNELAB_E2E_TARGET", "processes")
+SUITES = ["containers"] if TARGET == "containers" else ["sqlite", "postgresql"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if TARGET != "containers":
+        return
+    skip = pytest.mark.skip(
+        reason="TUNELAB_E2E_TARGET=containers: this test drives the suite's own processes"
+    )
+    for item in items:
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("containers"):
+            item.add_marker(skip)
+
+
+def containers_suite() -> Suite:
+    from tests.e2e.containers import ContainerSuite  # it builds on Suite, defined below
+
+    return ContainerSuite.running()
+
+
 MODULES = {
     "datasets": "services.datasets",
     "deploy": "services.deploy",
@@ -64,6 +88,19 @@ STORES = {
     "datasets": ("TUNELAB_DATASETS_STORAGE_DIR", "TUNELAB_DATASETS_S3_PREFIX"),
     "deploy": ("TUNELAB_DEPLOY_OUTPUT_DIR", "TUNELAB_DEPLOY_S3_PREFIX"),
 }
+
+
+def process_group(group: int, proc: Path = Path("/proc")) -> list[int]:
+    members = []
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
 
 
 def free_port() -> int:
@@ -120,11 +157,15 @@ class Suite:
     secrets_seen: set[str] = field(default_factory=set)
     #: The S3 server the services store in; None for local storage.
     s3: SeaweedFS | None = None
+    #: The key the gateway checks tokens with.
+    jwt_secret: str = JWT_SECRET
 
     def token(self, user: str, ttl: int = 600, **claims: object) -> str:
         now = int(time.time())
         value = jwt.encode(
-            {"sub": user, "iat": now, "exp": now + ttl, **claims}, JWT_SECRET, algorithm="HS256"
+            {"sub": user, "iat": now, "exp": now + ttl, **claims},
+            self.jwt_secret,
+            algorithm="HS256",
         )
         self.secrets_seen.add(value)
         return value
@@ -210,6 +251,10 @@ class Suite:
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.var.glob("*.log")))
+
+    def process_group(self, group: int) -> list[int]:
+        """The live (not zombie) members of a process group: a local pod's processes."""
+        return process_group(group)
 
     def kill(self, name: str) -> int:
         """SIGKILL one process (a crash, an OOM kill) and reap it; its pid."""
@@ -415,12 +460,16 @@ def _suite(
         shutil.rmtree(var / "datasets", ignore_errors=True)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=SUITES)
 def suite(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg: PgDatabases
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Suite]:
-    """The suite on each database, paired with a storage backend (paired_suite)."""
-    with paired_suite(request, tmp_path_factory, pg) as running:
+    """The suite on each database, paired with a storage backend (paired_suite); or the one
+    `make up` runs in containers (TUNELAB_E2E_TARGET=containers)."""
+    if request.param == "containers":
+        yield containers_suite()
+        return
+    with paired_suite(request, tmp_path_factory, request.getfixturevalue("pg")) as running:
         yield running
 
 

@@ -124,6 +124,7 @@ def train(client: httpx.Client, dataset_id: str, method: str) -> list[float]:
     return [m["progress"]["loss"] for m in metrics]
 
 
+@pytest.mark.containers
 def test_judged_traces_become_datasets_that_train(suite: Suite) -> None:
     suite.remember(PLANTED)
     client = suite.client(USER)

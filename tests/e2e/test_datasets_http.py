@@ -78,6 +78,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.containers
 def test_curl_upload_token_download_and_resume(suite: Suite, data: Path, tmp_path: Path) -> None:
     dataset = upload(suite, data, "alice")
     digest = hashlib.sha256(data.read_bytes()).hexdigest()

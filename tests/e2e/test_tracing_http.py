@@ -39,6 +39,7 @@ def chat_span(trace: str, span_id: str, parent: str = "", **extra: Any) -> dict[
     }
 
 
+@pytest.mark.containers
 def test_ingest_list_tree_analytics_export(suite: Suite) -> None:
     alice = suite.client("alice")
     spans = [
@@ -134,6 +135,7 @@ def test_score_filters_are_query_parameters(suite: Suite) -> None:
         assert "min_groundedness" in bad.json()["error"]["message"]
 
 
+@pytest.mark.containers
 def test_opentelemetry_sdk_exports_through_the_gateway(suite: Suite) -> None:
     """An app instrumented with the OpenTelemetry SDK and the GenAI conventions, exporting
     OTLP/HTTP (protobuf) to the gateway with nothing but an Authorization header."""
