@@ -12,8 +12,8 @@ from services.common.settings import DEFAULT_MAX_UPLOAD_BYTES, CommonSettings, s
 class GatewaySettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="TUNELAB_GATEWAY_", extra="ignore", frozen=True)
 
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = Field("127.0.0.1", description="The address the gateway listens on.")
+    port: int = Field(8080, description="Its port.")
     datasets_address: str = Field(
         "127.0.0.1:50051",
         validation_alias=AliasChoices(

@@ -17,6 +17,15 @@ from services.common import redact
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024**3
 
 
+# What the same setting of every service means (their defaults differ).
+DATABASE_URL = (
+    "The service's own database: sqlite:///PATH (the embedded default) or "
+    "postgresql://USER:PASSWORD@HOST:5432/DB."
+)
+GRPC_ADDRESS = "Where the service serves gRPC, host:port (0.0.0.0:PORT in a container)."
+METRICS_ADDRESS = "Where the service serves Prometheus metrics, host:port; empty: nowhere."
+
+
 def shared(name: str) -> AliasChoices:
     """Read a field from TUNELAB_<NAME> whatever the class's own prefix is."""
     return AliasChoices(f"TUNELAB_{name.upper()}")
@@ -29,8 +38,14 @@ class CommonSettings(BaseSettings):
         env_prefix="TUNELAB_", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    log_level: str = Field("INFO", validation_alias=shared("log_level"))
-    log_format: Literal["json", "text"] = Field("json", validation_alias=shared("log_format"))
+    log_level: str = Field(
+        "INFO", validation_alias=shared("log_level"), description="DEBUG, INFO, WARNING or ERROR."
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        validation_alias=shared("log_format"),
+        description="json: one object per line; text: for people. Credentials are masked in both.",
+    )
     internal_token: SecretStr | None = Field(
         None,
         validation_alias=shared("internal_token"),

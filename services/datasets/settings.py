@@ -8,7 +8,13 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.blobstore.settings import StorageSettings
-from services.common.settings import DEFAULT_MAX_UPLOAD_BYTES, CommonSettings
+from services.common.settings import (
+    DATABASE_URL,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    GRPC_ADDRESS,
+    METRICS_ADDRESS,
+    CommonSettings,
+)
 
 MAX_TOKEN_TTL_SECONDS = 2 * 60 * 60
 MAX_TOKEN_USES = 1000
@@ -17,7 +23,7 @@ MAX_TOKEN_USES = 1000
 class DatasetsSettings(CommonSettings, StorageSettings):
     model_config = SettingsConfigDict(env_prefix="TUNELAB_DATASETS_", extra="ignore", frozen=True)
 
-    database_url: str = "sqlite:///var/datasets.db"
+    database_url: str = Field("sqlite:///var/datasets.db", description=DATABASE_URL)
     storage_dir: Path = Field(Path("var/datasets"), description="Local storage's directory.")
     blob_http_address: str = Field(
         "127.0.0.1:50061",
@@ -36,8 +42,8 @@ class DatasetsSettings(CommonSettings, StorageSettings):
         description="How long the URL the gateway fetches a download's bytes from stays valid "
         "(the fetch must start within it; a long download may run on).",
     )
-    grpc_address: str = "127.0.0.1:50051"
-    metrics_address: str = "127.0.0.1:9151"
+    grpc_address: str = Field("127.0.0.1:50051", description=GRPC_ADDRESS)
+    metrics_address: str = Field("127.0.0.1:9151", description=METRICS_ADDRESS)
     max_upload_bytes: int = Field(
         DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest file accepted."
     )

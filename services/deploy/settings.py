@@ -8,7 +8,13 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.blobstore.settings import StorageSettings
-from services.common.settings import CommonSettings, shared
+from services.common.settings import (
+    DATABASE_URL,
+    GRPC_ADDRESS,
+    METRICS_ADDRESS,
+    CommonSettings,
+    shared,
+)
 from services.deploy.pod import stack
 
 DEFAULT_RUNPOD_IMAGE = stack.IMAGE
@@ -19,9 +25,9 @@ class DeploySettings(CommonSettings, StorageSettings):
         env_prefix="TUNELAB_DEPLOY_", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    database_url: str = "sqlite:///var/deploy.db"
-    grpc_address: str = "127.0.0.1:50052"
-    metrics_address: str = "127.0.0.1:9152"
+    database_url: str = Field("sqlite:///var/deploy.db", description=DATABASE_URL)
+    grpc_address: str = Field("127.0.0.1:50052", description=GRPC_ADDRESS)
+    metrics_address: str = Field("127.0.0.1:9152", description=METRICS_ADDRESS)
     datasets_address: str = Field(
         "127.0.0.1:50051",
         validation_alias=shared("datasets_grpc_address"),

@@ -6,7 +6,13 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common import egress
-from services.common.settings import CommonSettings, shared
+from services.common.settings import (
+    DATABASE_URL,
+    GRPC_ADDRESS,
+    METRICS_ADDRESS,
+    CommonSettings,
+    shared,
+)
 
 
 class EvalSettings(CommonSettings):
@@ -14,9 +20,9 @@ class EvalSettings(CommonSettings):
         env_prefix="TUNELAB_EVAL_", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    database_url: str = "sqlite:///var/eval.db"
-    grpc_address: str = "127.0.0.1:50054"
-    metrics_address: str = "127.0.0.1:9154"
+    database_url: str = Field("sqlite:///var/eval.db", description=DATABASE_URL)
+    grpc_address: str = Field("127.0.0.1:50054", description=GRPC_ADDRESS)
+    metrics_address: str = Field("127.0.0.1:9154", description=METRICS_ADDRESS)
     tracing_address: str = Field(
         "127.0.0.1:50053",
         validation_alias=shared("tracing_grpc_address"),

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings
+from services.common.settings import DATABASE_URL, GRPC_ADDRESS, METRICS_ADDRESS, CommonSettings
 
 
 class TracingSettings(CommonSettings):
@@ -16,9 +16,9 @@ class TracingSettings(CommonSettings):
         env_prefix="TUNELAB_TRACING_", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    database_url: str = "sqlite:///var/tracing.db"
-    grpc_address: str = "127.0.0.1:50053"
-    metrics_address: str = "127.0.0.1:9153"
+    database_url: str = Field("sqlite:///var/tracing.db", description=DATABASE_URL)
+    grpc_address: str = Field("127.0.0.1:50053", description=GRPC_ADDRESS)
+    metrics_address: str = Field("127.0.0.1:9153", description=METRICS_ADDRESS)
     prices_file: Path | None = Field(
         None,
         description='JSON {"model-prefix": {"input": 2.5, "output": 10, "cache_read": 1.25}} in '
