@@ -14,7 +14,7 @@ CHECKOV_INSTALLED := $(CHECKOV_VENV)/.installed
 CONTAINERS_CONF ?= $(CURDIR)/deploy/containers/containers.conf
 export CONTAINERS_CONF
 
-.PHONY: images up down test-containers setup checkov-setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge bench-curation fuzz load test-trl pod-lock clean
+.PHONY: images up down test-containers k8s-smoke setup checkov-setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge bench-curation fuzz load test-trl pod-lock clean
 
 setup: $(INSTALLED)
 
@@ -65,6 +65,12 @@ down: setup
 ## curation) against the suite in containers: builds the images and starts it first.
 test-containers: images up
 	TUNELAB_E2E_TARGET=containers $(BIN)/python -m pytest -m containers tests/e2e
+
+## make k8s-smoke: the Kubernetes dev overlay, rendered and started with podman kube play (what
+## podman does not play is translated or left out, and said), then every service's health
+## checked and everything removed (python scripts/k8s_smoke.py --keep leaves it running).
+k8s-smoke: images
+	$(BIN)/python scripts/k8s_smoke.py
 
 ## make test: the linters, the generated-code check, then every test (SQLite and PostgreSQL).
 test: lint pytest

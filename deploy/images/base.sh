@@ -15,5 +15,6 @@ rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/cache/deb
   "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
   "$root"/var/log/* "$root"/tmp/*
 tar -C "$root" --numeric-owner -c . | podman import \
+  --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' \
   --message "debootstrap --variant=minbase bookworm from $mirror" - "$image"
