@@ -35,3 +35,5 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     PYTHONPATH=/app
 WORKDIR /app
 USER 10001:10001
+# Each image built on this one checks its own process.
+HEALTHCHECK NONE

@@ -19,4 +19,7 @@ USER 10001:10001
 VOLUME ["/data"]
 # 8333: S3; 9333 master, 8080 volume, 8888 filer (each also on its port + 10000 for gRPC).
 EXPOSE 8333 9333 8080 8888
+# The S3 gateway's own health route, which needs no credentials.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s \
+  CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8333/healthz', timeout=2)"]
 ENTRYPOINT ["weed"]
