@@ -26,6 +26,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.podman import ensure_installed, tool
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / ".build" / "images"
 REGISTRY = "localhost/tunelab"
@@ -55,10 +57,6 @@ SUPPORT = [
     Image("postgres", "deploy/images/postgres.Dockerfile", ROOT / "deploy" / "images", apt=True),
     Image("seaweedfs", "deploy/images/seaweedfs.Dockerfile", BUILD / "seaweedfs"),
 ]
-
-
-def tool() -> str:
-    return os.environ.get("CONTAINER_TOOL") or ("podman" if shutil.which("podman") else "docker")
 
 
 def run(*command: str, cwd: Path = ROOT) -> None:
@@ -108,6 +106,7 @@ def base_image() -> str:
     if chosen := os.environ.get("TUNELAB_BASE_IMAGE"):
         return chosen
     if not exists(LOCAL_BASE):
+        ensure_installed(debootstrap=True)
         run("sh", str(ROOT / "deploy" / "images" / "base.sh"), LOCAL_BASE)
     return LOCAL_BASE
 
@@ -141,6 +140,7 @@ def main() -> None:
         + ", ".join(i.name for i in [*SERVICES, *SUPPORT]),
     )  # fmt: skip
     wanted = set(parser.parse_args().names)
+    ensure_installed(debootstrap=False)
     base = base_image()
     wheelhouse(BUILD / "runtime" / "wheels", requirements())
     seaweed = BUILD / "seaweedfs"

@@ -28,10 +28,13 @@ from typing import Any
 
 import yaml
 
+from scripts.podman import tool
+
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAY = ROOT / "deploy" / "k8s" / "overlays" / "dev"
 KUBECTL = Path(sys.executable).parent / "kubectl"
 NETWORK = "tunelab-k8s-smoke"
+PODMAN = tool()
 PLAYED = {"ConfigMap", "PersistentVolumeClaim"}
 LEFT_OUT = {"Service", "NetworkPolicy", "Ingress", "ServiceAccount", "Namespace"}
 # What each long-running pod must answer, inside its own container.
@@ -168,7 +171,7 @@ def create_secrets(secrets: list[dict[str, Any]], played: list[dict[str, Any]]) 
             content = values
         podman("secret", "rm", name, check=False)
         subprocess.run(
-            ["podman", "secret", "create", name, "-"],
+            [PODMAN, "secret", "create", name, "-"],
             input=json.dumps(content),
             capture_output=True,
             text=True,
@@ -196,7 +199,7 @@ def teardown(played: list[dict[str, Any]], secrets: list[dict[str, Any]]) -> Non
 
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check)
+    return subprocess.run([PODMAN, *args], capture_output=True, text=True, check=check)
 
 
 def answers(pod_name: str) -> bool:

@@ -28,9 +28,11 @@ from typing import Any
 
 import yaml
 
+from scripts.podman import tool
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
-PODMAN = os.environ.get("CONTAINER_TOOL", "podman")
+PODMAN = tool()
 
 # What a service may say: everything else is refused (see the module's docstring).
 KEYS = {

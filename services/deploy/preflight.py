@@ -47,6 +47,8 @@ class Check:
     name: str
     status: Status
     message: str
+    #: Failed only because a service it asks did not answer: asking again may pass.
+    transient: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,11 @@ class Preflight:
             dataset = await self.datasets.get(owner, spec.dataset_id)
         except grpc.aio.AioRpcError as exc:
             message = f"the datasets service could not be asked ({describe(exc)}); retry"
-            return [Check("dataset", Status.FAIL, message)], None
+            transient = exc.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+            return [Check("dataset", Status.FAIL, message, transient)], None
         if dataset is None:
             message = (
                 f"dataset {spec.dataset_id} does not exist or is not yours: "

@@ -90,8 +90,15 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         if request_id and (earlier := await self._earlier(owner, request_id, spec)):
             return api.CreateDeploymentResponse(deployment=convert.deployment(earlier))
         outcome = await self.preflight.run(owner, spec)
+        failures = outcome.failures()
+        if failures and all(c.transient for c in failures):
+            # Not the request's fault: 503, which clients retry, not 400, which they must not.
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                "nothing was rented: " + "; ".join(f"{c.name}: {c.message}" for c in failures),
+            )
         if not outcome.ok or outcome.dataset is None:
-            failed = "; ".join(f"{c.name}: {c.message}" for c in outcome.failures())
+            failed = "; ".join(f"{c.name}: {c.message}" for c in failures)
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"pre-flight checks failed, nothing was rented: {failed}",

@@ -1015,3 +1015,37 @@ async def test_a_pod_placed_on_a_host_too_old_for_the_image_is_stopped_at_once(
     assert (d.state, d.error.code) == (pb.DEPLOYMENT_STATE_FAILED, "GPU_UNAVAILABLE")
     assert "the pod's host runs CUDA 12.2, older than the 12.8 the image needs" in d.error.message
     assert deploy.fake.live_pods() == []
+
+
+@pytest.mark.parametrize(
+    ("code", "answer"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE),
+        (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION),
+    ],
+)
+async def test_a_create_the_datasets_service_cannot_check_is_a_503_to_retry(
+    deploy: Deploy,
+    monkeypatch: pytest.MonkeyPatch,
+    code: grpc.StatusCode,
+    answer: grpc.StatusCode,
+) -> None:
+    """The datasets service away (or its name not resolving yet, as seen in containers right
+    after a start) is not the request's fault: UNAVAILABLE, which clients retry; a refusal
+    from it stays a failed pre-flight. Nothing is rented either way."""
+
+    async def away(owner: str, dataset_id: str) -> None:
+        raise grpc.aio.AioRpcError(
+            code, grpc.aio.Metadata(), grpc.aio.Metadata(), "DNS query cancelled"
+        )
+
+    monkeypatch.setattr(deploy.parts.servicer.preflight.datasets, "get", away)
+    refused = await rpc_error(deploy.create())
+    assert refused.code() == answer
+    assert "nothing was rented" in (refused.details() or "")
+    assert "the datasets service could not be asked" in (refused.details() or "")
+    listed = await deploy.stub.ListDeployments(api.ListDeploymentsRequest(), metadata=deploy.as_())
+    assert list(listed.deployments) == []
+    monkeypatch.undo()
+    assert (await deploy.create()).state == pb.DEPLOYMENT_STATE_PENDING
