@@ -230,7 +230,8 @@ def main() -> int:
     print(f"  played: {manifest.relative_to(ROOT)}")
     teardown(played, secrets)
     before = anonymous_volumes()
-    podman("network", "create", NETWORK)
+    # Dual stack, as compose.yaml explains: names get AAAA answers without asking upstream.
+    podman("network", "create", "--ipv6", NETWORK)
     started = time.monotonic()
     try:
         create_secrets(secrets, played)

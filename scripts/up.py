@@ -65,6 +65,7 @@ class Project:
     name: str
     services: dict[str, Service]
     volumes: list[str]
+    ipv6: bool = False
 
     def container(self, service: str) -> str:
         return f"{self.name}-{service}"
@@ -124,7 +125,7 @@ def load(path: Path = COMPOSE, env: Mapping[str, str] = os.environ) -> Project:
     document = yaml.safe_load(path.read_text())
     unknown = (
         set(document)
-        - {"name", "services", "volumes"}
+        - {"name", "services", "volumes", "networks"}
         - {key for key in document if key.startswith("x-")}
     )
     if unknown:
@@ -151,7 +152,11 @@ def load(path: Path = COMPOSE, env: Mapping[str, str] = os.environ) -> Project:
             source = mount.split(":", 1)[0]
             if not source.startswith(".") and source not in volumes:
                 raise ComposeError(f"{service.name}: volume {source!r} is not declared")
-    return Project(document["name"], services, volumes)
+    networks = document.get("networks") or {}
+    if set(networks) - {"default"} or set(networks.get("default") or {}) - {"enable_ipv6"}:
+        raise ComposeError("compose.yaml: networks: only default's enable_ipv6 is carried out")
+    ipv6 = bool((networks.get("default") or {}).get("enable_ipv6"))
+    return Project(document["name"], services, volumes, ipv6)
 
 
 def seconds(duration: str) -> float:
@@ -265,13 +270,22 @@ def tail(project: Project, service: str, lines: int = 30) -> str:
     return (logs.stdout + logs.stderr).rstrip()
 
 
+def ensure_network(project: Project) -> None:
+    if not podman("network", "exists", project.network, check=False).returncode:
+        found = podman("network", "inspect", "--format={{.IPv6Enabled}}", project.network)
+        if (found.stdout.strip() == "true") == project.ipv6:
+            return
+        print(f"making the network {project.network} again (enable_ipv6 changed)", flush=True)
+        down(project, volumes=False)
+    podman("network", "create", *(["--ipv6"] if project.ipv6 else []), project.network)
+
+
 def up(project: Project, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     images = {service.spec["image"] for service in project.services.values()}
     if missing := sorted(i for i in images if podman("image", "exists", i, check=False).returncode):
         raise ComposeError(f"no image {', '.join(missing)}: run `make images` first")
-    if podman("network", "exists", project.network, check=False).returncode:
-        podman("network", "create", project.network)
+    ensure_network(project)
     for volume in project.volumes:
         if podman("volume", "exists", project.volume(volume), check=False).returncode:
             podman("volume", "create", project.volume(volume))
@@ -289,7 +303,7 @@ def up(project: Project, timeout: float) -> None:
         if current and (status == "running" or (service.one_shot and code == 0)):
             continue
         if status != "missing":
-            podman("rm", "--force", "--time=15", project.container(service.name))
+            podman("rm", "--force", "--volumes", "--time=15", project.container(service.name))
         print(f"starting {service.name}", flush=True)
         podman("run", f"--label={CONFIG_LABEL}={config}", *arguments)
     for service in project.services.values():
@@ -309,7 +323,7 @@ def down(project: Project, volumes: bool) -> None:
     for service in reversed(project.order()):
         if state(project, service.name)[0] != "missing":
             print(f"removing {service.name}", flush=True)
-            podman("rm", "--force", "--time=15", project.container(service.name))
+            podman("rm", "--force", "--volumes", "--time=15", project.container(service.name))
     podman("network", "rm", "--force", project.network, check=False)
     if volumes:
         for volume in project.volumes:

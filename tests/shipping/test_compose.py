@@ -84,6 +84,7 @@ def test_every_secret_default_is_labelled_dev_only() -> None:
         (lambda d: d["services"]["gateway"].update(privileged=True), "privileged"),
         (lambda d: d["services"]["gateway"].update(networks=["x"]), "networks"),
         (lambda d: d.update(secrets={}), "secrets"),
+        (lambda d: d["networks"]["default"].update(driver="macvlan"), "enable_ipv6"),
         (lambda d: d["services"]["gateway"]["healthcheck"].update(disable=True), "disable"),
         (lambda d: d["services"]["gateway"]["depends_on"]["eval"].update(condition="x"), "x"),
         (lambda d: d["services"]["gateway"]["depends_on"].update(nope={}), "nope"),
