@@ -135,6 +135,8 @@ def load(path: Path = COMPOSE, env: Mapping[str, str] = os.environ) -> Project:
         spec = interpolate(raw, env)
         if extra := set(spec) - KEYS:
             raise ComposeError(f"compose.yaml: {name}: keys not carried out: {sorted(extra)}")
+        if not isinstance(spec.get("environment", {}), dict):
+            raise ComposeError(f"compose.yaml: {name}: write environment as a mapping")
         if extra := set(spec.get("healthcheck", {})) - HEALTH_KEYS:
             raise ComposeError(f"compose.yaml: {name}: healthcheck keys: {sorted(extra)}")
         needs = {
@@ -246,8 +248,22 @@ def healthy(project: Project, service: str) -> bool:
     return podman("healthcheck", "run", project.container(service), check=False).returncode == 0
 
 
+def health_window(service: Service) -> float:
+    """How long a service may take to become healthy: its start period, then `retries` checks
+    `interval` apart (Compose's defaults: 0 s, 3, 30 s). This runner checks every half second
+    within it rather than waiting out each interval."""
+    health = service.spec.get("healthcheck", {})
+    start, interval = (
+        seconds(health.get("start_period", "0s")),
+        seconds(health.get("interval", "30s")),
+    )
+    return start + interval * int(health.get("retries", 3))
+
+
 def wait(project: Project, service: Service, condition: str, deadline: float) -> None:
     name = service.name
+    if condition == "service_healthy":
+        deadline = min(deadline, time.monotonic() + health_window(service))
     while True:
         status, code = state(project, name)
         if condition == "service_completed_successfully" and status == "exited":

@@ -84,6 +84,7 @@ def test_every_secret_default_is_labelled_dev_only() -> None:
         (lambda d: d["services"]["gateway"].update(privileged=True), "privileged"),
         (lambda d: d["services"]["gateway"].update(networks=["x"]), "networks"),
         (lambda d: d.update(secrets={}), "secrets"),
+        (lambda d: d["services"]["gateway"].update(environment=["A=1"]), "mapping"),
         (lambda d: d["networks"]["default"].update(driver="macvlan"), "enable_ipv6"),
         (lambda d: d["services"]["gateway"]["healthcheck"].update(disable=True), "disable"),
         (lambda d: d["services"]["gateway"]["depends_on"]["eval"].update(condition="x"), "x"),
@@ -101,6 +102,15 @@ def test_a_key_make_up_would_not_carry_out_is_refused(
     path.write_text(yaml.safe_dump(changed))
     with pytest.raises(up.ComposeError, match=refused):
         up.load(path, env={})
+
+
+def test_how_long_a_service_may_take_to_become_healthy() -> None:
+    project = up.load(env={})
+    assert up.health_window(project.services["postgres"]) == 5 * 30
+    assert up.health_window(project.services["gateway"]) == 90  # Compose's defaults
+    assert up.seconds("1m30s") == 90
+    with pytest.raises(up.ComposeError, match="write it as"):
+        up.seconds("90")
 
 
 def test_interpolation() -> None:
