@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -33,6 +34,8 @@ BUILD = ROOT / ".build" / "images"
 REGISTRY = "localhost/tunelab"
 LOCAL_BASE = f"{REGISTRY}/debian-python:bookworm"
 RUNTIME = f"{REGISTRY}/runtime:latest"
+#: The Python of both bases (Debian bookworm's, python:3.11-slim-bookworm's).
+IMAGE_PYTHON = "3.11"
 
 
 @dataclass(frozen=True)
@@ -84,13 +87,25 @@ def wheelhouse(directory: Path, wanted: list[str]) -> None:
     listing.write_text("\n".join(wanted) + "\n")
     run(
         sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-        "--constraint", str(ROOT / "constraints.txt"), "--requirement", str(listing),
-        "--dest", str(directory),
+        *target_tags(), "--constraint", str(ROOT / "constraints.txt"),
+        "--requirement", str(listing), "--dest", str(directory),
     )  # fmt: skip
     listing.unlink()
     pins = sorted(_pin(wheel.name) for wheel in directory.glob("*.whl"))
     (directory / "requirements.txt").write_text("\n".join(pins) + "\n")
     marker.write_text(stamp)
+
+
+def target_tags() -> list[str]:
+    """The images' Python (3.11, glibc 2.36 on bookworm) and this machine's architecture, not
+    the host's Python: a host on 3.12 must still fetch wheels that install in the images."""
+    machine = platform.machine()
+    glibc = [f"--platform=manylinux_2_{minor}_{machine}" for minor in range(17, 37)]
+    return [
+        f"--python-version={IMAGE_PYTHON}", "--implementation=cp",
+        f"--abi=cp{IMAGE_PYTHON.replace('.', '')}", "--abi=abi3", "--abi=none",
+        f"--platform=manylinux2014_{machine}", *glibc,
+    ]  # fmt: skip
 
 
 def _pin(filename: str) -> str:
