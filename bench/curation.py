@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -281,17 +280,12 @@ def table(results: dict[str, Any]) -> str:
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    started = time.perf_counter()
     results: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "cpus": os.cpu_count(),
-        "load_average": os.getloadavg()[0],
         "traces": args.traces,
         "backends": {},
     }
     for kind in args.backends:
         results["backends"][kind] = await one_backend(kind, tmp, args.traces)
-    results["seconds"] = round(time.perf_counter() - started, 1)
     return results
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import random
 import time
 from collections.abc import (
@@ -376,11 +375,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    started = time.perf_counter()
     results: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "cpus": os.cpu_count(),
-        "load_average": os.getloadavg()[0],
         "traces": args.traces,
         "concurrency": args.concurrency,
         "validators": VALIDATORS,
@@ -388,7 +383,6 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
     for kind in args.backends:
         results["backends"][kind] = await one_backend(kind, tmp, args)
-    results["seconds"] = round(time.perf_counter() - started, 1)
     return results
 
 

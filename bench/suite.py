@@ -308,11 +308,19 @@ def run_and_report(
     results_file: Path,
 ) -> int:
     """Run a benchmark in a temporary directory (SIGTERM ends it as Ctrl-C does, cleaned up),
-    print its table and keep its figures as JSON; the exit status."""
+    print its table and keep its figures as JSON; the exit status. The figures are stamped with
+    the machine (when, CPUs, load average at the start) and the seconds the whole run took."""
     signal.signal(signal.SIGTERM, _interrupt)
+    machine = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg()[0],
+    }
+    started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix=f"tunelab-{name.replace(' ', '-')}-") as tmp:
-            results = asyncio.run(work(Path(tmp)))
+            results = machine | asyncio.run(work(Path(tmp)))
+        results["seconds"] = round(time.perf_counter() - started, 1)
     except BenchError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
