@@ -27,7 +27,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.podman import ensure_installed, tool
+from scripts.podman import ensure_installed, podman, tool
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / ".build" / "images"
@@ -114,7 +114,7 @@ def _pin(filename: str) -> str:
 
 
 def exists(image: str) -> bool:
-    return subprocess.run([tool(), "image", "exists", image], capture_output=True).returncode == 0
+    return podman("image", "exists", image, check=False).returncode == 0
 
 
 def base_image() -> str:

@@ -21,6 +21,15 @@ def tool() -> str:
     return "podman" if shutil.which("podman") or not shutil.which("docker") else "docker"
 
 
+def podman(
+    *args: str, check: bool = True, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the container tool quietly and return what it printed."""
+    return subprocess.run(
+        [tool(), *args], capture_output=True, text=True, check=check, timeout=timeout
+    )
+
+
 def ensure_installed(*, debootstrap: bool) -> None:
     """Install what is missing of podman, runc (and debootstrap, to make a base image) from
     Debian's packages where this is root on Debian (a fresh machine of the kind CI runs on);

@@ -28,11 +28,10 @@ from typing import Any
 
 import yaml
 
-from scripts.podman import tool
+from scripts.podman import podman, tool
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
-PODMAN = tool()
 
 # What a service may say: everything else is refused (see the module's docstring).
 KEYS = {
@@ -205,19 +204,11 @@ def run_arguments(project: Project, service: Service) -> list[str]:
         test = health["test"]
         if test[0] != "CMD":
             raise ComposeError(f"{service.name}: healthcheck test must be [CMD, ...]")
-        args.append(f"--health-cmd={_json_list(test[1:])}")
+        args.append(f"--health-cmd={json.dumps(test[1:])}")
         args.append(f"--health-timeout={health.get('timeout', '30s')}")
     if "entrypoint" in spec:
-        args.append(f"--entrypoint={_json_list(spec['entrypoint'])}")
+        args.append(f"--entrypoint={json.dumps(spec['entrypoint'])}")
     return [*args, spec["image"], *spec.get("command", [])]
-
-
-def _json_list(items: list[str]) -> str:
-    return json.dumps(items)
-
-
-def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PODMAN, *args], capture_output=True, text=True, check=check)
 
 
 def state(project: Project, service: str) -> tuple[str, int]:
@@ -373,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                 status, code = state(project, service.name)
                 print(f"{service.name:20} {status}{f' ({code})' if status == 'exited' else ''}")
         else:
-            subprocess.run([PODMAN, "logs", project.container(args.service)], check=False)
+            subprocess.run([tool(), "logs", project.container(args.service)], check=False)
     except ComposeError as exc:
         print(f"make up: {exc}", file=sys.stderr)
         return 1

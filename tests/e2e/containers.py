@@ -7,6 +7,7 @@ processes) is read here through podman: the containers' logs, the deploy contain
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -17,15 +18,13 @@ from typing import Any
 import httpx
 
 from scripts import up
-from tests.e2e.conftest import Suite
-
-PODMAN = up.PODMAN
+from scripts.podman import podman as run_podman
+from scripts.podman import tool
+from tests.e2e.conftest import Suite, process_group
 
 
 def podman(*args: str) -> str:
-    return subprocess.run(
-        [PODMAN, *args], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
+    return run_podman(*args, timeout=60).stdout
 
 
 def inside(service: str, code: str, *args: str) -> Any:
@@ -42,19 +41,12 @@ pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=p
 print(json.dumps(sorted(o["Key"] for p in pages for o in p.get("Contents", []))))
 """
 
-PROCESS_GROUP = """
-import json, pathlib, sys
-members = []
-for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
-    try:
-        text = stat.read_text()
-    except OSError:
-        continue
-    fields = text[text.rindex(")") + 2 :].split()
-    if int(fields[2]) == int(sys.argv[1]) and fields[0] != "Z":
-        members.append(int(stat.parent.name))
-print(json.dumps(members))
-"""
+# The host's own reading of /proc (conftest.process_group), run inside the deploy container.
+PROCESS_GROUP = (
+    "import json, sys\nfrom pathlib import Path\n"
+    + inspect.getsource(process_group)
+    + "print(json.dumps(process_group(int(sys.argv[1]))))\n"
+)
 
 
 class ContainerSuite(Suite):
@@ -94,7 +86,7 @@ class ContainerSuite(Suite):
         names = podman("ps", "--all", "--format={{.Names}}", "--filter=name=^tunelab-")
         return "".join(
             subprocess.run(
-                [PODMAN, "logs", name],
+                [tool(), "logs", name],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
