@@ -315,6 +315,7 @@ def _job_token_of(suite: Suite, deployment_id: str) -> str:
     return token.split(b"=", 1)[1].decode()
 
 
+@pytest.mark.containers
 def test_watch_streams_server_sent_events_until_the_end(suite: Suite) -> None:
     alice = suite.client("alice")
     dataset_id = upload(alice, "w.jsonl", chat_rows(50))

@@ -90,6 +90,7 @@ def alice(suite: Suite) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.mark.containers
 def test_hostile_json_bodies_on_every_route_are_4xx(suite: Suite, alice: httpx.Client) -> None:
     for verb, path in body_routes(suite):
         for name, body in BODIES.items():
@@ -102,6 +103,7 @@ def test_hostile_json_bodies_on_every_route_are_4xx(suite: Suite, alice: httpx.C
     assert_all_alive(suite)
 
 
+@pytest.mark.containers
 def test_otlp_json_that_is_not_an_object_is_400(suite: Suite, alice: httpx.Client) -> None:
     for name, body in BODIES.items():
         reply = alice.post("/v1/traces", content=body, headers={"content-type": "application/json"})
