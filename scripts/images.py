@@ -57,6 +57,8 @@ SERVICES = [
     Image("gateway", "gateway/Dockerfile"),
 ]
 SUPPORT = [
+    # The container provider's pods (services/deploy/providers/container.py).
+    Image("trainer", "deploy/images/trainer.Dockerfile", ROOT / "deploy" / "images", apt=True),
     Image("postgres", "deploy/images/postgres.Dockerfile", ROOT / "deploy" / "images", apt=True),
     Image("seaweedfs", "deploy/images/seaweedfs.Dockerfile", BUILD / "seaweedfs"),
 ]

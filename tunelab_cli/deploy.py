@@ -63,8 +63,13 @@ def spec(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.model:
         body["base_model"] = args.model
-    if args.gpu or args.provider != "local":
-        gpu: dict[str, Any] = {"count": args.gpu_count, "cloud": args.cloud, "spot": args.spot}
+    if args.provider == "container":
+        # The host's GPUs, by count only: type, cloud and spot are RunPod's.
+        if args.gpu_count is not None:
+            body["gpu"] = {"count": args.gpu_count}
+    elif args.gpu or args.provider != "local":
+        count = 1 if args.gpu_count is None else args.gpu_count
+        gpu: dict[str, Any] = {"count": count, "cloud": args.cloud, "spot": args.spot}
         if args.gpu:
             gpu["type"] = args.gpu
         body["gpu"] = gpu
@@ -454,15 +459,25 @@ def register(commands: Any) -> None:
 
     create = sub.add_parser("create", help="pre-flight checks, then launch a training run")
     create.add_argument("dataset_id")
-    create.add_argument("--provider", choices=["local", "runpod"], default="local")
+    create.add_argument(
+        "--provider",
+        choices=["local", "container", "runpod"],
+        default="local",
+        help="local: a process here; container: a hardened container here (Docker or Podman "
+        "API); runpod: a rented GPU pod",
+    )
     create.add_argument("--method", choices=["sft", "dpo"], default="sft")
-    create.add_argument("--model", help="base model (a Hugging Face id; 'tiny' for local)")
+    create.add_argument(
+        "--model", help="base model (a Hugging Face id; 'tiny' for local and container)"
+    )
     create.add_argument("--epochs", type=int)
     create.add_argument("--learning-rate", type=float)
     create.add_argument("--batch-size", type=int)
     create.add_argument("--max-steps", type=int)
     create.add_argument("--gpu", help="GPU type, e.g. 'NVIDIA RTX A4000' (runpod)")
-    create.add_argument("--gpu-count", type=int, default=1)
+    create.add_argument(
+        "--gpu-count", type=int, help="GPUs (runpod: 1 by default; container: the host's, none)"
+    )
     create.add_argument("--cloud", choices=["secure", "community"], default="secure")
     create.add_argument("--spot", action="store_true", help="interruptible capacity")
     create.add_argument("--max-minutes", type=int, default=60, help="runtime limit (60)")

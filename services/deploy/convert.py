@@ -7,7 +7,8 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.deploy.preflight import Check, Estimate, Status
+from services.deploy.checks import Check, Status
+from services.deploy.preflight import Estimate
 from services.deploy.store import Deployment, Event, MetricPoint, Output, ProviderKey
 from tunelab.deploy.v1 import deployments_pb2 as pb
 
@@ -58,7 +59,9 @@ def deployment(d: Deployment) -> pb.Deployment:
         message.billed_usd = d.billed_usd
         if billed_at := timestamp(d.billed_at):
             message.billed_at.CopyFrom(billed_at)
-    if spec.provider != "local":
+    if spec.provider == "container" and spec.gpu.count:
+        message.gpu.CopyFrom(pb.GpuSpec(count=spec.gpu.count))
+    elif spec.provider == "runpod":
         message.gpu.CopyFrom(
             pb.GpuSpec(
                 type=spec.gpu.type,

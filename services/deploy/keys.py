@@ -15,8 +15,8 @@ KEYED_PROVIDERS = ("runpod", "huggingface")
 
 def keyed_provider(provider: str) -> str:
     """The provider a key is set for, checked: one that takes a key."""
-    if provider == "local":
-        raise invalid_argument("provider", "the local provider needs no key")
+    if provider in ("local", "container"):
+        raise invalid_argument("provider", f"the {provider} provider needs no key")
     if provider not in KEYED_PROVIDERS:
         raise invalid_argument("provider", f"provider must be one of {', '.join(KEYED_PROVIDERS)}")
     return provider

@@ -180,7 +180,7 @@ class Launcher:
                 dataset_sha256=d.dataset_sha256,
                 dataset_size=d.dataset_size,
                 config=pod_config(d.id, d.spec),
-                trainer=self.trainers[d.spec.provider],
+                trainer=self.trainers[d.spec.trainer],
                 heartbeat_seconds=self.settings.heartbeat_seconds,
                 download_attempts=max(1, self.settings.download_token_uses - 1),
             )
@@ -195,8 +195,9 @@ class Launcher:
             # The GPUs the pod must see before it installs or downloads anything (from our
             # record: the provider's own variable is a fallback the pod reads only without it).
             env["TUNELAB_GPU_COUNT"] = str(d.spec.gpu.count)
-            if hf := await self.providers.hugging_face_token(d.owner):
-                env["HF_TOKEN"] = hf
+        # A trainer that downloads a base model (maybe a gated one) gets the owner's token.
+        if d.spec.trainer != "tiny" and (hf := await self.providers.hugging_face_token(d.owner)):
+            env["HF_TOKEN"] = hf
         spec = PodSpec(
             name=name,
             image=d.spec.image,

@@ -5,7 +5,6 @@ plain message. All of them run, so the caller sees every problem at once, not on
 from __future__ import annotations
 
 import asyncio
-import enum
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -14,9 +13,12 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from services.deploy.checks import Check, Status
+from services.deploy.container_checks import container_checks
 from services.deploy.datasets import DatasetFacts, DatasetsClient, describe
 from services.deploy.pod import stack
 from services.deploy.providers.base import GpuType, ProviderError, cuda_version
+from services.deploy.providers.container import ContainerProvider
 from services.deploy.providers.registry import HUGGING_FACE, NO_KEY, Providers
 from services.deploy.spec import LOCAL_MODEL, Spec
 from tunelab.datasets.v1 import datasets_pb2 as ds
@@ -34,21 +36,6 @@ _FORMAT_FIELDS = {
     ds.DATASET_FORMAT_DPO_PREFERENCE: ("DPO preference pairs", {"prompt", "chosen", "rejected"}),
 }
 _METHOD_FIELDS = {"sft": ("messages", "text"), "dpo": ("prompt", "chosen", "rejected")}
-
-
-class Status(enum.Enum):
-    PASS = "pass"  # noqa: S105 (a check status)
-    WARN = "warn"
-    FAIL = "fail"
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: Status
-    message: str
-    #: Failed only because a service it asks did not answer: asking again may pass.
-    transient: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,9 +72,13 @@ class Preflight:
         *,
         public_url: str,
         local_api_url: str = "",
+        container_api_url: str = "",
+        container: ContainerProvider | None = None,
         max_cost_per_run_usd: float,
         cuda_floor: Callable[[str], str | None] = _pinned_cuda_floor,
     ) -> None:
+        self.container = container
+        self.container_api_url = container_api_url
         self.datasets = datasets
         self.providers = providers
         self.public_url = public_url
@@ -153,6 +144,8 @@ class Preflight:
                 Check("provider_key", Status.PASS, "the local provider needs no key"),
                 Check("gpu_type", Status.PASS, "the local provider trains on this machine's CPU"),
             ], 0.0
+        if spec.provider == "container":
+            return await self._container(owner, spec), 0.0
         if not await self.providers.has_key(owner, spec.provider):
             return [
                 Check("provider_key", Status.FAIL, NO_KEY),
@@ -174,6 +167,19 @@ class Preflight:
         spot = _spot_check(spec, floor)
         return [key, gpu, *hosts, *spot, await self._hf_token(owner)], price
 
+    async def _container(self, owner: str, spec: Spec) -> list[Check]:
+        where = f"{spec.gpu.count} of this host's GPUs" if spec.gpu.count else "this host's CPU"
+        checks = [
+            Check("provider_key", Status.PASS, "the container provider needs no key"),
+            Check("gpu_type", Status.PASS, f"the container trains on {where}"),
+        ]
+        if self.container is None:
+            return [*checks, Check("container_api", Status.FAIL, "no container provider here")]
+        checks.extend(await container_checks(self.container, spec))
+        if spec.trainer != "tiny":
+            checks.append(await self._hf_token(owner))
+        return checks
+
     async def _hf_token(self, owner: str) -> Check:
         if await self.providers.has_key(owner, HUGGING_FACE):
             return Check("huggingface_token", Status.PASS, "pods get your Hugging Face token")
@@ -193,6 +199,12 @@ class Preflight:
         if spec.provider == "local":
             return Check(
                 "callback_url", Status.PASS, f"local pods reach the gateway at {self.local_api_url}"
+            )
+        if spec.provider == "container":
+            return Check(
+                "callback_url",
+                Status.PASS,
+                f"container pods reach the gateway at {self.container_api_url}",
             )
         problem = await _unreachable_from_outside(url.hostname)
         if problem:
@@ -293,8 +305,8 @@ def _format_check(method: str, dataset: DatasetFacts) -> Check:
 def _image_check(spec: Spec) -> list[Check]:
     """The pod's packages are pinned for one image (pod/stack.py): another is allowed, but
     untested with them."""
-    if spec.provider == "local":
-        return []
+    if spec.trainer == "tiny":
+        return []  # local runs no image; a tiny container's image is checked on its host
     pinned = (
         f"Python {stack.PYTHON_VERSION}, torch {stack.TORCH_VERSION}, CUDA {stack.CUDA_VERSION}"
     )
@@ -410,7 +422,7 @@ def _spot_check(spec: Spec, floor: str | None) -> list[Check]:
 def _estimate(spec: Spec, hourly: float | None) -> Estimate:
     runtime = float(spec.max_runtime_minutes)
     if not hourly:
-        return Estimate(0.0, 0.0, runtime, spec.gpu.type if spec.provider != "local" else "cpu")
+        return Estimate(0.0, 0.0, runtime, spec.gpu.type)
     minutes = min(runtime, spec.max_cost_usd / hourly * 60)
     return Estimate(hourly, min(spec.max_cost_usd, hourly * runtime / 60), minutes, spec.gpu.type)
 

@@ -7,7 +7,7 @@ import grpc
 from services.common.errors import ServiceError, invalid_argument
 from services.deploy.providers.base import ProviderError, ProviderErrorKind
 from services.deploy.providers.registry import Providers
-from services.deploy.spec import MAX_GPUS
+from services.deploy.spec import MAX_GPUS, ON_THIS_HOST
 from tunelab.common.v1 import errors_pb2
 from tunelab.deploy.v1 import deployments_pb2 as pb
 
@@ -15,12 +15,15 @@ from tunelab.deploy.v1 import deployments_pb2 as pb
 async def gpu_types(
     providers: Providers, owner: str, provider: str, gpu_count: int
 ) -> list[pb.GpuType]:
-    """The provider's GPU types, priced for `gpu_count` GPUs (0: one); none for local."""
+    """The provider's GPU types, priced for `gpu_count` GPUs (0: one); none for the providers
+    on this host."""
     provider = provider or "runpod"
-    if provider == "local":
+    if provider in ON_THIS_HOST:
         return []
     if provider != "runpod":
-        raise invalid_argument("provider", "GPU types come from provider runpod (or local)")
+        raise invalid_argument(
+            "provider", "GPU types come from provider runpod (or local, container: none)"
+        )
     if not 0 <= gpu_count <= MAX_GPUS:
         raise invalid_argument(
             "gpu_count",

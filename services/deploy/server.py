@@ -72,7 +72,11 @@ class DeployServicer(api_grpc.DeployServiceServicer):
         )
 
     def _spec(self, message: api.DeploymentSpec) -> Spec:
-        return parse(message, default_image=self.settings.runpod_image)
+        return parse(
+            message,
+            default_image=self.settings.runpod_image,
+            container_image=self.settings.container_image,
+        )
 
     async def PreflightDeployment(
         self, request: api.PreflightDeploymentRequest, context: Context

@@ -19,8 +19,10 @@ from services.deploy.keys import KEK_VARIABLE, KeyRing, KeyRingError
 from services.deploy.output_upkeep import upkeep_forever
 from services.deploy.pod import render
 from services.deploy.preflight import Preflight
+from services.deploy.providers.container import ContainerProvider, Limits, Network
 from services.deploy.providers.local import LocalProvider
 from services.deploy.providers.registry import Providers, RunPodFactory
+from services.deploy.providers.relay import Relay
 from services.deploy.server import DeployServicer
 from services.deploy.settings import DeploySettings
 from services.deploy.store import DeploymentStore
@@ -52,6 +54,7 @@ class Parts:
     store: DeploymentStore
     datasets: DatasetsClient
     outputs: BlobStore
+    container: ContainerProvider
 
 
 def assemble(
@@ -70,12 +73,13 @@ def assemble(
         python=settings.local_python or sys.executable,
         kill_grace_seconds=settings.local_kill_grace_seconds,
     )
-    providers = Providers(settings, store, keyring(settings), local, runpod)
+    container = container_provider(settings)
+    providers = Providers(settings, store, keyring(settings), local, runpod, container)
     datasets = DatasetsClient(settings.datasets_address, internal_token)
     trainers = {
-        "local": render.trainer("tiny"),
+        "tiny": render.trainer("tiny"),
         # The image brings Python, CUDA and torch; pods install pod/stack.py's pinned packages.
-        "runpod": render.gpu_trainer(),
+        "trl": render.gpu_trainer(),
     }
     supervisor = Supervisor(store, providers, datasets, settings, trainers, clock)
     preflight = Preflight(
@@ -83,6 +87,8 @@ def assemble(
         providers,
         public_url=settings.public_url,
         local_api_url=settings.api_url("local"),
+        container_api_url=settings.api_url("container"),
+        container=container,
         max_cost_per_run_usd=settings.max_cost_per_run_usd,
         cuda_floor=settings.cuda_floor,
     )
@@ -90,7 +96,27 @@ def assemble(
     servicer = DeployServicer(
         store, outputs, preflight, providers, supervisor, changes, settings, clock
     )
-    return Parts(servicer, supervisor, store, datasets, outputs)
+    return Parts(servicer, supervisor, store, datasets, outputs, container)
+
+
+def container_provider(settings: DeploySettings) -> ContainerProvider:
+    return ContainerProvider(
+        settings.container_docker_host,
+        limits=Limits(
+            cpus=settings.container_cpus,
+            memory_mb=settings.container_memory_mb,
+            pids=settings.container_pids_limit,
+            work_dir_mb=settings.container_work_dir_mb,
+        ),
+        network=Network(
+            settings.container_network, settings.container_subnet, settings.container_internet
+        ),
+        stop_seconds=settings.container_stop_seconds,
+        # The pods' one way to the gateway, unless they are told another.
+        relay=None
+        if settings.container_api_url
+        else Relay(settings.relay_listen(), settings.gateway_address()),
+    )
 
 
 def server_spec(
@@ -116,5 +142,5 @@ def server_spec(
             partial(upkeep_forever, parts.store, parts.outputs, settings, clock),
         ],
         startup=[parts.outputs.start],
-        shutdown=[parts.outputs.close],
+        shutdown=[parts.outputs.close, parts.container.close],
     )

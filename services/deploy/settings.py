@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.blobstore.settings import StorageSettings
@@ -135,6 +137,66 @@ class DeploySettings(CommonSettings, StorageSettings):
         "inside the deploy container, reach the gateway by its name (http://gateway:8080). "
         "Empty: the public URL.",
     )
+    # The container provider: pods are containers on this host, through the Docker Engine API.
+    container_docker_host: str = Field(
+        "",
+        description="The Docker Engine API container pods are run through: Podman's "
+        "(`podman system service --time=0 unix:///run/podman/podman.sock`) or Docker's, as "
+        "unix:///PATH or tcp://HOST:PORT. Empty: DOCKER_HOST, else Docker's default socket.",
+    )
+    container_image: str = Field(
+        "localhost/tunelab/trainer:latest",
+        description="The image of container pods that train the tiny model on the CPU (`make "
+        "images` builds it); pods with GPUs run TUNELAB_DEPLOY_RUNPOD_IMAGE, and a request's "
+        "`image` overrides either. It must be on the host already: nothing is pulled.",
+    )
+    container_cpus: float = Field(2.0, gt=0, le=1024, description="CPUs per container pod.")
+    container_memory_mb: int = Field(
+        4096,
+        ge=128,
+        description="Memory per container pod, its work directory (a tmpfs) included: a pod "
+        "that needs more is killed and its run fails saying so. No swap beyond it.",
+    )
+    container_pids_limit: int = Field(
+        1024, ge=32, description="Processes and threads per container pod."
+    )
+    container_work_dir_mb: int = Field(
+        2048,
+        ge=64,
+        description="Size of a container pod's one writable directory, /workspace (the dataset, "
+        "the trainer's files, the output); the rest of its filesystem is read-only.",
+    )
+    container_network: str = Field(
+        "tunelab-pods",
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$",
+        description="The network container pods join, made on first use.",
+    )
+    container_subnet: str = Field(
+        "10.213.0.0/24",
+        description="Its subnet: the host's first address in it is where pods reach the relay "
+        "to the gateway.",
+    )
+    container_internet: bool = Field(
+        False,
+        description="false: the pods' network is internal, and pods reach only the gateway "
+        "(through the relay). true: they reach the internet too, as a GPU run that downloads "
+        "its base model and packages must.",
+    )
+    container_relay_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="The port the relay to the gateway listens on, on the pods' network; 0: "
+        "the gateway's own port.",
+    )
+    container_api_url: str = Field(
+        "",
+        description="Where container pods reach the gateway, when not through the relay (a "
+        "remote engine, Docker Desktop: http://host.docker.internal:8080). Set, no relay runs.",
+    )
+    container_stop_seconds: int = Field(
+        10, ge=0, le=300, description="How long a stopping container pod gets before SIGKILL."
+    )
     # RunPod.
     runpod_rest_url: str = "https://api.runpod.io/v2"
     runpod_graphql_url: str = "https://api.runpod.io/graphql"
@@ -156,9 +218,43 @@ class DeploySettings(CommonSettings, StorageSettings):
 
     def api_url(self, provider: str) -> str:
         """The gateway's URL as a pod of `provider` reaches it."""
+        if provider == "container":
+            if self.container_api_url:
+                return self.container_api_url.rstrip("/")
+            host, port = self.relay_listen()
+            return f"http://{host}:{port}"
         if provider == "local" and self.local_api_url:
             return self.local_api_url.rstrip("/")
         return self.public_url.rstrip("/")
+
+    def gateway_address(self) -> tuple[str, int]:
+        """Where the gateway listens, as this service reaches it: what the relay connects to."""
+        url = urlsplit(self.api_url("local"))
+        return url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 80)
+
+    def relay_listen(self) -> tuple[str, int]:
+        """The relay's address: the host's on the pods' network, and its port."""
+        host = str(next(ipaddress.ip_network(self.container_subnet).hosts()))
+        return host, self.container_relay_port or self.gateway_address()[1]
+
+    @field_validator("container_subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        try:
+            network = ipaddress.ip_network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a subnet (10.213.0.0/24)") from None
+        if network.version != 4 or network.num_addresses < 4:
+            raise ValueError(f"{value!r}: an IPv4 subnet of at least 4 addresses (a /30)")
+        return str(network)
+
+    @field_validator("container_api_url", "local_api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        url = urlsplit(value)
+        if value and (url.scheme not in ("http", "https") or not url.hostname):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
 
     def pod_url(self, provider: str, url: str) -> str:
         """A URL under the public one (a dataset's download link), as a pod of `provider`

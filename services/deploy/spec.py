@@ -25,7 +25,9 @@ from tunelab_trainer.common import (
     parse_hyperparameters,
 )
 
-PROVIDERS = ("local", "runpod")
+PROVIDERS = ("local", "container", "runpod")
+# Providers that run pods on this host: no key, no GPU catalogue, no price.
+ON_THIS_HOST = ("local", "container")
 LOCAL_MODEL = "tiny"
 MAX_RUNTIME_MINUTES = 7 * 24 * 60
 MAX_GPUS = 8
@@ -49,13 +51,25 @@ class Spec:
     heartbeat_timeout_minutes: int
     image: str
 
+    @property
+    def trainer(self) -> str:
+        """Which trainer the pod runs: the tiny one (numpy, CPU) or TRL's (torch, GPUs)."""
+        return "tiny" if self.provider != "runpod" and self.base_model == LOCAL_MODEL else "trl"
+
     def digest(self) -> str:
         """Identifies the request, for refusing an idempotency key reused with another one."""
         canonical = json.dumps(asdict(self), sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse(message: api.DeploymentSpec, *, default_image: str) -> Spec:
+def parse(
+    message: api.DeploymentSpec,
+    *,
+    default_image: str,
+    container_image: str = "localhost/tunelab/trainer:latest",
+) -> Spec:
+    """`default_image`: a RunPod pod's, and a GPU container pod's; `container_image`: a
+    container pod's that trains the tiny model."""
     provider = message.provider or "local"
     if provider not in PROVIDERS:
         raise invalid_argument(
@@ -69,7 +83,7 @@ def parse(message: api.DeploymentSpec, *, default_image: str) -> Spec:
     if message.method == pb.TRAINING_METHOD_UNSPECIFIED:
         raise invalid_argument("deployment.method", "method is required: sft or dpo")
     method = pb.TrainingMethod.Name(message.method).removeprefix("TRAINING_METHOD_").lower()
-    base_model = message.base_model or (LOCAL_MODEL if provider == "local" else "")
+    base_model = message.base_model or (LOCAL_MODEL if provider in ON_THIS_HOST else "")
     if not base_model:
         raise invalid_argument(
             "deployment.base_model",
@@ -82,7 +96,10 @@ def parse(message: api.DeploymentSpec, *, default_image: str) -> Spec:
             f"base_model {_show(base_model)} is not a model id (owner/name, letters, digits, "
             "'.', '_' and '-')",
         )
-    image = message.image or default_image
+    tiny = provider != "runpod" and base_model == LOCAL_MODEL
+    image = message.image or (
+        container_image if tiny and provider == "container" else default_image
+    )
     if message.image and provider == "local":
         raise invalid_argument("deployment.image", "the local provider runs no image; drop it")
     if not _IMAGE.fullmatch(image):
@@ -92,22 +109,53 @@ def parse(message: api.DeploymentSpec, *, default_image: str) -> Spec:
         dataset_id=message.dataset_id,
         method=method,
         base_model=base_model,
-        hyperparameters=_hyperparameters(message.hyperparameters, provider),
-        gpu=_gpu(message.gpu, provider),
+        hyperparameters=_hyperparameters(message.hyperparameters, tiny),
+        gpu=_container_gpu(message.gpu, tiny)
+        if provider == "container"
+        else _gpu(message.gpu, provider),
         image=image if provider != "local" else "local",
         **_limits(message.limits),
     )
 
 
-def _hyperparameters(h: pb.Hyperparameters, provider: str) -> Hyperparameters:
+def _hyperparameters(h: pb.Hyperparameters, tiny: bool) -> Hyperparameters:
     """The values set, checked as the trainer checks them, and the trainer's defaults for the
     rest (proto3's 0 is "not set": each field's 0 is its default or outside its range)."""
-    defaults = TINY_DEFAULTS if provider == "local" else TRL_DEFAULTS
+    defaults = TINY_DEFAULTS if tiny else TRL_DEFAULTS
     given = {f.name: getattr(h, f.name) for f in fields(Hyperparameters) if getattr(h, f.name)}
     try:
         return parse_hyperparameters(given, defaults)
     except HyperparameterError as exc:
         raise invalid_argument(f"deployment.hyperparameters.{exc.name}", str(exc)) from None
+
+
+def _container_gpu(gpu: pb.GpuSpec, tiny: bool) -> GpuRequest:
+    """A container pod gets `count` of the host's GPUs; the rest of a GpuSpec is RunPod's."""
+    for name, given in (
+        ("type", gpu.type),
+        ("fallback_types", gpu.fallback_types),
+        ("spot", gpu.spot),
+        ("bid_per_gpu_usd", gpu.bid_per_gpu_usd),
+        ("cloud", gpu.cloud),
+    ):
+        if given:
+            raise invalid_argument(
+                f"deployment.gpu.{name}",
+                f"gpu.{name} is for runpod: a container pod gets the host's GPUs, by gpu.count",
+            )
+    if tiny and gpu.count:
+        raise invalid_argument(
+            "deployment.gpu.count",
+            f"the {LOCAL_MODEL!r} model trains on the CPU: drop gpu.count, or name a "
+            "base_model to train on the host's GPUs",
+        )
+    if not tiny and not 1 <= gpu.count <= MAX_GPUS:
+        raise invalid_argument(
+            "deployment.gpu.count",
+            f"a base model trains on GPUs: set gpu.count, 1 to {MAX_GPUS}, to the host's GPUs "
+            f"the container gets (or use base_model {LOCAL_MODEL!r} on the CPU)",
+        )
+    return GpuRequest(type="host GPU" if gpu.count else "cpu", count=gpu.count)
 
 
 def _gpu(gpu: pb.GpuSpec, provider: str) -> GpuRequest:

@@ -24,8 +24,8 @@ HOSTILE = [
     "'; touch {marker}; echo '",
 ]
 TRAINERS = {
-    "local": render.trainer("tiny"),
-    "runpod": render.gpu_trainer(),
+    "tiny": render.trainer("tiny"),
+    "trl": render.gpu_trainer(),
 }
 
 
@@ -54,7 +54,7 @@ def test_every_variant_passes_shellcheck(tmp_path: Path, provider: str, value: s
 @pytest.mark.parametrize("value", HOSTILE)
 def test_values_reach_the_script_as_text_never_as_code(tmp_path: Path, value: str) -> None:
     value = value.format(marker=tmp_path / "pwned")
-    text = script(value, TRAINERS["local"])
+    text = script(value, TRAINERS["tiny"])
     # Run the script's value block, then print the values back.
     header = text[: text.index(': "${TUNELAB_JOB_TOKEN')]
     probe = header + (
@@ -70,8 +70,8 @@ def test_values_reach_the_script_as_text_never_as_code(tmp_path: Path, value: st
 
 
 def test_the_script_embeds_its_files_verbatim() -> None:
-    text = script("dep_x", TRAINERS["runpod"])
-    for _, source in TRAINERS["runpod"].files:
+    text = script("dep_x", TRAINERS["trl"])
+    for _, source in TRAINERS["trl"].files:
         assert source.rstrip("\n") in text
     assert "trl==0.24.0" in text
     assert stack.constraints().rstrip("\n") in text

@@ -13,9 +13,10 @@ import grpc
 import pytest
 
 from services.common.errors import ServiceError
+from services.deploy.checks import Status
 from services.deploy.launch import pod_config
 from services.deploy.pod import render, report
-from services.deploy.preflight import Preflight, Status, _gpu_check, _unreachable_from_outside
+from services.deploy.preflight import Preflight, _gpu_check, _unreachable_from_outside
 from services.deploy.providers.base import GpuType
 from services.deploy.spec import parse
 from tunelab.deploy.v1 import deploy_service_pb2 as api

@@ -38,6 +38,8 @@ TRAINER = textwrap.dedent(
         pathlib.Path(config["output_dir"], "trainer.pid").write_text(str(os.getpid()))
         time.sleep(config["sleep"])
     pathlib.Path(config["output_dir"], "model.txt").write_text("weights")
+    if config.get("say"):
+        print(config["say"], file=sys.stderr, flush=True)
     sys.exit(config.get("exit", 0))
     """
 )
@@ -246,6 +248,15 @@ def test_a_failed_run_is_not_run_again_either(tmp_path: Path, plane: ControlPlan
     assert plane.downloads == 1
     assert plane.phases().count("starting") == 1
     assert [r["phase"] for r in plane.finals()] == ["failed", "failed"]
+
+
+def test_a_failed_run_says_the_trainers_last_line(tmp_path: Path, plane: ControlPlane) -> None:
+    said = "OSError: [Errno 30] Read-only file system: '/opt/venv/planted.py'"
+    pod = Pod(tmp_path, plane, trainer(), exit=1, say=said)
+    code, _ = pod.run()
+    assert code == 1
+    (failed,) = plane.finals()
+    assert failed["message"] == f"training failed with exit status 1: {said}"
 
 
 def test_a_trainer_that_finds_the_gpus_gone_fails_the_run_as_gpu_unavailable(

@@ -3,8 +3,9 @@ allowed, with a warning that the combination is untested."""
 
 from __future__ import annotations
 
+from services.deploy.checks import Status
 from services.deploy.pod import stack
-from services.deploy.preflight import Status, _image_check
+from services.deploy.preflight import _image_check
 from services.deploy.spec import parse
 from tunelab.deploy.v1 import deploy_service_pb2 as api
 from tunelab.deploy.v1 import deployments_pb2 as pb

@@ -328,7 +328,9 @@ train() {
   # From $WORK_DIR, where the trainer's package was written: -m finds it there first.
   # In the background, so that a TERM stops the pod at once and the trainer with it (bash runs
   # a trap only once the command in the foreground ends); `wait` gives the pipeline's status.
-  local status=0
+  local status=0 ooms lines said
+  ooms="$(oom_kills)"
+  lines="$(wc -l < "$LOG")"
   "$PYTHON" -u -m "$TRAINER_MODULE" "$WORK_DIR/config.json" 2>&1 \
     | "$PYTHON" -u "$WORK_DIR/report.py" relay --log "$LOG" &
   TRAINING=("$(jobs -p %+)" "$!")
@@ -336,8 +338,43 @@ train() {
   TRAINING=()
   if ((status == NO_GPU)); then
     REASON=gpu_unavailable # the trainer found the GPUs gone (its message is in the log)
+  elif (($(oom_kills) > ooms)); then
+    FAILURE="the trainer ran out of memory and was killed: the pod's memory limit is $(memory_limit)"
+  elif ((status != 0)); then
+    said="$(trainer_said "$lines")"
+    FAILURE="training failed with exit status $status${said:+: $said}"
   fi
   return "$status"
+}
+
+# The trainer's last line of its own after line $1 of the log (not a progress line, not ours):
+# its one-line error, or a traceback's last line.
+trainer_said() {
+  tail -n "+$(($1 + 1))" "$LOG" | grep -v -e '^TUNELAB_PROGRESS ' -e '^[0-9TZ:-]* tunelab: ' \
+    | tail -n 1 | cut -c 1-500 || true
+}
+
+# How many processes the kernel killed for want of memory in this pod's cgroup (v2, else v1).
+oom_kills() {
+  local file
+  for file in /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control; do
+    if [[ -r "$file" ]]; then
+      awk '$1 == "oom_kill" {n = $2} END {print n + 0}' "$file"
+      return 0
+    fi
+  done
+  echo 0
+}
+
+memory_limit() {
+  local limit
+  limit="$(cat /sys/fs/cgroup/memory.max 2>/dev/null \
+    || cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || echo max)"
+  if [[ "$limit" =~ ^[0-9]+$ ]] && ((limit < 1 << 50)); then
+    echo "$((limit / 1048576)) MiB"
+  else
+    echo "the host's memory (no limit is set)"
+  fi
 }
 
 # What the run trained goes to the control plane before success is reported: the pod is

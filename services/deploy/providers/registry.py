@@ -1,5 +1,6 @@
-"""Which provider object serves a run: the one local provider, or a RunPod client holding a
-user's own API key (decrypted for as long as the client is open)."""
+"""Which provider object serves a run: the local provider, the container provider (both one
+per service, needing no key), or a RunPod client holding a user's own API key (decrypted for as
+long as the client is open)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from contextlib import asynccontextmanager
 
 from services.deploy.keys import KeyRing, KeyRingError
 from services.deploy.providers.base import Provider, ProviderError, ProviderErrorKind
+from services.deploy.providers.container import ContainerProvider
 from services.deploy.providers.local import LocalProvider
 from services.deploy.providers.runpod import RunPodProvider
 from services.deploy.settings import DeploySettings
+from services.deploy.spec import ON_THIS_HOST
 from services.deploy.store import DeploymentStore
 
 log = logging.getLogger(__name__)
@@ -34,10 +37,12 @@ class Providers:
         keyring: KeyRing,
         local: LocalProvider,
         runpod: RunPodFactory | None = None,
+        container: ContainerProvider | None = None,
     ) -> None:
         self.store = store
         self.keyring = keyring
         self.local = local
+        self.container = container
         self._runpod = runpod or (
             lambda key: RunPodProvider(
                 key, rest_url=settings.runpod_rest_url, graphql_url=settings.runpod_graphql_url
@@ -45,7 +50,16 @@ class Providers:
         )
 
     async def has_key(self, owner: str, provider: str) -> bool:
-        return provider == "local" or await self.store.key_ciphertext(owner, provider) is not None
+        if provider in ON_THIS_HOST:
+            return True
+        return await self.store.key_ciphertext(owner, provider) is not None
+
+    def _container(self) -> ContainerProvider:
+        if self.container is None:
+            raise ProviderError(
+                ProviderErrorKind.NOT_ALLOWED, "the container provider is not set up here"
+            )
+        return self.container
 
     async def hugging_face_token(self, owner: str) -> str | None:
         ciphertext = await self.store.key_ciphertext(owner, HUGGING_FACE)
@@ -57,8 +71,8 @@ class Providers:
             raise ProviderError(ProviderErrorKind.UNAUTHENTICATED, str(exc)) from None
 
     async def key_ciphertext(self, owner: str, provider: str) -> str | None:
-        """The owner's key for `provider`, still encrypted (None for local)."""
-        if provider == "local":
+        """The owner's key for `provider`, still encrypted (None for local and container)."""
+        if provider in ON_THIS_HOST:
             return None
         ciphertext = await self.store.key_ciphertext(owner, provider)
         if ciphertext is None:
@@ -74,6 +88,9 @@ class Providers:
         if provider == "local":
             yield self.local
             return
+        if provider == "container":
+            yield self._container()
+            return
         ciphertext = ciphertext or await self.key_ciphertext(owner, provider)
         assert ciphertext is not None
         try:
@@ -87,9 +104,12 @@ class Providers:
             await client.aclose()
 
     async def accounts(self) -> AsyncIterator[tuple[str, Provider]]:
-        """Every account pods may run in, for the orphan sweep: ("", local), then each
-        stored RunPod key's. A key that cannot be decrypted is logged and passed over."""
+        """Every account pods may run in, for the orphan sweep: ("", local), ("",
+        container) where it is set up, then each stored RunPod key's. A key that cannot be
+        decrypted is logged and passed over."""
         yield "", self.local
+        if self.container is not None and self.container.configured():
+            yield "", self.container
         for owner, ciphertext in await self.store.all_keys("runpod"):
             try:
                 client = self._runpod(self.keyring.decrypt(ciphertext))
