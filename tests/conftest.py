@@ -22,6 +22,7 @@ from services.common import context
 from services.common.db import Database
 from services.common.migrations import Migrations
 from services.datasets.service import MIGRATIONS
+from tests.podman_api import Unavailable, podman_api
 
 PG_ADMIN_URL = os.environ.get(
     "TUNELAB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -106,6 +107,18 @@ def pg() -> Iterator[PgDatabases]:
         )
     yield databases
     databases.drop_all()
+
+
+@pytest.fixture(scope="session")
+def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DOCKER_HOST of a Podman API service for the session (tests/podman_api.py), with the
+    container pods' image built; the tests that need one are skipped, saying why, only where
+    none can be started."""
+    try:
+        with podman_api(tmp_path_factory.mktemp("podman")) as host:
+            yield host
+    except Unavailable as exc:
+        pytest.skip(f"no Docker-compatible API can be started on this machine: {exc}")
 
 
 @pytest.fixture(scope="session")

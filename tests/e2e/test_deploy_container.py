@@ -28,7 +28,7 @@ from tests.e2e.test_deploy_local import (
     upload,
     wait_until,
 )
-from tests.podman_api import TRAINER_IMAGE, Unavailable, podman_api, remove_pods
+from tests.podman_api import TRAINER_IMAGE, remove_pods
 
 pytestmark = pytest.mark.e2e
 
@@ -52,15 +52,6 @@ _ACTIONS = {
         os._exit(1)""",
     "memory": f"hoard = b'x' * ({2 * MEMORY_MB} * 1024 * 1024)",
 }
-
-
-@pytest.fixture(scope="module")
-def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    try:
-        with podman_api(tmp_path_factory.mktemp("podman")) as host:
-            yield host
-    except Unavailable as exc:
-        pytest.skip(f"no Docker-compatible API can be started on this machine: {exc}")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -305,6 +296,31 @@ def test_a_deploy_service_killed_mid_run_leaves_no_container_behind(
     done = wait_until(alice, deployment_id, TERMINAL, seconds=180)
     assert done["state"] == "succeeded", done
     assert gone(engine, suite, deployment_id)
+
+
+def test_a_container_named_as_a_pod_that_no_run_owns_is_swept_away(
+    suite: Suite, engine: docker.DockerClient
+) -> None:
+    # A pod whose run this database never recorded (a crash between the engine's create and
+    # the record, another installation's leftovers under our prefix): it would run forever.
+    name = pod_name(suite, "dep_" + "a" * 26)
+    engine.containers.run(
+        TRAINER_IMAGE,
+        ["sleep", "600"],
+        name=name,
+        labels={LABEL: name},
+        network_mode="none",
+        detach=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listed = engine.api.containers(all=True, filters={"label": LABEL})
+        if all(name not in (n.lstrip("/") for n in c["Names"]) for c in listed):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"the orphan sweep left {name} running")
+    assert "terminated an orphan pod" in suite.logs()
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,12 @@ class Relay:
         finally:
             self._links.discard(task)
 
+    def address(self) -> tuple[str, int]:
+        """Where it listens (the port chosen, when it was asked for port 0)."""
+        assert self._server is not None, "not listening"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
     async def close(self) -> None:
         if self._server is None:
             return
