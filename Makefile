@@ -14,7 +14,7 @@ CHECKOV_INSTALLED := $(CHECKOV_VENV)/.installed
 CONTAINERS_CONF ?= $(CURDIR)/deploy/containers/containers.conf
 export CONTAINERS_CONF
 
-.PHONY: images up down test-containers k8s-smoke setup checkov-setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge bench-curation fuzz load test-trl pod-lock clean
+.PHONY: images up down test-containers k8s-smoke setup checkov-setup run run-s3 test pytest lint protos protos-check bench bench-tracing bench-validators bench-judge bench-curation bench-pods fuzz load test-trl pod-lock clean
 
 setup: $(INSTALLED)
 
@@ -111,6 +111,11 @@ bench-validators: setup
 ## databases beside ListSpans alone over the same spans (python -m bench curation --help).
 bench-curation: setup
 	$(BIN)/python -m bench curation
+
+## make bench-pods: a training pod's start latency (create to first report, and to the end of a
+## 5-step run) on the container provider, through Podman's API, beside the local provider's.
+bench-pods: setup
+	$(BIN)/python -m bench pods
 
 ## make bench-judge: the LLM judge's grades/s against the fake OpenAI endpoint answering in
 ## 200 ms, at concurrency 8 and 16, beside the ideal concurrency / 0.2 s

@@ -3,7 +3,8 @@
 service's deterministic validators (pure computation; with `--storage`, through the services
 and their databases). `python -m bench judge`: the LLM judge's
 throughput against a fake endpoint answering in 200 ms. `python -m bench curation`: datasets
-made from judged traces, rows/s (make bench-curation)."""
+made from judged traces, rows/s (make bench-curation). `python -m bench pods`: a training
+pod's start latency, container provider beside local (make bench-pods)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ if __name__ == "__main__":
         from bench.curation import main as curation
 
         raise SystemExit(curation(sys.argv[2:]))
+    if sys.argv[1:2] == ["pods"]:
+        from bench.pods import main as pods
+
+        raise SystemExit(pods(sys.argv[2:]))
     if sys.argv[1:2] == ["judge"]:
         from bench.judge import main as judge
 

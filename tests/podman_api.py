@@ -72,6 +72,9 @@ def podman_api(directory: Path) -> Iterator[str]:
     with (directory / "podman-service.log").open("ab") as log:
         service = subprocess.Popen(
             [podman, "system", "service", "--time=0", f"unix://{socket_path}"],
+            # conmon (Podman 4.3's) leaves a file named `oom` in its working directory when a
+            # container is OOM-killed: here, not in the repository.
+            cwd=directory,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
