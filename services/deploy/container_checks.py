@@ -35,7 +35,9 @@ async def container_checks(provider: ContainerProvider, spec: Spec) -> list[Chec
     checks.extend(_limits(provider, host.cpus, host.memory_bytes))
     if spec.gpu.count:
         checks.append(_gpus(spec.gpu.count, host.gpu_runtime))
-    if spec.trainer != "tiny" and not provider.network.internet:
+    if host.network_problem:
+        checks.append(Check("network", Status.FAIL, host.network_problem))
+    elif spec.trainer != "tiny" and not provider.network.internet:
         checks.append(
             Check(
                 "network",

@@ -182,6 +182,25 @@ async def test_what_the_engine_refuses_is_said_plainly(
         await other.close()
         engine.networks.get(taken.name).remove()
 
+    # A subnet another network holds: said before anything runs, not retried for half an hour.
+    squatter = engine.networks.create(
+        f"tunelab-ct-{names}-sq",
+        driver="bridge",
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet="10.215.8.0/24")]),
+    )
+    crowded = ContainerProvider(
+        docker_host, limits=LIMITS, network=Network(f"tunelab-ct-{names}-y", "10.215.8.0/24", False)
+    )
+    try:
+        assert "taken by the network" in str((await crowded.host(TRAINER_IMAGE)).network_problem)
+        with pytest.raises(ProviderError) as taken_subnet:
+            await crowded.create(spec(f"{names}-dep_g", "true"))
+        assert taken_subnet.value.kind is ProviderErrorKind.INVALID
+        assert "TUNELAB_DEPLOY_CONTAINER_SUBNET" in taken_subnet.value.message
+    finally:
+        await crowded.close()
+        squatter.remove()
+
 
 async def test_an_engine_that_is_not_there_is_unavailable_saying_how_to_start_one(
     tmp_path: object,

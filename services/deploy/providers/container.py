@@ -91,6 +91,8 @@ class Host:
     image_present: bool
     gpu_runtime: bool  # the NVIDIA runtime (or CDI) is set up, as far as the API says
     engine: str
+    # Why the pods' network cannot be used or made (a subnet taken), or None.
+    network_problem: str | None = None
 
 
 class ContainerProvider:
@@ -208,6 +210,12 @@ class ContainerProvider:
                 found = _find(client, spec.name)
                 if found is not None:
                     return _pod(found)
+            self._network_ready = False  # checked (and made again) on the next attempt
+            said = str(exc.explanation or exc)
+            if exc.status_code == 404 and "image" in said.lower():
+                raise ProviderError(ProviderErrorKind.INVALID, _image_missing(exc)) from None
+            if exc.status_code == 404:  # the network went away meanwhile: worth a retry
+                raise ProviderError(ProviderErrorKind.UNAVAILABLE, _short(said)) from None
             raise
         container.start()
         container.reload()
@@ -227,26 +235,37 @@ class ContainerProvider:
     def _ensure_network(self, client: docker.DockerClient) -> None:
         if self._network_ready:
             return
-        try:
-            found = client.networks.get(self.network.name)
-        except NotFound:
-            try:
-                client.networks.create(
-                    self.network.name,
-                    driver="bridge",
-                    internal=not self.network.internet,
-                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=self.network.subnet)]),
-                    labels={LABEL: "network"},
-                )
-            except APIError as exc:
-                if exc.status_code != 409:
-                    raise
-            self._network_ready = True
-            return
-        problem = _network_problem(found.attrs, self.network)
+        problem = self._network_problem(client)
         if problem:
             raise ProviderError(ProviderErrorKind.INVALID, problem)
+        try:
+            client.networks.create(
+                self.network.name,
+                driver="bridge",
+                internal=not self.network.internet,
+                ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=self.network.subnet)]),
+                labels={LABEL: "network"},
+            )
+        except APIError as exc:
+            if exc.status_code != 409 and "already exists" not in str(exc.explanation or ""):
+                raise
         self._network_ready = True
+
+    def _network_problem(self, client: docker.DockerClient) -> str | None:
+        """Why the pods' network cannot be used or made as set up, or None (it is fine, or
+        it does not exist yet and its subnet is free)."""
+        wanted = self.network
+        for found in client.networks.list():
+            attrs = found.attrs
+            if found.name == wanted.name:
+                return _network_problem(attrs, wanted)
+            if wanted.subnet in _subnets(attrs):
+                return (
+                    f"subnet {wanted.subnet} is taken by the network {found.name} on the "
+                    "container host: set TUNELAB_DEPLOY_CONTAINER_SUBNET to a free one (podman "
+                    "network ls, podman network inspect)"
+                )
+        return None
 
     async def get(self, pod_id: str) -> Pod | None:
         def get(client: docker.DockerClient) -> Pod | None:
@@ -342,6 +361,7 @@ class ContainerProvider:
                 image_present=present,
                 gpu_runtime="nvidia" in runtimes or bool(cdi),
                 engine=_engine(client),
+                network_problem=self._network_problem(client),
             )
 
         return await self._call(host)
@@ -406,12 +426,16 @@ def _gpus(count: int) -> list[DeviceRequest] | None:
     return [DeviceRequest(count=count, capabilities=[["gpu"]])]
 
 
-def _network_problem(attrs: dict[str, Any], wanted: Network) -> str | None:
-    subnets = [
+def _subnets(attrs: dict[str, Any]) -> list[str]:
+    return [
         str(pool.get("Subnet"))
         for pool in ((attrs.get("IPAM") or {}).get("Config") or [])
         if pool.get("Subnet")
     ]
+
+
+def _network_problem(attrs: dict[str, Any], wanted: Network) -> str | None:
+    subnets = _subnets(attrs)
     if wanted.subnet not in subnets:
         return (
             f"the container network {wanted.name} exists with subnet {', '.join(subnets) or 'none'}"
@@ -448,7 +472,7 @@ def _api_error(exc: APIError) -> ProviderError:
     return ProviderError(ProviderErrorKind.UNAVAILABLE, f"the container engine failed: {message}")
 
 
-def _image_missing(exc: ImageNotFound) -> str:
+def _image_missing(exc: APIError) -> str:
     return (
         f"the pod image is not on this host ({_short(exc.explanation or exc)}): `make images` "
         "builds localhost/tunelab/trainer; pull or build any other image first"

@@ -60,20 +60,25 @@ class DeploymentSpec(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
-    """"local" (the default) or "runpod"."""
+    """"local" (the default: a process on the service's machine), "container" (a hardened container
+    on the service's container host) or "runpod".
+    """
     dataset_id: _builtins.str
     method: _deployments_pb2.TrainingMethod.ValueType
     base_model: _builtins.str
-    """A Hugging Face model id for runpod; "tiny" (the default) for local."""
+    """A Hugging Face model id for runpod, and for container with GPUs; "tiny" (the default) for
+    local and container.
+    """
     image: _builtins.str
-    """runpod only: the container image; it needs bash, curl and Python. Default: the service's
-    configured image (PyTorch with CUDA).
+    """runpod and container: the image; it needs bash, curl and Python. Default: the service's
+    configured image (PyTorch with CUDA; for a container training the tiny model, the trainer
+    image `make images` builds). A container's image must be on its host already.
     """
     @_builtins.property
     def hyperparameters(self) -> _deployments_pb2.Hyperparameters: ...
     @_builtins.property
     def gpu(self) -> _deployments_pb2.GpuSpec:
-        """Required for runpod; ignored by local."""
+        """Required for runpod; ignored by local; container takes only `count` (the host's GPUs)."""
 
     @_builtins.property
     def limits(self) -> _deployments_pb2.Limits: ...

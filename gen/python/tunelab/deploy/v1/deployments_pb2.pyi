@@ -175,7 +175,9 @@ class Deployment(_message.Message):
     """"dep_" and 26 characters; the pod is named "tunelab-<id>"."""
     state: Global___DeploymentState.ValueType
     provider: _builtins.str
-    """"local" (a process on the service's machine) or "runpod"."""
+    """"local" (a process on the service's machine), "container" (a container on its container
+    host) or "runpod".
+    """
     dataset_id: _builtins.str
     method: Global___TrainingMethod.ValueType
     base_model: _builtins.str
@@ -367,9 +369,9 @@ class GpuSpec(_message.Message):
     FALLBACK_TYPES_FIELD_NUMBER: _builtins.int
     BID_PER_GPU_USD_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """A GPU type id from the catalogue, such as "NVIDIA RTX A4000". The local provider ignores it."""
+    """A GPU type id from the catalogue, such as "NVIDIA RTX A4000" (runpod only)."""
     count: _builtins.int
-    """Default 1, at most 8."""
+    """Default 1 for runpod, at most 8; container: the host's GPUs its container gets (default 0)."""
     cloud: Global___Cloud.ValueType
     """Default secure."""
     spot: _builtins.bool
@@ -639,7 +641,7 @@ class CostEstimate(_message.Message):
     MAX_MINUTES_FIELD_NUMBER: _builtins.int
     GPU_TYPE_FIELD_NUMBER: _builtins.int
     hourly_usd: _builtins.float
-    """The price per hour of the pod asked for, all GPUs together; 0 for the local provider."""
+    """The price per hour of the pod asked for, all GPUs together; 0 for local and container."""
     max_total_usd: _builtins.float
     """The most the run can cost: the smaller of max_cost_usd and the hourly price times
     max_runtime_minutes.
