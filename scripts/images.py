@@ -160,8 +160,8 @@ def main() -> None:
     ensure_installed(debootstrap=False)
     base = base_image()
     wheelhouse(BUILD / "runtime" / "wheels", requirements())
-    seaweed = BUILD / "seaweedfs"
-    wheelhouse(seaweed / "wheels", [_seaweed_requirement()])
+    if not wanted or "seaweedfs" in wanted:
+        wheelhouse(BUILD / "seaweedfs" / "wheels", [_seaweed_requirement()])
     timings = {
         "runtime": build(
             Image("runtime", "deploy/images/runtime.Dockerfile", BUILD / "runtime"), base, RUNTIME

@@ -87,7 +87,9 @@ def engine(docker_host: str) -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="module")
-def hostile(docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def hostile(
+    docker_host: str, tmp_path_factory: pytest.TempPathFactory, engine: docker.DockerClient
+) -> Iterator[dict[str, str]]:
     """Images of trainers that misbehave, built on the pod image: "write" and "memory"."""
     images = {}
     for name, action in _ACTIONS.items():
@@ -101,7 +103,9 @@ def hostile(docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
         image = f"{HOSTILE}:{name}"
         subprocess.run(["podman", "build", "-q", "-t", image, str(context)], check=True)
         images[name] = image
-    return images
+    yield images
+    for image in images.values():
+        engine.images.remove(image, force=True)
 
 
 def container_request(dataset_id: str, **fields: Any) -> dict[str, Any]:
