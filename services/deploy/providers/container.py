@@ -135,9 +135,13 @@ class ContainerProvider:
         return docker.from_env(timeout=int(self._timeout))
 
     async def _call(self, work: Callable[[docker.DockerClient], T]) -> T:
+        return await asyncio.to_thread(self._run, work)
+
+    async def _relaying(self) -> None:
+        """The relay listens before a pod is made, and before one is watched (a pod the
+        service found again after a restart reports through it)."""
         if self._relay is not None:
             await self._relay.ensure()
-        return await asyncio.to_thread(self._run, work)
 
     def _run(self, work: Callable[[docker.DockerClient], T]) -> T:
         try:
@@ -160,6 +164,7 @@ class ContainerProvider:
     # The provider interface -------------------------------------------------------------------
 
     async def create(self, spec: PodSpec) -> Pod:
+        await self._relaying()
         return await self._call(lambda client: self._create(client, spec))
 
     def _create(self, client: docker.DockerClient, spec: PodSpec) -> Pod:
@@ -268,6 +273,7 @@ class ContainerProvider:
         return None
 
     async def get(self, pod_id: str) -> Pod | None:
+        await self._relaying()
         def get(client: docker.DockerClient) -> Pod | None:
             try:
                 return _pod(client.containers.get(pod_id))
