@@ -274,6 +274,7 @@ class ContainerProvider:
 
     async def get(self, pod_id: str) -> Pod | None:
         await self._relaying()
+
         def get(client: docker.DockerClient) -> Pod | None:
             try:
                 return _pod(client.containers.get(pod_id))
