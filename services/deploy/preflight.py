@@ -18,7 +18,6 @@ from services.deploy.container_checks import container_checks
 from services.deploy.datasets import DatasetFacts, DatasetsClient, describe
 from services.deploy.pod import stack
 from services.deploy.providers.base import GpuType, ProviderError, cuda_version
-from services.deploy.providers.container import ContainerProvider
 from services.deploy.providers.registry import HUGGING_FACE, NO_KEY, Providers
 from services.deploy.spec import LOCAL_MODEL, Spec
 from tunelab.datasets.v1 import datasets_pb2 as ds
@@ -73,11 +72,9 @@ class Preflight:
         public_url: str,
         local_api_url: str = "",
         container_api_url: str = "",
-        container: ContainerProvider | None = None,
         max_cost_per_run_usd: float,
         cuda_floor: Callable[[str], str | None] = _pinned_cuda_floor,
     ) -> None:
-        self.container = container
         self.container_api_url = container_api_url
         self.datasets = datasets
         self.providers = providers
@@ -173,9 +170,9 @@ class Preflight:
             Check("provider_key", Status.PASS, "the container provider needs no key"),
             Check("gpu_type", Status.PASS, f"the container trains on {where}"),
         ]
-        if self.container is None:
+        if self.providers.container is None:
             return [*checks, Check("container_api", Status.FAIL, "no container provider here")]
-        checks.extend(await container_checks(self.container, spec))
+        checks.extend(await container_checks(self.providers.container, spec))
         if spec.trainer != "tiny":
             checks.append(await self._hf_token(owner))
         return checks

@@ -88,7 +88,6 @@ def assemble(
         public_url=settings.public_url,
         local_api_url=settings.api_url("local"),
         container_api_url=settings.api_url("container"),
-        container=container,
         max_cost_per_run_usd=settings.max_cost_per_run_usd,
         cuda_floor=settings.cuda_floor,
     )
@@ -107,6 +106,7 @@ def container_provider(settings: DeploySettings) -> ContainerProvider:
             memory_mb=settings.container_memory_mb,
             pids=settings.container_pids_limit,
             work_dir_mb=settings.container_work_dir_mb,
+            shm_mb=settings.container_shm_mb,
         ),
         network=Network(
             settings.container_network, settings.container_subnet, settings.container_internet

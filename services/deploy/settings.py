@@ -166,6 +166,12 @@ class DeploySettings(CommonSettings, StorageSettings):
         description="Size of a container pod's one writable directory, /workspace (the dataset, "
         "the trainer's files, the output); the rest of its filesystem is read-only.",
     )
+    container_shm_mb: int = Field(
+        1024,
+        ge=64,
+        description="Size of a container pod's /dev/shm (PyTorch's data loader workers need "
+        "more than the engines' 64 MiB); it counts toward the memory limit as it fills.",
+    )
     container_network: str = Field(
         "tunelab-pods",
         pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$",

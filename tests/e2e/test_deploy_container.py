@@ -69,6 +69,7 @@ def suite(
         "TUNELAB_DEPLOY_CONTAINER_SUBNET": f"10.213.{random.randint(1, 250)}.0/24",
         "TUNELAB_DEPLOY_CONTAINER_MEMORY_MB": str(MEMORY_MB),
         "TUNELAB_DEPLOY_CONTAINER_WORK_DIR_MB": "128",
+        "TUNELAB_DEPLOY_CONTAINER_SHM_MB": "64",
         "TUNELAB_DEPLOY_CONTAINER_CPUS": "1",
         "TUNELAB_DEPLOY_CONTAINER_STOP_SECONDS": "3",
         "TUNELAB_DEPLOY_POD_NAME_PREFIX": prefix,
@@ -227,6 +228,7 @@ def _assert_hardened(attrs: dict[str, Any], suite: Suite) -> None:
     assert host["MemorySwap"] == MEMORY_MB * 1024 * 1024
     assert host["NanoCpus"] == 10**9
     assert host["PidsLimit"] > 0
+    assert host["ShmSize"] == 64 * 1024 * 1024
     assert "size=128m" in host["Tmpfs"]["/workspace"]
     mounts = json.dumps(attrs.get("Mounts") or []) + json.dumps(host.get("Binds") or [])
     assert ".sock" not in mounts

@@ -2,11 +2,14 @@
 (Docker's, or Podman's compatible one from `podman system service`).
 
 Each container runs the same command with the same environment a RunPod pod gets, and nothing
-of the service's own environment. It is hardened by default, as SkyPilot's and dstack's Docker
-backends are not: an unprivileged user, every capability dropped, no new privileges, a
-read-only root filesystem with one size-limited writable directory (/workspace, a tmpfs), CPU,
-memory and process limits, no Docker socket, and a network of its own (by default `internal`:
-no route out, only the deploy service's relay to the gateway, providers/relay.py).
+of the service's own environment. It is hardened by default: an unprivileged user, every
+capability dropped, no new privileges, a read-only root filesystem with one size-limited
+writable directory (/workspace, a tmpfs), CPU, memory and process limits, no engine socket, and
+a network of its own (by default `internal`: no route out, only the deploy service's relay to
+the gateway, providers/relay.py). The relay listens on the host's side of that network's
+bridge: root Podman or Docker. Rootless Podman keeps its bridges in a namespace of its own,
+where the relay cannot listen; there, and with a remote engine, pods are told another way to
+the gateway (TUNELAB_DEPLOY_CONTAINER_API_URL).
 
 Containers are named after the run's pod and labelled as ours, so a restarted service finds
 them again and the orphan sweep finds what no run owns. The Docker SDK is synchronous: each
@@ -16,7 +19,6 @@ call runs in a thread, bounded by the client's timeout.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 from collections.abc import Callable
@@ -51,10 +53,11 @@ TMP_DIR = "/tmp"  # noqa: S108  (the container's own: a tmpfs of its own)
 USER = "10001:10001"
 _STARTING = {"created", "configured", "restarting", "initialized"}
 _RUNNING = {"running", "paused"}
-# A stopped container whose work directory the pod's script wrote in: its bootstrap's log.
+# What to do when no engine answers.
 START_HINT = (
     "start Podman's Docker-compatible API (podman system service --time=0 "
-    "unix:///run/user/$UID/podman/podman.sock) and point DOCKER_HOST at it, or start Docker"
+    "unix:///run/podman/podman.sock) and point TUNELAB_DEPLOY_CONTAINER_DOCKER_HOST at it, or "
+    "start Docker"
 )
 
 
@@ -66,6 +69,9 @@ class Limits:
     memory_mb: int
     pids: int
     work_dir_mb: int
+    # /dev/shm: PyTorch's data loader workers pass batches through it, and the engines' 64 MiB
+    # default is too small for them (dstack and SkyPilot size it too).
+    shm_mb: int = 1024
     tmp_mb: int = 256
 
 
@@ -75,11 +81,6 @@ class Network:
     subnet: str
     # False: an `internal` network, with no route beyond the host's side of its bridge.
     internet: bool
-
-    @property
-    def gateway(self) -> str:
-        """The host's address on the network: where the relay listens for the pods."""
-        return str(next(ipaddress.ip_network(self.subnet).hosts()))
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ class ContainerProvider:
                     + self._owner(client),
                     TMP_DIR: f"rw,noexec,nosuid,nodev,size={self.limits.tmp_mb}m,mode=1777",
                 },
+                shm_size=f"{self.limits.shm_mb}m",
                 mem_limit=f"{self.limits.memory_mb}m",
                 memswap_limit=f"{self.limits.memory_mb}m",  # no swap beyond the limit
                 nano_cpus=int(self.limits.cpus * 1e9),
