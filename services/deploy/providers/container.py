@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,7 +108,6 @@ class ContainerProvider:
         network: Network,
         stop_seconds: int = 10,
         timeout_seconds: float = 60.0,
-        client: Callable[[], docker.DockerClient] | None = None,
         relay: Relay | None = None,
     ) -> None:
         """`relay`: the pods' way to the gateway, started on first use; None where they
@@ -118,8 +118,8 @@ class ContainerProvider:
         self.network = network
         self.stop_seconds = stop_seconds
         self._timeout = timeout_seconds
-        self._factory = client or self._connect
         self._client: docker.DockerClient | None = None
+        self._connecting = threading.Lock()  # calls run in threads: one client for all
         self._network_ready = False
         self._engine: str | None = None
 
@@ -146,9 +146,11 @@ class ContainerProvider:
 
     def _run(self, work: Callable[[docker.DockerClient], T]) -> T:
         try:
-            if self._client is None:
-                self._client = self._factory()
-            return work(self._client)
+            with self._connecting:
+                if self._client is None:
+                    self._client = self._connect()
+                client = self._client
+            return work(client)
         except ProviderError:
             raise
         except ImageNotFound as exc:
