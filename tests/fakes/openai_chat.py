@@ -273,6 +273,9 @@ class FakeOpenAIChat:
             self._script: list[Reply] = []
             self.in_flight = 0
             self.max_in_flight = 0
+            # A request of an earlier test may still be answering (a slow reply its client gave
+            # up on): it must not count down the in-flight figures of the next one.
+            self._generation = getattr(self, "_generation", 0) + 1
             self._held_enough = asyncio.Event()  # bound to the server's loop on first wait
             #: Answers wait (up to HOLD_SECONDS) until this many requests have been in flight at
             #: once: a concurrency test then sees its limit reached however slowly the machine
@@ -299,6 +302,7 @@ class FakeOpenAIChat:
             body = None
         with self._lock:
             self.requests.append(RecordedRequest(request.url.path, body, auth))
+            generation = self._generation
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             held_enough = 0 < self.hold_until_in_flight <= self.max_in_flight
@@ -308,7 +312,8 @@ class FakeOpenAIChat:
             return await self._answer(body, auth)
         finally:
             with self._lock:
-                self.in_flight -= 1
+                if generation == self._generation:
+                    self.in_flight -= 1
 
     async def _answer(self, body: Any, auth: str | None) -> Response:
         if self.api_key is not None and auth != f"Bearer {self.api_key}":

@@ -383,6 +383,19 @@ async def test_an_allowlisted_network_is_reached(fake: FakeOpenAIChat) -> None:
 # -- concurrency -------------------------------------------------------------------------------
 
 
+async def test_an_answer_a_client_gave_up_on_does_not_count_after_a_reset(
+    fake: FakeOpenAIChat, endpoint: JudgeEndpoint
+) -> None:
+    # The fake's own bookkeeping: an earlier test's slow answer, ending during the next test,
+    # once counted that test's in-flight requests down (it then saw 2 of its 3).
+    fake.script(Reply.score(7).slow(0.5))
+    async with JudgeClient(deadline_s=0.1) as judge:
+        assert (await grade(judge, endpoint)).error == "timeout"
+    fake.reset()
+    await asyncio.sleep(0.8)  # the abandoned answer ends now
+    assert fake.in_flight == 0
+
+
 async def test_the_concurrency_limit_holds_per_endpoint_and_model(
     fake: FakeOpenAIChat, endpoint: JudgeEndpoint
 ) -> None:
