@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from services.common.errors import invalid_argument
 from services.common.keyring import KeyRing, KeyRingError, last4, valid_api_key
+from services.deploy.spec import ON_THIS_HOST
 
 __all__ = ["KEK_VARIABLE", "KeyRing", "KeyRingError", "keyed_provider", "last4", "valid_api_key"]
 
@@ -15,7 +16,7 @@ KEYED_PROVIDERS = ("runpod", "huggingface")
 
 def keyed_provider(provider: str) -> str:
     """The provider a key is set for, checked: one that takes a key."""
-    if provider in ("local", "container"):
+    if provider in ON_THIS_HOST:
         raise invalid_argument("provider", f"the {provider} provider needs no key")
     if provider not in KEYED_PROVIDERS:
         raise invalid_argument("provider", f"provider must be one of {', '.join(KEYED_PROVIDERS)}")

@@ -153,8 +153,6 @@ class ContainerProvider:
             return work(client)
         except ProviderError:
             raise
-        except ImageNotFound as exc:
-            raise ProviderError(ProviderErrorKind.INVALID, _image_missing(exc)) from None
         except APIError as exc:
             raise _api_error(exc) from None
         except (DockerException, requests.RequestException, OSError) as exc:
@@ -191,7 +189,6 @@ class ContainerProvider:
                     "HOME": WORK_DIR,
                     "TMPDIR": TMP_DIR,
                     "TUNELAB_WORK_DIR": f"{WORK_DIR}/tunelab",
-                    "TUNELAB_GPU_COUNT": str(spec.gpu.count),
                 },
                 user=USER,
                 working_dir=WORK_DIR,
@@ -234,12 +231,16 @@ class ContainerProvider:
     def _owner(self, client: docker.DockerClient) -> str:
         """The tmpfs option that gives the work directory to the pod's user: Podman ignores
         uid= and mode= there and takes U (chown to the container's user) instead."""
-        if self._engine is None:
-            self._engine = _engine(client)
-        if self._engine.startswith("Podman"):
+        if self._engine_name(client).startswith("Podman"):
             return "U"
         uid, gid = USER.split(":")
         return f"uid={uid},gid={gid},mode=0700"
+
+    def _engine_name(self, client: docker.DockerClient) -> str:
+        """ "Podman 4.3.1", "Docker 28.2.2": asked once."""
+        if self._engine is None:
+            self._engine = _engine(client)
+        return self._engine
 
     def _ensure_network(self, client: docker.DockerClient) -> None:
         if self._network_ready:
@@ -267,7 +268,7 @@ class ContainerProvider:
         for found in client.networks.list():
             attrs = found.attrs
             if found.name == wanted.name:
-                return _network_problem(attrs, wanted)
+                return _mismatch(attrs, wanted)
             if wanted.subnet in _subnets(attrs):
                 return (
                     f"subnet {wanted.subnet} is taken by the network {found.name} on the "
@@ -371,7 +372,7 @@ class ContainerProvider:
                 memory_bytes=int(info.get("MemTotal") or 0),
                 image_present=present,
                 gpu_runtime="nvidia" in runtimes or bool(cdi),
-                engine=_engine(client),
+                engine=self._engine_name(client),
                 network_problem=self._network_problem(client),
             )
 
@@ -445,7 +446,8 @@ def _subnets(attrs: dict[str, Any]) -> list[str]:
     ]
 
 
-def _network_problem(attrs: dict[str, Any], wanted: Network) -> str | None:
+def _mismatch(attrs: dict[str, Any], wanted: Network) -> str | None:
+    """How a network of the wanted name differs from what the settings ask for, or None."""
     subnets = _subnets(attrs)
     if wanted.subnet not in subnets:
         return (
