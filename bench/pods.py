@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 from datetime import datetime
@@ -28,25 +27,13 @@ from typing import Any
 import httpx
 
 from bench.suite import BenchError, Suite, run_and_report
+from tests.e2e.test_deploy_local import chat_rows
 from tests.podman_api import Unavailable, podman_api, remove_pods
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROVIDERS = ("local", "container")
 PREFIX = "benchpods"
 NETWORK = "tunelab-bench-pods"
-
-
-def rows(count: int) -> bytes:
-    lines = [
-        {
-            "messages": [
-                {"role": "user", "content": f"What is {i} plus {i}?"},
-                {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
-            ]
-        }
-        for i in range(count)
-    ]
-    return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
 def _when(value: str) -> datetime:
@@ -105,7 +92,9 @@ async def measure(root: Path, runs: int) -> dict[str, Any]:
 async def _runs(suite: Suite, runs: int) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {suite.token()}"}
     async with httpx.AsyncClient(base_url=suite.url, headers=headers, timeout=30) as client:
-        uploaded = await client.post("/v1/datasets", params={"name": "b.jsonl"}, content=rows(50))
+        uploaded = await client.post(
+            "/v1/datasets", params={"name": "b.jsonl"}, content=chat_rows(50)
+        )
         if uploaded.status_code != 201:
             raise BenchError(f"upload: {uploaded.status_code} {uploaded.text[:300]}")
         dataset_id = uploaded.json()["id"]

@@ -31,8 +31,11 @@ class Unavailable(Exception):
 
 
 def _podman() -> str:
+    """Podman's path. The project's CONTAINERS_CONF becomes this process's default, which the
+    image build and the service then inherit."""
     if os.environ.get("CONTAINER_TOOL", "podman") != "podman":
         raise Unavailable("CONTAINER_TOOL is not podman: the tests start Podman's API service")
+    os.environ.setdefault("CONTAINERS_CONF", str(CONTAINERS_CONF))
     try:
         ensure_installed(debootstrap=True)
     except SystemExit as exc:
@@ -47,11 +50,9 @@ def _podman() -> str:
 
 def build_trainer_image() -> None:
     """Build (or bring up to date: the layers are cached) the container pods' image."""
-    env = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF))}
     built = subprocess.run(
         [sys.executable, "-m", "scripts.images", "trainer"],
         cwd=ROOT,
-        env=env,
         capture_output=True,
         text=True,
     )
@@ -68,14 +69,12 @@ def podman_api(directory: Path) -> Iterator[str]:
     podman = _podman()
     build_trainer_image()
     socket_path = directory / "podman.sock"
-    env = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF))}
     with (directory / "podman-service.log").open("ab") as log:
         service = subprocess.Popen(
             [podman, "system", "service", "--time=0", f"unix://{socket_path}"],
             # conmon (Podman 4.3's) leaves a file named `oom` in its working directory when a
             # container is OOM-killed: here, not in the repository.
             cwd=directory,
-            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

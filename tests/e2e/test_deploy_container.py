@@ -6,10 +6,10 @@ relay on an internal network."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import random
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +18,7 @@ import docker
 import httpx
 import pytest
 
+from scripts.podman import podman
 from services.deploy.providers.container import LABEL
 from tests.conftest import PgDatabases
 from tests.e2e.conftest import Suite, paired_suite
@@ -29,6 +30,7 @@ from tests.e2e.test_deploy_local import (
     wait_until,
 )
 from tests.podman_api import TRAINER_IMAGE, remove_pods
+from tests.unit.test_trainer import preference_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -102,7 +104,7 @@ def hostile(
             "COPY hostile.py hostile.pth /opt/venv/lib/python3.11/site-packages/\n"
         )
         image = f"{HOSTILE}:{name}"
-        subprocess.run(["podman", "build", "-q", "-t", image, str(context)], check=True)
+        podman("build", "--quiet", "--tag", image, str(context))
         images[name] = image
     yield images
     for image in images.values():
@@ -120,45 +122,35 @@ def container_request(dataset_id: str, **fields: Any) -> dict[str, Any]:
     }
 
 
-def preference_rows(count: int) -> bytes:
-    rng = random.Random(7)
-    rows = []
-    for _ in range(count):
-        a, b = rng.randint(2, 40), rng.randint(2, 40)
-        rows.append(
-            {
-                "prompt": f"What is {a} plus {b}?\n",
-                "chosen": f"{a} plus {b} is {a + b}. Happy to help!",
-                "rejected": rng.choice(["Dunno.", "Work it out yourself.", "No."]),
-            }
-        )
-    return "".join(json.dumps(row) + "\n" for row in rows).encode()
-
-
 def pod_name(suite: Suite, deployment_id: str) -> str:
     return f"{suite.env['TUNELAB_DEPLOY_POD_NAME_PREFIX']}-{deployment_id}"
 
 
-def summaries(engine: docker.DockerClient, suite: Suite, deployment_id: str) -> list[Any]:
-    """The pod's container as the engine lists it (one call: no race with its removal)."""
-    name = pod_name(suite, deployment_id)
+def summaries(engine: docker.DockerClient, name: str) -> list[Any]:
+    """The pod container `name` as the engine lists it (one call: no race with its removal)."""
     found = engine.api.containers(all=True, filters={"label": LABEL})
     return [c for c in found if name in (n.lstrip("/") for n in c["Names"])]
 
 
 def containers_of(engine: docker.DockerClient, suite: Suite, deployment_id: str) -> list[Any]:
-    return [engine.containers.get(c["Id"]) for c in summaries(engine, suite, deployment_id)]
+    named = summaries(engine, pod_name(suite, deployment_id))
+    return [engine.containers.get(c["Id"]) for c in named]
+
+
+def vanished(engine: docker.DockerClient, name: str, seconds: float = 20) -> bool:
+    """Whether the container `name` is gone within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not summaries(engine, name):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def gone(
     engine: docker.DockerClient, suite: Suite, deployment_id: str, seconds: float = 20
 ) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not summaries(engine, suite, deployment_id):
-            return True
-        time.sleep(0.2)
-    return False
+    return vanished(engine, pod_name(suite, deployment_id), seconds)
 
 
 def falling_losses(client: httpx.Client, deployment_id: str) -> list[float]:
@@ -195,7 +187,8 @@ def test_sft_and_dpo_train_in_hardened_containers_and_leave_none(
     assert int(fields["CapBnd"], 16) == 0, fields["CapBnd"]
     assert fields["NoNewPrivs"].strip() == "1"
 
-    dpo = upload(alice, "dpo.jsonl", preference_rows(120))
+    pairs = "".join(json.dumps(row) + "\n" for row in preference_rows(120)).encode()
+    dpo = upload(alice, "dpo.jsonl", pairs)
     body = container_request(dpo, method="dpo", hyperparameters={"epochs": 2})
     dpo_id = alice.post("/v1/deployments", json=body).json()["id"]
 
@@ -246,7 +239,7 @@ def test_the_pods_network_reaches_the_gateway_and_nothing_else(
     network = engine.networks.get(suite.env["TUNELAB_DEPLOY_CONTAINER_NETWORK"])
     assert network.attrs["Internal"] is True
     subnet = suite.env["TUNELAB_DEPLOY_CONTAINER_SUBNET"]
-    relay = subnet.rsplit(".", 2)[0] + "." + subnet.rsplit(".", 2)[1] + ".1"
+    relay = next(ipaddress.ip_network(subnet).hosts())  # the host's side: where it listens
     port = suite.url.rsplit(":", 1)[1]
     probe = (
         f"curl -s -o /dev/null -w '%{{http_code}}' -m 5 http://{relay}:{port}/healthz; echo; "
@@ -318,14 +311,7 @@ def test_a_container_named_as_a_pod_that_no_run_owns_is_swept_away(
         network_mode="none",
         detach=True,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        listed = engine.api.containers(all=True, filters={"label": LABEL})
-        if all(name not in (n.lstrip("/") for n in c["Names"]) for c in listed):
-            break
-        time.sleep(0.3)
-    else:
-        raise AssertionError(f"the orphan sweep left {name} running")
+    assert vanished(engine, name, seconds=30), f"the orphan sweep left {name} running"
     assert "terminated an orphan pod" in suite.logs()
 
 
